@@ -1,0 +1,3 @@
+from fsclone.cli import main
+
+main()

@@ -1,0 +1,33 @@
+"""Typed errors. Each class maps to how the CLI reacts (exit code, one-line message)."""
+
+from __future__ import annotations
+
+
+class FscloneError(Exception):
+    """Base of every error fsclone raises on purpose."""
+
+    exit_code = 2
+
+
+class UsageError(FscloneError):
+    """Bad input from the user: paths, options, config. Nothing was written."""
+
+
+class ConfigError(UsageError):
+    """The site config file could not be read or holds a bad value."""
+
+
+class LockedError(FscloneError):
+    """Another pass holds the lock on the same target."""
+
+
+class GuardError(FscloneError):
+    """A safety guard refused to delete (source root looks wrong, --max-delete exceeded)."""
+
+
+class TransportError(FscloneError):
+    """The transport could not be reached or failed as a whole (broker down, bad credentials)."""
+
+
+class MessageError(FscloneError):
+    """A chunk or result message is malformed or carries an unsafe path."""

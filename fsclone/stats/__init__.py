@@ -1,0 +1,1 @@
+"""Counters that merge by addition, and the sinks that publish them."""

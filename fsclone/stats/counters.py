@@ -1,0 +1,31 @@
+"""Counter names and merge-by-addition. Counters are plain ``dict[str, int]`` so they cross any
+transport as JSON and add up exactly, whatever the order results arrive in."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+SCANNED = "scanned"  # entries looked at (source side)
+COPIED = "files_copied"  # regular files whose data was written
+BYTES = "bytes_copied"
+UPDATED = "updated"  # metadata fixed in place, no data written
+CREATED = "created"  # directories, symlinks, specials, hard links made
+SAME = "unchanged"
+SKIP_NEWER = "skipped_newer"
+SKIP_OLDER = "skipped_older"
+SKIP_EXCLUDED = "skipped_excluded"
+CHANGED = "changed_during_copy"
+DELETED = "deleted"
+PLANNED_DELETES = "delete_planned"
+ERRORS = "errors"
+CHUNKS = "chunks_done"
+HASHED = "bytes_hashed"
+VERIFIED = "files_verified"
+MISMATCHES = "mismatches"
+
+
+def add(total: dict[str, int], delta: Mapping[str, int]) -> dict[str, int]:
+    """Add ``delta`` into ``total`` in place and return it."""
+    for key, value in delta.items():
+        total[key] = total.get(key, 0) + value
+    return total

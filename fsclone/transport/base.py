@@ -1,0 +1,41 @@
+"""The transport seam: the coordinator knows transports only through :class:`Transport`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+from fsclone.chunk import Chunk, Result
+from fsclone.spec import PassSpec
+
+
+class Transport(ABC):
+    """Carries chunks out and results back for one pass.
+
+    Delivery is at least once: a chunk whose worker died is delivered again (``attempt`` + 1),
+    and the coordinator ignores a second result for a chunk it already finished.
+    """
+
+    @abstractmethod
+    def start(self, spec: PassSpec) -> None:
+        """Get ready to serve ``spec`` (start local workers, declare queues, ...)."""
+
+    @abstractmethod
+    def submit(self, chunks: Iterable[Chunk]) -> None:
+        """Queue chunks for the workers."""
+
+    @abstractmethod
+    def poll(self, timeout: float) -> list[Result]:
+        """Results that arrived, waiting at most ``timeout`` seconds for the first one."""
+
+    def settle(self) -> None:
+        """Called after the results returned by :meth:`poll` are durably recorded, so a transport
+        with acknowledgements can acknowledge them now. Default: nothing to do."""
+
+    def depth(self) -> int | None:
+        """Chunks waiting in the transport, when it can tell (for progress and Graphite)."""
+        return None
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Release workers and connections. Safe to call twice."""
