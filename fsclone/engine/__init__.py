@@ -1,0 +1,1 @@
+"""Coordinator and worker loops: termination by counting, retries, phases."""

@@ -1,0 +1,76 @@
+"""Starting (or resuming) a pass: checks, the pass record, the lock, the transport, the run."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from fsclone.config import Config
+from fsclone.engine.coordinator import Coordinator, Hooks, Summary
+from fsclone.engine.roots import check_delete_guards, check_roots
+from fsclone.errors import UsageError
+from fsclone.spec import PassSpec
+from fsclone.state import PassStore, TargetLock, find_unfinished, new_pass_id
+from fsclone.transport.base import Transport
+from fsclone.transport.local import LocalTransport
+
+
+@dataclass(frozen=True)
+class PassRequest:
+    """What the user asked for on the command line, beyond the site config."""
+
+    op: str
+    src: str
+    dst: str
+    dry_run: bool = False
+    checksum: bool = False
+    modify_window: float = 0.0
+    includes: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    restart: bool = False
+    verbose: bool = False
+    sample: float = 1.0
+    seed: int = 0
+    metadata_only: bool = False
+
+
+def build_spec(cfg: Config, req: PassRequest, src: str, dst: str) -> PassSpec:
+    return PassSpec(
+        id=new_pass_id(req.op), op=req.op, src=src, dst=dst, started=time.time(),
+        dry_run=req.dry_run, checksum=req.checksum,
+        modify_window_ns=int(req.modify_window * 1e9), oldest=cfg.oldest, newest=cfg.newest,
+        excludes=tuple(cfg.excludes) + req.excludes, includes=req.includes,
+        large_file_size=cfg.large_file_size, range_size=cfg.range_size, dir_slice=cfg.dir_slice,
+        sample=req.sample, seed=req.seed, metadata_only=req.metadata_only, verbose=req.verbose)
+
+
+def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
+             transport: Transport | None = None) -> tuple[PassSpec, Summary]:
+    """Validate, lock the target, create or resume the pass record, and run it to the end."""
+    if cfg.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    writes = not req.dry_run and req.op in ("copy", "sync")
+    src, dst = check_roots(req.src, req.dst, needs_dst=not writes and req.op != "copy")
+    state = cfg.state_path
+    state.mkdir(parents=True, exist_ok=True)
+    lock = TargetLock(state, dst)
+    try:
+        resume = None if req.restart or req.dry_run else find_unfinished(state, req.op, src, dst)
+        store = PassStore(state / resume) if resume else PassStore.create(
+            state, build_spec(cfg, req, src, dst))
+        lock.acquire(store.spec.id)
+        if resume:
+            hooks.note(f"resuming pass {resume} (its options apply; --restart starts anew)")
+        if req.op in ("delete", "sync") and not req.dry_run:
+            check_delete_guards(src, dst, cfg.sentinel)
+        if writes and not os.path.isdir(dst):
+            os.mkdir(dst, 0o700)
+        coordinator = Coordinator(store, transport or LocalTransport(cfg.workers), hooks,
+                                  max_delete=cfg.max_delete)
+        try:
+            return store.spec, coordinator.run()
+        finally:
+            store.close()
+    finally:
+        lock.release()

@@ -1,0 +1,51 @@
+"""Checks on the pass roots, made before anything is written: bad input means nothing changes.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fsclone.errors import GuardError, UsageError
+from fsclone.fs import dirs
+
+
+def check_roots(src: str, dst: str, needs_dst: bool) -> tuple[str, str]:
+    """Absolute, resolved roots; refuses a missing source, SRC == DST, and one inside the other.
+    ``needs_dst``: the pass cannot run without an existing target (delete, mtime, verify)."""
+    if not os.path.isdir(src):
+        raise UsageError(f"source {src} is missing or not a directory")
+    rsrc = os.path.realpath(src)
+    rdst = os.path.realpath(dst)
+    if os.path.lexists(dst) and not os.path.isdir(dst):
+        raise UsageError(f"target {dst} exists and is not a directory")
+    if needs_dst and not os.path.isdir(dst):
+        raise UsageError(f"target {dst} is missing")
+    if not os.path.isdir(os.path.dirname(rdst)):
+        raise UsageError(f"the parent of target {dst} does not exist")
+    if rsrc == rdst:
+        raise UsageError("source and target are the same directory")
+    if rdst.startswith(rsrc.rstrip("/") + "/"):
+        raise UsageError(f"target {dst} is inside source {src}")
+    if rsrc.startswith(rdst.rstrip("/") + "/"):
+        raise UsageError(f"source {src} is inside target {dst}")
+    return rsrc, rdst
+
+
+def check_delete_guards(src: str, dst: str, sentinel: str | None) -> None:
+    """Refuse to delete anything when the source root looks wrong: unreadable, empty while the
+    target is not (an unmounted filesystem looks like that), or missing the site's sentinel."""
+    try:
+        fd = dirs.open_root(src)
+        try:
+            names = dirs.list_names(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise GuardError(f"source {src} cannot be listed ({exc.strerror}): nothing deleted") \
+            from None
+    if sentinel and sentinel not in names:
+        raise GuardError(f"sentinel {sentinel!r} is missing from source {src}: is it mounted? "
+                         "Nothing deleted")
+    if not names and os.path.isdir(dst) and os.listdir(dst):
+        raise GuardError(f"source {src} is empty but target {dst} is not: is it mounted? "
+                         "Nothing deleted")

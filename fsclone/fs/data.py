@@ -1,0 +1,96 @@
+"""Moving and hashing file content. Data is copied in the kernel (copy_file_range) and holes are
+kept: only the data segments SEEK_DATA/SEEK_HOLE report are copied, the rest stays a hole."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+
+import xxhash
+
+_STEP = 1 << 30  # bytes per copy_file_range call: large, so a big file costs few syscalls
+_HASH_BUF = 1 << 20
+_NO_CFR = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
+
+
+def data_segments(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """(offset, end) of the data in [start, end); a filesystem without SEEK_DATA gives one
+    segment covering it all."""
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole up to EOF
+                return
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                yield pos, end
+                return
+            raise
+        if data >= end:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        yield data, hole
+        pos = hole
+
+
+def _copy_span(src: int, dst: int, offset: int, end: int) -> int:
+    """Copy [offset, end) at the same offsets; returns bytes copied (short if the source shrank)."""
+    copied = 0
+    while offset < end:
+        try:
+            n = os.copy_file_range(src, dst, min(_STEP, end - offset), offset, offset)
+        except OSError as exc:
+            if exc.errno not in _NO_CFR:
+                raise
+            n = _copy_userspace(src, dst, offset, end)
+        if n == 0:
+            break
+        offset += n
+        copied += n
+    return copied
+
+
+def _copy_userspace(src: int, dst: int, offset: int, end: int) -> int:
+    """Fallback for filesystem pairs copy_file_range refuses."""
+    data = os.pread(src, min(_HASH_BUF * 8, end - offset), offset)
+    if data:
+        os.pwrite(dst, data, offset)
+    return len(data)
+
+
+def copy_range(src: int, dst: int, start: int, end: int, sparse: bool) -> int:
+    """Copy bytes [start, end) of ``src`` into ``dst`` at the same offsets. The caller sizes
+    ``dst`` (ftruncate) so holes need no writing. Returns bytes written."""
+    if not sparse:
+        return _copy_span(src, dst, start, end)
+    return sum(_copy_span(src, dst, a, b) for a, b in data_segments(src, start, end))
+
+
+def copy_whole(src: int, dst: int, size: int, sparse: bool) -> int:
+    """Copy a whole file of ``size`` bytes; a trailing hole is made by ftruncate."""
+    written = copy_range(src, dst, 0, size, sparse)
+    if sparse:
+        os.ftruncate(dst, size)
+    return written
+
+
+def is_sparse(st: os.stat_result) -> bool:
+    """A file with fewer allocated blocks than its size has holes worth looking for."""
+    return st.st_blocks * 512 < st.st_size
+
+
+def hash_range(fd: int, start: int, end: int) -> tuple[bytes, int]:
+    """xxh3-128 of bytes [start, end); returns the digest and bytes read."""
+    h = xxhash.xxh3_128()
+    buf = bytearray(_HASH_BUF)
+    view = memoryview(buf)
+    pos = start
+    while pos < end:
+        n = os.preadv(fd, [view[: min(_HASH_BUF, end - pos)]], pos)
+        if n == 0:
+            break
+        h.update(view[:n])
+        pos += n
+    return h.digest(), pos - start

@@ -1,0 +1,129 @@
+"""Opening and listing directories relative to a root fd, never following symlinks, never
+touching atimes (``O_NOATIME`` where permitted)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+NOATIME = getattr(os, "O_NOATIME", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def _open_noatime(name: str, flags: int, dir_fd: int | None) -> int:
+    """Open without updating atime; O_NOATIME is refused (EPERM) on files we do not own."""
+    if NOATIME:
+        try:
+            return os.open(name, flags | NOATIME, dir_fd=dir_fd)
+        except PermissionError as exc:
+            if exc.errno != errno.EPERM:
+                raise
+    return os.open(name, flags, dir_fd=dir_fd)
+
+
+def open_dir(name: str, dir_fd: int | None = None) -> int:
+    """Open a directory entry for reading (O_NOFOLLOW: a symlink raises ELOOP/ENOTDIR)."""
+    return _open_noatime(name, _DIR_FLAGS, dir_fd)
+
+
+def open_file(name: str, dir_fd: int) -> int:
+    """Open a regular file for reading. O_NONBLOCK keeps a fifo swapped in after lstat from
+    blocking; the caller checks the fd's type and identity with fstat."""
+    return _open_noatime(name, _FILE_FLAGS, dir_fd)
+
+
+def open_root(path: str) -> int:
+    """Open a pass root (the only place an absolute path is resolved; symlinks allowed)."""
+    return _open_noatime(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, None)
+
+
+def open_path(root_fd: int, relpath: str) -> int:
+    """Open ``relpath`` below ``root_fd`` one component at a time, refusing symlinks."""
+    if not relpath:
+        return os.dup(root_fd)
+    fd = root_fd
+    for part in relpath.split("/"):
+        try:
+            nfd = open_dir(part, fd)
+        finally:
+            if fd != root_fd:
+                os.close(fd)
+        fd = nfd
+    return fd
+
+
+@contextmanager
+def opened(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def list_dir(dir_fd: int) -> list[tuple[str, os.stat_result]]:
+    """Every entry of a directory with its lstat. An entry that vanishes between the listing and
+    its stat is left out (it no longer exists); any other error propagates, because a listing
+    that is not complete must never be taken as one (deletion depends on it)."""
+    out: list[tuple[str, os.stat_result]] = []
+    with os.scandir(dir_fd) as it:
+        for entry in it:
+            try:
+                out.append((entry.name, entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+    return out
+
+
+def list_names(dir_fd: int) -> list[str]:
+    with os.scandir(dir_fd) as it:
+        return [entry.name for entry in it]
+
+
+def lstat_at(name: str, dir_fd: int) -> os.stat_result | None:
+    """lstat an entry, None when it does not exist."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def remove_tree_at(dir_fd: int, name: str) -> int:
+    """Remove ``name`` below ``dir_fd`` (a whole subtree if a directory), without following
+    symlinks. Returns the number of entries removed."""
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return 1
+    count = 0
+    sub = open_dir(name, dir_fd)
+    try:
+        if not st.st_mode & stat.S_IWUSR and os.geteuid() != 0:
+            os.chmod(sub, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+        for child in list_names(sub):
+            count += remove_tree_at(sub, child)
+    finally:
+        os.close(sub)
+    os.rmdir(name, dir_fd=dir_fd)
+    return count + 1
+
+
+def list_kinds(dir_fd: int) -> dict[str, bool]:
+    """Every name in a directory, mapped to whether it is a directory (from d_type, so no stat
+    per entry where the filesystem reports types)."""
+    with os.scandir(dir_fd) as it:
+        return {entry.name: entry.is_dir(follow_symlinks=False) for entry in it}
+
+
+def count_tree(dir_fd: int, name: str, st: os.stat_result) -> int:
+    """How many entries removing ``name`` would remove (itself and everything below)."""
+    if not stat.S_ISDIR(st.st_mode):
+        return 1
+    sub = open_dir(name, dir_fd)
+    try:
+        return 1 + sum(count_tree(sub, child, cst) for child, cst in list_dir(sub))
+    finally:
+        os.close(sub)

@@ -1,0 +1,125 @@
+"""Reading, comparing and applying metadata: owner, mode, ACLs and xattrs, ns times.
+
+Order of application matters: owner first (chown clears set-id bits), then mode, then xattrs
+(POSIX ACLs are the ``system.posix_acl_*`` xattrs, and setting the access ACL after chmod keeps
+the ACL mask), then times last (every other change moves ctime, not mtime, but times must be the
+final word).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+IS_ROOT = os.geteuid() == 0
+#: xattr errors meaning "this filesystem or object has none": not an item failure
+_NO_XATTR = {errno.ENOTSUP, errno.ENODATA}
+Target = int | str  # an open fd, or a name relative to a directory fd
+
+
+def read_xattrs(target: Target, dir_fd: int | None = None) -> dict[str, bytes]:
+    """All xattrs of an fd or of a name under ``dir_fd`` (never following symlinks)."""
+    path: int | str = target if isinstance(target, int) else _at(target, dir_fd)
+    follow = isinstance(target, int)
+    try:
+        names = os.listxattr(path, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in _NO_XATTR:
+            return {}
+        raise
+    values: dict[str, bytes] = {}
+    for name in names:
+        try:
+            values[name] = os.getxattr(path, name, follow_symlinks=follow)
+        except OSError as exc:
+            if exc.errno not in _NO_XATTR:
+                raise
+    return values
+
+
+def _at(name: str, dir_fd: int | None) -> str:
+    """xattr calls take no dir_fd: address the entry through /proc/self/fd of its directory."""
+    return name if dir_fd is None else f"/proc/self/fd/{dir_fd}/{name}"
+
+
+def apply_owner(target: Target, st: os.stat_result, dir_fd: int | None = None) -> None:
+    """chown, numeric; only root can give files away, so others keep their own ids."""
+    if IS_ROOT:
+        os.chown(target, st.st_uid, st.st_gid, dir_fd=dir_fd if isinstance(target, str) else None,
+                 follow_symlinks=not isinstance(target, str))
+
+
+def apply_mode(target: Target, st: os.stat_result, dir_fd: int | None = None) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        return  # Linux symlinks have no mode of their own
+    if isinstance(target, int):
+        os.chmod(target, stat.S_IMODE(st.st_mode))
+    else:
+        os.chmod(target, stat.S_IMODE(st.st_mode), dir_fd=dir_fd)
+
+
+def apply_xattrs(target: Target, want: dict[str, bytes], have: dict[str, bytes],
+                 dir_fd: int | None = None) -> None:
+    """Make the target's xattrs equal ``want``, touching only those that differ."""
+    path: int | str = target if isinstance(target, int) else _at(target, dir_fd)
+    follow = isinstance(target, int)
+    for name in have.keys() - want.keys():
+        os.removexattr(path, name, follow_symlinks=follow)
+    for name, value in want.items():
+        if have.get(name) != value:
+            os.setxattr(path, name, value, follow_symlinks=follow)
+
+
+def apply_times(target: Target, st: os.stat_result, dir_fd: int | None = None) -> None:
+    ns = (st.st_atime_ns, st.st_mtime_ns)
+    if isinstance(target, int):
+        os.utime(target, ns=ns)
+    else:
+        os.utime(target, ns=ns, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def apply_all(target: Target, st: os.stat_result, want: dict[str, bytes],
+              have: dict[str, bytes], dir_fd: int | None = None) -> None:
+    """Owner → mode → ACLs/xattrs → times, as the module docstring explains."""
+    apply_owner(target, st, dir_fd)
+    apply_mode(target, st, dir_fd)
+    if want or have:
+        apply_xattrs(target, want, have, dir_fd)
+    apply_times(target, st, dir_fd)
+
+
+@dataclass(frozen=True)
+class MetaDiff:
+    """Which metadata of a target differ from the source's."""
+
+    owner: bool = False
+    mode: bool = False
+    xattrs: bool = False
+    times: bool = False
+
+    def __bool__(self) -> bool:
+        return self.owner or self.mode or self.xattrs or self.times
+
+    def names(self) -> list[str]:
+        return [n for n in ("owner", "mode", "xattrs", "times") if getattr(self, n)]
+
+
+def same_time(a_ns: int, b_ns: int, window_ns: int) -> bool:
+    return abs(a_ns - b_ns) <= window_ns
+
+
+def inode_diff(src: os.stat_result, dst: os.stat_result, window_ns: int,
+               check_owner: bool = IS_ROOT) -> MetaDiff:
+    """Compare what lstat tells (no xattrs). Symlink modes are not compared (always 0777)."""
+    return MetaDiff(
+        owner=check_owner and (src.st_uid != dst.st_uid or src.st_gid != dst.st_gid),
+        mode=not stat.S_ISLNK(src.st_mode) and src.st_mode != dst.st_mode,
+        times=not (same_time(src.st_mtime_ns, dst.st_mtime_ns, window_ns)
+                   and same_time(src.st_atime_ns, dst.st_atime_ns, window_ns)),
+    )
+
+
+def with_xattrs(diff: MetaDiff, src_x: dict[str, bytes], dst_x: dict[str, bytes]) -> MetaDiff:
+    return MetaDiff(owner=diff.owner, mode=diff.mode, xattrs=src_x != dst_x, times=diff.times)

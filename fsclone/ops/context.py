@@ -1,0 +1,125 @@
+"""What every op needs in a worker: the pass spec, the two roots opened once, the filters, and a
+Result builder that turns OS errors into listed item errors."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+from fsclone.chunk import Chunk, ItemError, Result, join
+from fsclone.filters import Filters
+from fsclone.fs import dirs
+from fsclone.spec import PassSpec
+from fsclone.stats import counters as C
+
+TMP_PREFIX = ".fsclone-tmp."
+LINKS_PREFIX = ".fsclone-links."
+
+
+def temp_name(name: str, tag: str) -> str:
+    """A temp name in the target directory: our prefix, a hash of the final name (so a redone
+    chunk can find its own leftovers), and a tag unique to this attempt."""
+    return f"{TMP_PREFIX}{zlib.crc32(os.fsencode(name)):08x}.{tag}"
+
+
+def is_temp_for(tmp: str, names: set[str] | None) -> bool:
+    """Whether ``tmp`` is one of our temp files, for one of ``names`` (None: for any name)."""
+    if not tmp.startswith(TMP_PREFIX):
+        return False
+    if names is None:
+        return True
+    digest = tmp[len(TMP_PREFIX): len(TMP_PREFIX) + 8]
+    return any(f"{zlib.crc32(os.fsencode(n)):08x}" == digest for n in names)
+
+
+class Context:
+    """Per-worker state for one pass. Roots are opened once; every other open is relative."""
+
+    def __init__(self, spec: PassSpec) -> None:
+        self.spec = spec
+        self.filters = Filters(spec)
+        self.src_root = dirs.open_root(spec.src)
+        self.dst_root: int | None = None
+        try:
+            self.dst_root = dirs.open_root(spec.dst)
+        except FileNotFoundError:
+            if not spec.dry_run:
+                raise
+        self.staging = LINKS_PREFIX + spec.id
+        self._staging_fd: int | None = None
+
+    def staging_fd(self) -> int:
+        """The hard-link staging directory at the target root, made on first use."""
+        if self._staging_fd is None:
+            assert self.dst_root is not None
+            with suppress(FileExistsError):
+                os.mkdir(self.staging, 0o700, dir_fd=self.dst_root)
+            self._staging_fd = dirs.open_dir(self.staging, self.dst_root)
+        return self._staging_fd
+
+    def close(self) -> None:
+        for fd in (self.src_root, self.dst_root, self._staging_fd):
+            if fd is not None:
+                os.close(fd)
+
+    @contextmanager
+    def open_dirs(self, relpath: str) -> Iterator[tuple[int, int | None]]:
+        """Source and target directory fds for ``relpath``; the target is None only in a dry run
+        when it does not exist yet."""
+        sfd = dirs.open_path(self.src_root, relpath)
+        dfd: int | None = None
+        try:
+            if self.dst_root is not None:
+                try:
+                    dfd = dirs.open_path(self.dst_root, relpath)
+                except FileNotFoundError:
+                    if not self.spec.dry_run:
+                        raise
+            yield sfd, dfd
+        finally:
+            os.close(sfd)
+            if dfd is not None:
+                os.close(dfd)
+
+
+class Outcome:
+    """Builds a chunk's Result: counters, item errors, children, actions."""
+
+    def __init__(self, ctx: Context, chunk: Chunk) -> None:
+        self.ctx = ctx
+        self.chunk = chunk
+        self.result = Result(chunk=chunk)
+
+    def count(self, key: str, n: int = 1) -> None:
+        c = self.result.counters
+        c[key] = c.get(key, 0) + n
+
+    def fail(self, path: str, exc: OSError | str, op: str | None = None) -> None:
+        """List an item error; the rest of the chunk goes on."""
+        if isinstance(exc, OSError):
+            err = ItemError(path, op or self.chunk.op, exc.errno or 0, exc.strerror or str(exc))
+        else:
+            err = ItemError(path, op or self.chunk.op, 0, exc)
+        self.result.errors.append(err)
+        self.count(C.ERRORS)
+
+    def act(self, verb: str, path: str, detail: str = "") -> None:
+        """Record what was (or, in a dry run, would be) done, when someone will read it."""
+        if self.ctx.spec.dry_run or self.ctx.spec.verbose:
+            self.result.actions.append(f"{verb} {printable(path)}{' ' + detail if detail else ''}")
+
+    def child(self, op: str, relpath: str, **kw: object) -> Chunk:
+        chunk = Chunk(op=op, path=relpath, **kw)  # type: ignore[arg-type]
+        self.result.children.append(chunk)
+        return chunk
+
+    def path(self, name: str) -> str:
+        return join(self.chunk.path, name)
+
+
+def printable(path: str) -> str:
+    """A path as one safe terminal line: undecodable bytes and control characters escaped."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text) or "."

@@ -1,0 +1,424 @@
+"""The copy op (and the copy half of sync): one directory, or one slice of a huge one.
+
+Each entry is compared with its target and only what differs is written. New content goes to a
+temp name in the target directory and is renamed over the old entry once complete, metadata
+applied. Subdirectories become child chunks; files of ``large_file_size`` or more become byte-
+range chunks copied by several workers into one temp file, finalized by a ``finalize`` chunk.
+The directory's own metadata is applied when all of its entries are in place: at the end of
+this chunk, or by a deferred ``dirmeta`` chunk when slices or large files are still running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+
+from fsclone.chunk import Chunk, Group, Result, new_id
+from fsclone.fs import data, dirs, meta
+from fsclone.ops.context import Context, Outcome, is_temp_for, temp_name
+from fsclone.ops.delete import plan_deletes
+from fsclone.ops.dirmeta import apply_dir_meta
+from fsclone.stats import counters as C
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class SourceChanged(Exception):
+    """The source file changed while it was copied: its copy must not be stamped as done."""
+
+
+def changed(before: os.stat_result, after: os.stat_result) -> bool:
+    return (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
+        after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns)
+
+
+def replace_entry(dfd: int, tmp: str, name: str, old: os.stat_result | None) -> None:
+    """Rename a finished temp over ``name``. rename() replaces anything but a directory, so a
+    directory that became a file (a type swap) is removed first."""
+    if old is not None and stat.S_ISDIR(old.st_mode):
+        dirs.remove_tree_at(dfd, name)
+    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+
+def discard(dfd: int, tmp: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=dfd)
+
+
+def run_copy(ctx: Context, chunk: Chunk) -> Result:
+    return _run(ctx, chunk, sync=False)
+
+
+def run_sync(ctx: Context, chunk: Chunk) -> Result:
+    """Copy, and plan the deletions of the same directory from the same source listing."""
+    return _run(ctx, chunk, sync=True)
+
+
+def _run(ctx: Context, chunk: Chunk, sync: bool) -> Result:
+    out = Outcome(ctx, chunk)
+    try:
+        with ctx.open_dirs(chunk.path) as (sfd, dfd):
+            DirCopier(ctx, out, sfd, dfd).run(sync)
+    except OSError as exc:
+        out.fail(chunk.path or ".", exc)
+    return out.result
+
+
+class DirCopier:
+    """Copies the entries of one chunk from ``sfd`` into ``dfd``."""
+
+    def __init__(self, ctx: Context, out: Outcome, sfd: int, dfd: int | None) -> None:
+        self.ctx, self.out, self.sfd, self.dfd = ctx, out, sfd, dfd
+        self.spec = ctx.spec
+        self.dry = ctx.spec.dry_run
+        self.tag = f"{out.chunk.id[:12]}.{out.chunk.attempt}"
+        #: the barrier this chunk's slices and finalize chunks count toward
+        self.barrier = new_id()
+        self.waiting = 0  # slices and large files that must finish before the directory's meta
+        self.inherits = False  # the target directory has a default ACL new files inherit
+
+    # -- the chunk --------------------------------------------------------------------------
+    def run(self, sync: bool) -> None:
+        chunk = self.out.chunk
+        if chunk.names is None:
+            entries = dirs.list_dir(self.sfd)
+            if sync and self.dfd is not None:
+                plan_deletes(self.ctx, self.out, self.dfd, {n for n, _ in entries})
+            entries = self._split(entries)
+        else:
+            entries = [(n, st) for n in chunk.names if (st := dirs.lstat_at(n, self.sfd))]
+        if self.dfd is not None and not self.dry:
+            self._prepare_target({n for n, _ in entries} if chunk.names else None)
+        for name, st in entries:
+            try:
+                self.entry(name, st)
+            except SourceChanged:
+                self.out.count(C.CHANGED)
+                self.out.act("changed", self.out.path(name), "(during copy; next pass takes it)")
+            except OSError as exc:
+                self.out.fail(self.out.path(name), exc)
+        self._finish()
+
+    def _prepare_target(self, names: set[str] | None) -> None:
+        assert self.dfd is not None
+        if self.out.chunk.attempt:
+            for leftover in dirs.list_names(self.dfd):
+                if is_temp_for(leftover, names):
+                    discard(self.dfd, leftover)
+        try:
+            self.inherits = bool(os.getxattr(self.dfd, "system.posix_acl_default"))
+        except OSError:
+            self.inherits = False
+
+    def _split(self, entries: list[tuple[str, os.stat_result]]) -> list[tuple[str, os.stat_result]]:
+        """Keep the first slice of a huge directory; the rest go out as slice chunks."""
+        size = self.spec.dir_slice
+        if len(entries) <= size:
+            return entries
+        path = self.out.chunk.path
+        for start in range(size, len(entries), size):
+            names = tuple(n for n, _ in entries[start:start + size])
+            self.out.child(self.out.chunk.op, path, names=names, group=self.barrier)
+            self.waiting += 1
+        return entries[:size]
+
+    def _finish(self) -> None:
+        """Apply the directory's metadata now, or defer it behind a barrier."""
+        chunk = self.out.chunk
+        if chunk.names is None:
+            if self.waiting:
+                then = Chunk(op="dirmeta", path=chunk.path)
+                self.out.result.groups.append(Group(self.barrier, self.waiting, then))
+            elif self.dfd is not None:
+                apply_dir_meta(self.ctx, self.out, chunk.path, self.sfd, self.dfd)
+        elif self.waiting:
+            # a slice with large files hands its place in the directory's barrier to this one
+            then = Chunk(op="barrier", path=chunk.path, group=chunk.group)
+            self.out.result.groups.append(Group(self.barrier, self.waiting, then))
+
+    # -- one entry --------------------------------------------------------------------------
+    def entry(self, name: str, st: os.stat_result) -> None:
+        out = self.out
+        rel = out.path(name)
+        out.count(C.SCANNED)
+        if self.ctx.filters.excluded(rel, name):
+            out.count(C.SKIP_EXCLUDED)
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self.directory(name, rel)
+            return
+        skipped = self.ctx.filters.age_skip(st)
+        if skipped:
+            out.count(skipped)
+            return
+        dst = dirs.lstat_at(name, self.dfd) if self.dfd is not None else None
+        if stat.S_ISREG(st.st_mode):
+            self.regular(name, st, dst, rel)
+        elif stat.S_ISLNK(st.st_mode):
+            self.symlink(name, st, dst, rel)
+        else:
+            self.special(name, st, dst, rel)
+
+    def directory(self, name: str, rel: str) -> None:
+        dst = dirs.lstat_at(name, self.dfd) if self.dfd is not None else None
+        if dst is not None and not stat.S_ISDIR(dst.st_mode):
+            self.out.act("replace", rel, "(now a directory)")
+            if not self.dry:
+                assert self.dfd is not None
+                os.unlink(name, dir_fd=self.dfd)
+            dst = None
+        if dst is None:
+            self.out.act("mkdir", rel)
+            if not self.dry:
+                assert self.dfd is not None
+                os.mkdir(name, 0o700, dir_fd=self.dfd)
+            self.out.count(C.CREATED)
+        self.out.child(self.out.chunk.op, rel)
+
+    def regular(self, name: str, st: os.stat_result, dst: os.stat_result | None, rel: str) -> None:
+        current = dst is not None and stat.S_ISREG(dst.st_mode) and self._same_data(name, st, dst)
+        if st.st_nlink > 1 and not self.dry:
+            self.hard_linked(name, st, dst if current else None, dst, rel)
+            return
+        # a target still linked to other names is rewritten (links split in the source); a dry
+        # run cannot tell a link group it would keep, so it trusts the data check alone
+        if current and dst is not None and (dst.st_nlink == 1 or self.dry):
+            self.fix_meta(name, st, dst, rel)
+            return
+        if st.st_size >= self.spec.large_file_size and not self.dry:
+            self.large(name, st, rel)
+            return
+        self.out.act("copy", rel)
+        if self.dry:
+            self.out.count(C.COPIED)
+            self.out.count(C.BYTES, st.st_size)
+            return
+        tmp = self.copy_to_temp(name, st)
+        assert self.dfd is not None
+        replace_entry(self.dfd, tmp, name, dst)
+        self.out.count(C.COPIED)
+
+    def _same_data(self, name: str, st: os.stat_result, dst: os.stat_result) -> bool:
+        if st.st_size != dst.st_size:
+            return False
+        if not self.spec.checksum:
+            return meta.same_time(st.st_mtime_ns, dst.st_mtime_ns, self.spec.modify_window_ns)
+        assert self.dfd is not None
+        return _digest(name, self.sfd, st.st_size) == _digest(name, self.dfd, st.st_size)
+
+    def fix_meta(self, name: str, st: os.stat_result, dst: os.stat_result, rel: str) -> None:
+        """Metadata-only changes are applied in place: no data is rewritten."""
+        assert self.dfd is not None
+        diff = meta.inode_diff(st, dst, self.spec.modify_window_ns)
+        sx = meta.read_xattrs(name, self.sfd)
+        dx = meta.read_xattrs(name, self.dfd)
+        diff = meta.with_xattrs(diff, sx, dx)
+        if not diff:
+            self.out.count(C.SAME)
+            return
+        self.out.act("attrs", rel, ",".join(diff.names()))
+        if not self.dry:
+            meta.apply_all(name, st, sx, dx, self.dfd)
+        self.out.count(C.UPDATED)
+
+    def copy_to_temp(self, name: str, st: os.stat_result) -> str:
+        """Copy data and metadata into a new temp file; returns its name. Raises SourceChanged
+        (temp removed) when the source was replaced or written during the copy."""
+        assert self.dfd is not None
+        src = dirs.open_file(name, self.sfd)
+        try:
+            before = os.fstat(src)
+            if not stat.S_ISREG(before.st_mode) or before.st_ino != st.st_ino:
+                raise SourceChanged()
+            tmp = temp_name(name, self.tag)
+            dst = os.open(tmp, _NEW_FILE, 0o600, dir_fd=self.dfd)
+            try:
+                written = data.copy_whole(src, dst, before.st_size, data.is_sparse(before))
+                if changed(before, os.fstat(src)):
+                    raise SourceChanged()
+                have = meta.read_xattrs(dst) if self.inherits else {}
+                meta.apply_all(dst, before, meta.read_xattrs(src), have)
+            except BaseException:
+                os.close(dst)
+                discard(self.dfd, tmp)
+                raise
+            os.close(dst)
+        finally:
+            os.close(src)
+        self.out.count(C.BYTES, written)
+        return tmp
+
+    def hard_linked(self, name: str, st: os.stat_result, current: os.stat_result | None,
+                    dst: os.stat_result | None, rel: str) -> None:
+        """Keep hard links without a global map: the first worker to meet a source inode puts a
+        link to its target copy in the staging directory under the source (dev, ino); every
+        other name of that inode is linked from there."""
+        assert self.dfd is not None
+        stg = self.ctx.staging_fd()
+        key = f"{st.st_dev:x}-{st.st_ino:x}"
+        if current is not None:
+            if self._claim(name, key, current, stg):
+                self.fix_meta(name, st, current, rel)
+                return
+            canon = dirs.lstat_at(key, stg)
+            if canon is not None and canon.st_ino == current.st_ino:
+                self.out.count(C.SAME)
+                return
+        else:
+            canon = dirs.lstat_at(key, stg)
+        if canon is None:
+            self.out.act("copy", rel)
+            tmp = self.copy_to_temp(name, st)
+            try:
+                os.link(tmp, key, src_dir_fd=self.dfd, dst_dir_fd=stg, follow_symlinks=False)
+            except FileExistsError:
+                discard(self.dfd, tmp)  # another worker published this inode first
+            else:
+                replace_entry(self.dfd, tmp, name, dst)
+                self.out.count(C.COPIED)
+                return
+        self.out.act("link", rel)
+        tmp = temp_name(name, self.tag)
+        os.link(key, tmp, src_dir_fd=stg, dst_dir_fd=self.dfd, follow_symlinks=False)
+        replace_entry(self.dfd, tmp, name, dst)
+        self.out.count(C.CREATED)
+
+    def _claim(self, name: str, key: str, current: os.stat_result, stg: int) -> bool:
+        """Publish an up-to-date target file as the copy of source inode ``key``, unless that
+        target inode already stands for another source inode (links that were split in the
+        source since the last pass)."""
+        assert self.dfd is not None
+        owner = f"i{current.st_dev:x}-{current.st_ino:x}"
+        try:
+            os.symlink(key, owner, dir_fd=stg)
+        except FileExistsError:
+            if os.readlink(owner, dir_fd=stg) != key:
+                return False
+        try:
+            os.link(name, key, src_dir_fd=self.dfd, dst_dir_fd=stg, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        return True
+
+    def large(self, name: str, st: os.stat_result, rel: str) -> None:
+        """Split a large file into byte ranges for several workers; a barrier finalizes it."""
+        assert self.dfd is not None
+        self.out.act("copy", rel, "(in ranges)")
+        group = new_id()
+        tmp = temp_name(name, group[:12])
+        fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=self.dfd)
+        try:
+            os.ftruncate(fd, st.st_size)
+        finally:
+            os.close(fd)
+        args = {"tmp": tmp, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "ctime_ns": st.st_ctime_ns, "sparse": data.is_sparse(st)}
+        step = self.spec.range_size
+        path = self.out.chunk.path
+        for start in range(0, st.st_size, step):
+            self.out.child("range", path, names=(name,), group=group,
+                           args={**args, "start": start, "end": min(start + step, st.st_size)})
+        then = Chunk(op="finalize", path=path, names=(name,), args=args, group=self.barrier)
+        self.out.result.groups.append(Group(group, -(-st.st_size // step), then))
+        self.waiting += 1
+
+    def symlink(self, name: str, st: os.stat_result, dst: os.stat_result | None, rel: str) -> None:
+        """A symlink is compared by length and mtime (it cannot change in place), so an
+        unchanged one costs no readlink."""
+        if (dst is not None and stat.S_ISLNK(dst.st_mode) and dst.st_size == st.st_size
+                and meta.same_time(st.st_mtime_ns, dst.st_mtime_ns, self.spec.modify_window_ns)):
+            self.fix_meta(name, st, dst, rel)
+            return
+        self.out.act("symlink", rel)
+        self.out.count(C.CREATED)
+        if self.dry:
+            return
+        assert self.dfd is not None
+        tmp = temp_name(name, self.tag)
+        os.symlink(os.readlink(name, dir_fd=self.sfd), tmp, dir_fd=self.dfd)
+        self._place(name, tmp, st, dst)
+
+    def special(self, name: str, st: os.stat_result, dst: os.stat_result | None, rel: str) -> None:
+        """Fifos, sockets and device nodes: recreated by mknod, never opened."""
+        if (dst is not None and stat.S_IFMT(dst.st_mode) == stat.S_IFMT(st.st_mode)
+                and dst.st_rdev == st.st_rdev):
+            self.fix_meta(name, st, dst, rel)
+            return
+        self.out.act("mknod", rel)
+        self.out.count(C.CREATED)
+        if self.dry:
+            return
+        assert self.dfd is not None
+        tmp = temp_name(name, self.tag)
+        os.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=self.dfd)
+        self._place(name, tmp, st, dst)
+
+    def _place(self, name: str, tmp: str, st: os.stat_result, dst: os.stat_result | None) -> None:
+        """Metadata onto a new non-regular temp entry, then rename it into place."""
+        assert self.dfd is not None
+        try:
+            meta.apply_all(tmp, st, meta.read_xattrs(name, self.sfd), {}, self.dfd)
+            replace_entry(self.dfd, tmp, name, dst)
+        except BaseException:
+            discard(self.dfd, tmp)
+            raise
+
+
+def _digest(name: str, dir_fd: int, size: int) -> bytes:
+    fd = dirs.open_file(name, dir_fd)
+    try:
+        return data.hash_range(fd, 0, size)[0]
+    finally:
+        os.close(fd)
+
+
+def run_range(ctx: Context, chunk: Chunk) -> Result:
+    """Copy one byte range of a large file into its shared temp file. A source that changed is
+    left to ``finalize``, which checks the identity once all ranges are done."""
+    out = Outcome(ctx, chunk)
+    a = chunk.args
+    name = chunk.names[0] if chunk.names else ""
+    try:
+        with ctx.open_dirs(chunk.path) as (sfd, dfd):
+            assert dfd is not None
+            src = dirs.open_file(name, sfd)
+            try:
+                dst = os.open(a["tmp"], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                try:
+                    out.count(C.BYTES, data.copy_range(src, dst, a["start"], a["end"], a["sparse"]))
+                finally:
+                    os.close(dst)
+            finally:
+                os.close(src)
+    except OSError as exc:
+        out.fail(out.path(name), exc)
+    return out.result
+
+
+def run_finalize(ctx: Context, chunk: Chunk) -> Result:
+    """All ranges of a large file are in: stamp metadata and rename, unless the source changed."""
+    out = Outcome(ctx, chunk)
+    a = chunk.args
+    name = chunk.names[0] if chunk.names else ""
+    rel = out.path(name)
+    try:
+        with ctx.open_dirs(chunk.path) as (sfd, dfd):
+            assert dfd is not None
+            st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
+            if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
+                    a["ino"], a["size"], a["mtime_ns"], a["ctime_ns"]):
+                discard(dfd, a["tmp"])
+                out.count(C.CHANGED)
+                out.act("changed", rel, "(during copy; next pass takes it)")
+                return out.result
+            fd = os.open(a["tmp"], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            try:
+                meta.apply_all(fd, st, meta.read_xattrs(name, sfd), meta.read_xattrs(fd))
+            finally:
+                os.close(fd)
+            replace_entry(dfd, a["tmp"], name, dirs.lstat_at(name, dfd))
+            out.count(C.COPIED)
+    except OSError as exc:
+        out.fail(rel, exc)
+    return out.result

@@ -1,0 +1,65 @@
+"""Applying a directory's own metadata once its contents are in place. Used at the end of a copy
+chunk, by the deferred ``dirmeta`` chunk of a split directory, by the mtime pass, and after
+deletions (which move the parent's mtime)."""
+
+from __future__ import annotations
+
+import os
+
+from fsclone.chunk import Chunk, Result
+from fsclone.fs import dirs, meta
+from fsclone.ops.context import Context, Outcome
+from fsclone.stats import counters as C
+
+
+def apply_dir_meta(ctx: Context, out: Outcome, relpath: str, sfd: int, dfd: int,
+                   count: bool = False) -> None:
+    """Make the target directory's owner, mode, xattrs/ACLs and times those of the source.
+    With ``count``, an update is counted when something differed (the mtime pass); a copy pass
+    does not count the times it restores after writing into a directory."""
+    try:
+        sst, dst = os.fstat(sfd), os.fstat(dfd)
+        diff = meta.inode_diff(sst, dst, ctx.spec.modify_window_ns)
+        sx, dx = meta.read_xattrs(sfd), meta.read_xattrs(dfd)
+        diff = meta.with_xattrs(diff, sx, dx)
+        if not diff:
+            return
+        out.act("attrs", relpath or ".", ",".join(diff.names()))
+        if ctx.spec.dry_run:
+            return
+        meta.apply_all(dfd, sst, sx, dx)
+        if count:
+            out.count(C.UPDATED)
+    except OSError as exc:
+        out.fail(relpath, exc, "dirmeta")
+
+
+def run_dirmeta(ctx: Context, chunk: Chunk) -> Result:
+    """The deferred metadata of one directory (after its slices and large files are done)."""
+    out = Outcome(ctx, chunk)
+    try:
+        with ctx.open_dirs(chunk.path) as (sfd, dfd):
+            if dfd is not None:
+                apply_dir_meta(ctx, out, chunk.path, sfd, dfd)
+    except OSError as exc:
+        out.fail(chunk.path, exc)
+    return out.result
+
+
+def run_cleanup(ctx: Context, chunk: Chunk) -> Result:
+    """End of a copy or sync pass: remove the hard-link staging directory, then give the target
+    root back its times (the staging directory's removal moved them)."""
+    out = Outcome(ctx, chunk)
+    if ctx.dst_root is None or ctx.spec.dry_run:
+        return out.result
+    try:
+        dirs.remove_tree_at(ctx.dst_root, ctx.staging)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        out.fail(ctx.staging, exc, "cleanup")
+    try:
+        meta.apply_times(ctx.dst_root, os.fstat(ctx.src_root))
+    except OSError as exc:
+        out.fail("", exc, "cleanup")
+    return out.result

@@ -1,0 +1,26 @@
+"""Op name → function. Every chunk's ``op`` must be one of these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fsclone.chunk import Chunk, Result
+from fsclone.ops.context import Context
+from fsclone.ops.copy import run_copy, run_finalize, run_range, run_sync
+from fsclone.ops.delete import run_delete, run_unlink
+from fsclone.ops.dirmeta import run_cleanup, run_dirmeta
+from fsclone.ops.mtime import run_mtime
+
+Op = Callable[[Context, Chunk], Result]
+
+OPS: dict[str, Op] = {
+    "copy": run_copy,
+    "sync": run_sync,
+    "range": run_range,
+    "finalize": run_finalize,
+    "dirmeta": run_dirmeta,
+    "cleanup": run_cleanup,
+    "delete": run_delete,
+    "unlink": run_unlink,
+    "mtime": run_mtime,
+}

@@ -1,0 +1,228 @@
+"""Durable pass records: one SQLite file per pass under the state directory.
+
+A record holds the spec, status, phase, counters, the chunks still outstanding (so a pass can be
+resumed after any crash), the barriers, the planned deletions and the item errors. Every result
+is applied in one transaction, and a transport acknowledges results only after that commit.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsclone.chunk import Chunk, Group, ItemError, dumps, loads_chunk, new_id
+from fsclone.errors import LockedError, UsageError
+from fsclone.spec import PassSpec
+from fsclone.stats import counters as C
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pass (id TEXT PRIMARY KEY, spec TEXT, status TEXT, phase INTEGER,
+    started REAL, ended REAL, counters TEXT, host TEXT, pid INTEGER);
+CREATE TABLE IF NOT EXISTS outstanding (id TEXT PRIMARY KEY, body BLOB);
+CREATE TABLE IF NOT EXISTS groups (id TEXT PRIMARY KEY, remaining INTEGER, then_chunk BLOB);
+CREATE TABLE IF NOT EXISTS errors (seq INTEGER PRIMARY KEY, path BLOB, op TEXT, errno INTEGER,
+    message TEXT);
+CREATE TABLE IF NOT EXISTS deletions (seq INTEGER PRIMARY KEY, path BLOB, names TEXT,
+    entries INTEGER);
+"""
+
+RUNNING, DONE, INTERRUPTED, REFUSED, FAILED = "running", "done", "interrupted", "refused", "failed"
+
+
+def new_pass_id(op: str) -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{op}-{new_id()[:6]}"
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """What ``status`` shows about a pass, read without opening it for writing."""
+
+    spec: PassSpec
+    status: str
+    phase: int
+    started: float
+    ended: float | None
+    counters: dict[str, int]
+    outstanding: int
+    errors: int
+    host: str
+    pid: int
+
+
+class PassStore:
+    """The record of one pass, open for the coordinator."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path / "pass.db", isolation_level="DEFERRED")
+        self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" + _SCHEMA)
+        row = self.db.execute("SELECT spec, status, phase, counters FROM pass").fetchone()
+        if row is None:
+            raise UsageError(f"{path} holds no pass record")
+        self.spec = PassSpec.from_wire(json.loads(row[0]))
+        self.status: str = row[1]
+        self.phase: int = row[2]
+        self.counters: dict[str, int] = json.loads(row[3])
+        self.outstanding: int = self.db.execute("SELECT count(*) FROM outstanding").fetchone()[0]
+
+    @classmethod
+    def create(cls, state_dir: Path, spec: PassSpec) -> PassStore:
+        path = state_dir / spec.id
+        path.mkdir(parents=True, exist_ok=False)
+        db = sqlite3.connect(path / "pass.db")
+        db.executescript(_SCHEMA)
+        db.execute("INSERT INTO pass VALUES (?,?,?,?,?,?,?,?,?)",
+                   (spec.id, json.dumps(spec.to_wire()), RUNNING, 0, spec.started, None, "{}",
+                    socket.gethostname(), os.getpid()))
+        db.commit()
+        db.close()
+        return cls(path)
+
+    # -- chunks and barriers ------------------------------------------------------------------
+    def add_chunks(self, chunks: Iterable[Chunk]) -> None:
+        rows = [(c.id, dumps(c)) for c in chunks]
+        cur = self.db.executemany("INSERT OR IGNORE INTO outstanding VALUES (?,?)", rows)
+        self.outstanding += cur.rowcount
+
+    def replace_chunk(self, chunk: Chunk) -> None:
+        """Store a chunk's next attempt in place of the current one."""
+        self.db.execute("UPDATE outstanding SET body=? WHERE id=?", (dumps(chunk), chunk.id))
+
+    def is_outstanding(self, chunk_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM outstanding WHERE id=?", (chunk_id,)).fetchone() \
+            is not None
+
+    def finish_chunk(self, chunk_id: str) -> None:
+        if self.db.execute("DELETE FROM outstanding WHERE id=?", (chunk_id,)).rowcount:
+            self.outstanding -= 1
+
+    def outstanding_chunks(self) -> Iterator[Chunk]:
+        for (body,) in self.db.execute("SELECT body FROM outstanding").fetchall():
+            yield loads_chunk(body)
+
+    def add_group(self, group: Group) -> None:
+        self.db.execute("INSERT OR IGNORE INTO groups VALUES (?,?,?)",
+                        (group.id, group.size, dumps(group.then)))
+
+    def complete_member(self, group_id: str) -> Chunk | None:
+        """One member of a barrier is done; returns its ``then`` chunk when it was the last."""
+        self.db.execute("UPDATE groups SET remaining = remaining - 1 WHERE id=?", (group_id,))
+        row = self.db.execute("SELECT remaining, then_chunk FROM groups WHERE id=?",
+                              (group_id,)).fetchone()
+        if row is None or row[0] > 0:
+            return None
+        self.db.execute("DELETE FROM groups WHERE id=?", (group_id,))
+        return loads_chunk(row[1])
+
+    # -- results ------------------------------------------------------------------------------
+    def add_counters(self, delta: dict[str, int]) -> None:
+        C.add(self.counters, delta)
+
+    def add_errors(self, errors: Iterable[ItemError]) -> None:
+        self.db.executemany("INSERT INTO errors (path, op, errno, message) VALUES (?,?,?,?)",
+                            [(os.fsencode(e.path), e.op, e.errno, e.message) for e in errors])
+
+    def add_deletions(self, deletions: Iterable[tuple[str, tuple[str, ...], int]]) -> None:
+        self.db.executemany(
+            "INSERT INTO deletions (path, names, entries) VALUES (?,?,?)",
+            [(os.fsencode(d), json.dumps(list(n), ensure_ascii=True), c) for d, n, c in deletions])
+
+    def planned_deletions(self) -> Iterator[tuple[str, list[str]]]:
+        for path, names in self.db.execute("SELECT path, names FROM deletions ORDER BY seq"):
+            yield os.fsdecode(path), json.loads(names)
+
+    def planned_entries(self) -> int:
+        return self.db.execute("SELECT coalesce(sum(entries), 0) FROM deletions").fetchone()[0]
+
+    def errors(self, limit: int | None = None) -> list[ItemError]:
+        sql = "SELECT path, op, errno, message FROM errors ORDER BY seq"
+        rows = self.db.execute(sql + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
+        return [ItemError(os.fsdecode(p), o, e, m) for p, o, e, m in rows]
+
+    # -- pass status --------------------------------------------------------------------------
+    def set_phase(self, phase: int) -> None:
+        self.phase = phase
+        self.db.execute("UPDATE pass SET phase=?", (phase,))
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+        ended = time.time() if status != RUNNING else None
+        self.db.execute("UPDATE pass SET status=?, ended=?, host=?, pid=?",
+                        (status, ended, socket.gethostname(), os.getpid()))
+        self.commit()
+
+    def commit(self) -> None:
+        self.db.execute("UPDATE pass SET counters=?", (json.dumps(self.counters),))
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def read_record(path: Path) -> PassRecord:
+    """Read a pass record without taking part in it (for status)."""
+    db = sqlite3.connect(f"file:{path / 'pass.db'}?mode=ro", uri=True)
+    try:
+        spec, status, phase, started, ended, counters, host, pid = db.execute(
+            "SELECT spec, status, phase, started, ended, counters, host, pid FROM pass").fetchone()
+        outstanding = db.execute("SELECT count(*) FROM outstanding").fetchone()[0]
+        errors = db.execute("SELECT count(*) FROM errors").fetchone()[0]
+    finally:
+        db.close()
+    return PassRecord(PassSpec.from_wire(json.loads(spec)), status, phase, started, ended,
+                      json.loads(counters), outstanding, errors, host, pid)
+
+
+def list_passes(state_dir: Path) -> list[PassRecord]:
+    if not state_dir.is_dir():
+        return []
+    records = []
+    for path in sorted(state_dir.iterdir()):
+        if (path / "pass.db").is_file():
+            try:
+                records.append(read_record(path))
+            except sqlite3.Error:
+                continue
+    return records
+
+
+def find_unfinished(state_dir: Path, op: str, src: str, dst: str) -> str | None:
+    """The newest pass with the same op and roots that did not finish, to be resumed."""
+    for rec in reversed(list_passes(state_dir)):
+        s = rec.spec
+        if (s.op, s.src, s.dst) == (op, src, dst) and rec.status in (RUNNING, INTERRUPTED):
+            return s.id
+    return None
+
+
+class TargetLock:
+    """One pass at a time per target: an flock on a file named after the target's path, held
+    for the life of the coordinator (the kernel drops it if the process dies)."""
+
+    def __init__(self, state_dir: Path, dst: str) -> None:
+        locks = state_dir / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        self.path = locks / (hashlib.sha256(os.fsencode(dst)).hexdigest()[:20] + ".lock")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def acquire(self, pass_id: str) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 4096, 0).decode(errors="replace").strip()
+            os.close(self.fd)
+            raise LockedError(f"another pass is running on this target ({holder})") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pass {pass_id}, pid {os.getpid()} on {socket.gethostname()}\n"
+                  .encode(), 0)
+
+    def release(self) -> None:
+        os.close(self.fd)

@@ -1,0 +1,99 @@
+"""What a person sees: a live progress line on a terminal, the summary, or JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TextIO
+
+from fsclone.chunk import ItemError
+from fsclone.engine.coordinator import Summary
+from fsclone.ops.context import printable
+from fsclone.stats import counters as C
+
+#: summary lines, in order: counter, label
+_SUMMARY = [
+    (C.SCANNED, "entries scanned"), (C.COPIED, "files copied"), (C.BYTES, "bytes copied"),
+    (C.CREATED, "dirs, links and specials made"), (C.UPDATED, "metadata updated"),
+    (C.SAME, "unchanged"), (C.PLANNED_DELETES, "planned for deletion"), (C.DELETED, "deleted"),
+    (C.SKIP_NEWER, "skipped: newer than --newest"), (C.SKIP_OLDER, "skipped: older than --oldest"),
+    (C.SKIP_EXCLUDED, "skipped: excluded"), (C.CHANGED, "changed during copy (next pass)"),
+    (C.VERIFIED, "files verified"), (C.HASHED, "bytes hashed"), (C.MISMATCHES, "mismatches"),
+    (C.ERRORS, "errors"),
+]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+class Console:
+    """Progress on stderr when it is a terminal; actions and the summary on stdout."""
+
+    def __init__(self, quiet: bool, as_json: bool, stream: TextIO | None = None) -> None:
+        self.quiet = quiet
+        self.as_json = as_json
+        self.err = stream or sys.stderr
+        self.live = not quiet and not as_json and self.err.isatty()
+        self.started = time.monotonic()
+        self._line = False
+
+    def progress(self, counters: dict[str, int], outstanding: int) -> None:
+        if not self.live:
+            return
+        secs = max(time.monotonic() - self.started, 1e-6)
+        files = counters.get(C.COPIED, 0)
+        line = (f"{counters.get(C.SCANNED, 0):,} scanned, {files:,} files "
+                f"{human_bytes(counters.get(C.BYTES, 0))} copied "
+                f"({files / secs:,.0f} files/s, {human_bytes(counters.get(C.BYTES, 0) / secs)}/s), "
+                f"{counters.get(C.ERRORS, 0)} errors, {outstanding} chunks to go")
+        self.err.write("\r\x1b[K" + line)
+        self.err.flush()
+        self._line = True
+
+    def _clear(self) -> None:
+        if self._line:
+            self.err.write("\r\x1b[K")
+            self._line = False
+
+    def action(self, line: str) -> None:
+        if not self.as_json:
+            self._clear()
+            print(line, flush=True)
+
+    def note(self, line: str) -> None:
+        if not self.quiet and not self.as_json:
+            self._clear()
+            print(f"fsclone: {line}", file=self.err, flush=True)
+
+    def summary(self, pass_id: str, op: str, summary: Summary, dry_run: bool) -> None:
+        self._clear()
+        if self.as_json:
+            print(json.dumps({
+                "pass": pass_id, "op": op, "status": summary.status, "dry_run": dry_run,
+                "elapsed": round(summary.elapsed, 3), "counters": summary.counters,
+                "errors": [_error_json(e) for e in summary.errors],
+                "error_count": summary.error_count}))
+            return
+        if self.quiet and not summary.error_count:
+            return
+        c = summary.counters
+        head = f"pass {pass_id}: {op}{' (dry run)' if dry_run else ''} {summary.status} " \
+               f"in {summary.elapsed:.1f}s"
+        lines = [head] + [
+            f"  {label:32} {human_bytes(c[key]) if key in (C.BYTES, C.HASHED) else f'{c[key]:,}'}"
+            for key, label in _SUMMARY if c.get(key)]
+        if summary.errors:
+            lines.append("  first errors (all in `fsclone errors " + pass_id + "`):")
+            lines += [f"    {printable(e.path)}: {e.op}: [errno {e.errno}] {e.message}"
+                      for e in summary.errors[:10]]
+        print("\n".join(lines), file=sys.stdout if not self.quiet else self.err, flush=True)
+
+
+def _error_json(e: ItemError) -> dict[str, object]:
+    return {"path": printable(e.path), "op": e.op, "errno": e.errno, "message": e.message}

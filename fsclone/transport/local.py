@@ -1,0 +1,152 @@
+"""The local transport: N forked worker processes on this machine, no service needed.
+
+Each worker has two pipes (chunks in, results out) and a reader thread, so neither side can
+block the other with a large message. The coordinator keeps ``prefetch`` chunks in flight per
+worker; when a worker dies, its in-flight chunks come back as failed results (so they are
+retried like any failure) and a replacement worker is started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import ForkProcess
+
+from fsclone.chunk import Chunk, Result
+from fsclone.engine.worker import ChunkRunner, worker_name
+from fsclone.spec import PassSpec
+from fsclone.transport.base import Transport
+
+_STOP = None
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: ForkProcess
+    chunks: Connection  # coordinator → worker
+    results: Connection  # worker → coordinator
+    in_flight: dict[str, Chunk] = field(default_factory=dict)
+
+
+class LocalTransport(Transport):
+    def __init__(self, workers: int, prefetch: int = 2) -> None:
+        self.size = max(1, workers)
+        self.prefetch = prefetch
+        self.pending: deque[Chunk] = deque()
+        self.workers: list[_Worker] = []
+        self.spec: PassSpec | None = None
+        self.respawned = 0
+
+    def start(self, spec: PassSpec) -> None:
+        self.spec = spec
+        self.workers = [self._spawn(i) for i in range(self.size)]
+
+    def _spawn(self, index: int) -> _Worker:
+        ctx = mp.get_context("fork")
+        chunks_r, chunks_w = ctx.Pipe(duplex=False)
+        results_r, results_w = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_worker_main, args=(self.spec, index, chunks_r, results_w),
+                           name=f"fsclone-worker-{index}", daemon=True)
+        proc.start()
+        chunks_r.close()
+        results_w.close()
+        return _Worker(index, proc, chunks_w, results_r)
+
+    def submit(self, chunks: Iterable[Chunk]) -> None:
+        self.pending.extend(chunks)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for worker in self.workers:
+            while self.pending and len(worker.in_flight) < self.prefetch:
+                chunk = self.pending.popleft()
+                worker.in_flight[chunk.id] = chunk
+                worker.chunks.send(chunk)
+
+    def poll(self, timeout: float) -> list[Result]:
+        by_key: dict[object, _Worker] = {w.results: w for w in self.workers}
+        sentinels: dict[object, _Worker] = {w.process.sentinel: w for w in self.workers}
+        ready = wait([w.results for w in self.workers] + list(sentinels), timeout)
+        results: list[Result] = []
+        for obj in ready:
+            if obj in by_key:
+                results.extend(self._drain(by_key[obj]))
+        for obj in ready:
+            if obj in sentinels:
+                results.extend(self._replace(sentinels[obj]))
+        self._dispatch()
+        return results
+
+    def _drain(self, worker: _Worker) -> list[Result]:
+        out = []
+        try:
+            while worker.results.poll():
+                result: Result = worker.results.recv()
+                worker.in_flight.pop(result.chunk.id, None)
+                out.append(result)
+        except (EOFError, OSError):
+            pass  # the worker died; its sentinel reports it
+        return out
+
+    def _replace(self, dead: _Worker) -> list[Result]:
+        """A worker died (killed, crashed): fail its chunks so they are retried elsewhere."""
+        results = self._drain(dead)
+        code = dead.process.exitcode
+        results += [Result(chunk=c, failed=f"worker {dead.index} died (exit {code})")
+                    for c in dead.in_flight.values()]
+        dead.chunks.close()
+        dead.results.close()
+        self.respawned += 1
+        self.workers[self.workers.index(dead)] = self._spawn(dead.index)
+        return results
+
+    def depth(self) -> int:
+        return len(self.pending)
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            with contextlib.suppress(OSError):
+                worker.chunks.send(_STOP)
+        for worker in self.workers:
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.chunks.close()
+            worker.results.close()
+        self.workers = []
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self.workers if w.process.pid]
+
+
+def _worker_main(spec: PassSpec, index: int, chunks: Connection, results: Connection) -> None:
+    """A worker process: run chunks until told to stop or the coordinator goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    inbox: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            while True:
+                inbox.put(chunks.recv())
+        except (EOFError, OSError):
+            inbox.put(_STOP)
+
+    threading.Thread(target=read, daemon=True).start()
+    runner = ChunkRunner(spec, worker_name(os.getpid() if index < 0 else index))
+    try:
+        while (chunk := inbox.get()) is not _STOP:
+            results.send(runner.run(chunk))
+    except (BrokenPipeError, OSError):
+        pass
+    finally:
+        runner.close()
