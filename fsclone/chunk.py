@@ -108,7 +108,8 @@ class Group:
     @classmethod
     def from_wire(cls, data: Any) -> Group:
         try:
-            return cls(id=str(data["id"]), size=int(data["size"]), then=Chunk.from_wire(data["then"]))
+            return cls(id=str(data["id"]), size=int(data["size"]),
+                       then=Chunk.from_wire(data["then"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"malformed group: {exc}") from exc
 

@@ -137,8 +137,8 @@ class Coordinator:
                 store.replace_chunk(retry)
                 self.hooks.note(f"retrying chunk {chunk.op} {chunk.path!r}: {result.failed}")
                 return [retry]
-            store.add_errors([ItemError(chunk.path, chunk.op, 0,
-                                        f"chunk failed {chunk.attempt + 1} times: {result.failed}")])
+            why = f"chunk failed {chunk.attempt + 1} times: {result.failed}"
+            store.add_errors([ItemError(chunk.path, chunk.op, 0, why)])
             store.add_counters({C.ERRORS: 1})
             result = Result(chunk=chunk)
         store.add_counters(result.counters)

@@ -31,6 +31,7 @@ class Transport(ABC):
     def settle(self) -> None:
         """Called after the results returned by :meth:`poll` are durably recorded, so a transport
         with acknowledgements can acknowledge them now. Default: nothing to do."""
+        return None
 
     def depth(self) -> int | None:
         """Chunks waiting in the transport, when it can tell (for progress and Graphite)."""

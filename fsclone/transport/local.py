@@ -75,7 +75,8 @@ class LocalTransport(Transport):
     def poll(self, timeout: float) -> list[Result]:
         by_key: dict[object, _Worker] = {w.results: w for w in self.workers}
         sentinels: dict[object, _Worker] = {w.process.sentinel: w for w in self.workers}
-        ready = wait([w.results for w in self.workers] + list(sentinels), timeout)
+        ready = wait([w.results for w in self.workers] + [w.process.sentinel for w in self.workers],
+                     timeout)
         results: list[Result] = []
         for obj in ready:
             if obj in by_key:

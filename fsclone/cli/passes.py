@@ -1,4 +1,4 @@
-"""The command line: parses, builds the Config, calls the engine. No logic of its own."""
+"""``fsclone pass OP``: the passes of a migration."""
 
 from __future__ import annotations
 
@@ -9,21 +9,12 @@ from typing import Any
 
 import click
 
-from fsclone import __version__
+from fsclone.cli import EXIT_ITEMS_FAILED, EXIT_OK, cli
 from fsclone.config import load
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.launch import PassRequest, run_pass
-from fsclone.errors import FscloneError
 from fsclone.filters import parse_age
 from fsclone.stats.progress import Console
-
-EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="fsclone")
-def cli() -> None:
-    """fsclone: make DST an exact copy of SRC, in parallel passes."""
 
 
 @cli.group("pass")
@@ -39,7 +30,8 @@ def _pass_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Site config (config.py); also FSCLONE_CONFIG."),
         click.option("--workers", "-w", type=int, help="Worker processes [default: cores]."),
         click.option("--state-dir", metavar="DIR", help="Where pass records live."),
-        click.option("--dry-run", "-n", is_flag=True, help="Show what would change; change nothing."),
+        click.option("--dry-run", "-n", is_flag=True,
+                     help="Show what would change; change nothing."),
         click.option("--checksum", "-c", is_flag=True,
                      help="Compare content by xxhash, not size and mtime."),
         click.option("--modify-window", type=float, default=0.0, metavar="SECS",
@@ -48,7 +40,8 @@ def _pass_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Skip files not read for AGE (atime), e.g. 90d. OLDEST_DATE."),
         click.option("--newest", metavar="AGE",
                      help="Skip files written in the last AGE (mtime), e.g. 1d. NEWEST_DATE."),
-        click.option("--exclude", multiple=True, metavar="GLOB", help="Leave matching entries alone."),
+        click.option("--exclude", multiple=True, metavar="GLOB",
+                     help="Leave matching entries alone."),
         click.option("--include", multiple=True, metavar="GLOB", help="Overrides --exclude."),
         click.option("--max-delete", type=int, metavar="N",
                      help="Refuse to delete anything if more than N entries would go."),
@@ -99,23 +92,3 @@ _make_pass_command("copy", "Copy what differs from SRC to DST (early passes, whi
 _make_pass_command("delete", "Delete from DST what vanished from SRC (guarded).")
 _make_pass_command("mtime", "Give every DST directory its SRC times (last).")
 _make_pass_command("sync", "Final pass: copy and delete in one walk, directory times restored.")
-
-
-def main() -> None:
-    """Entry point: every error is one line on stderr and an exit code (2: usage or fatal)."""
-    try:
-        cli.main(standalone_mode=False)
-    except click.UsageError as exc:
-        print(f"fsclone: {exc.format_message()} (see --help)", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except click.exceptions.Abort:
-        sys.exit(EXIT_INTERRUPTED)
-    except FscloneError as exc:
-        print(f"fsclone: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("fsclone: interrupted; run the same command again to resume", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    except click.ClickException as exc:
-        print(f"fsclone: {exc.format_message()}", file=sys.stderr)
-        sys.exit(exc.exit_code)
