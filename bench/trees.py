@@ -1,0 +1,141 @@
+"""Deterministic (seeded) source trees for the benchmarks, cached so repeated runs reuse them.
+
+Every generator is a pure function of its arguments: the same call makes a byte-identical tree
+(names, sizes, contents, modes, mtimes, links), so results from different runs compare alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+MiB = 1 << 20
+KiB = 1 << 10
+
+#: bump when a generator changes, so stale cached trees are rebuilt instead of reused
+GENERATOR_VERSION = 1
+
+#: mtimes are fixed (2021-01-01 plus a seeded offset) so regenerated trees are identical
+BASE_MTIME = 1_609_459_200
+
+FILES_PER_DIR = 100
+ENTRIES_PER_DIR = 1000
+
+
+def _leaf_dirs(root: Path, n_leaves: int) -> list[Path]:
+    """Make a two-level grid of about sqrt(n) x sqrt(n) leaf directories under root."""
+    fanout = max(1, math.ceil(math.sqrt(n_leaves)))
+    leaves = []
+    for i in range(n_leaves):
+        leaf = root / f"d{i // fanout:03d}" / f"s{i % fanout:03d}"
+        leaf.mkdir(parents=True, exist_ok=True)
+        leaves.append(leaf)
+    return leaves
+
+
+def _small_size(rng: random.Random) -> int:
+    """Log-uniform 0..64 KiB: most files are a few KiB, as in real home and project trees."""
+    return int(2 ** rng.uniform(0, 16)) - 1
+
+
+def _write_file(path: Path, data: bytes | memoryview, mode: int, mtime: int) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+    os.utime(path, (mtime, mtime))
+
+
+def small_files(root: Path, n: int = 50_000, seed: int = 1) -> None:
+    """n files of 0..64 KiB, ~100 per directory in 3 levels, with a few symlinks, hard links
+    and user xattrs, so a copy that drops -H, -X or symlinks shows up in verification."""
+    rng = random.Random(seed)
+    pool = rng.randbytes(MiB + 64 * KiB)
+    leaves = _leaf_dirs(root, max(1, math.ceil(n / FILES_PER_DIR)))
+    files: list[Path] = []
+    for i in range(n):
+        path = leaves[i // FILES_PER_DIR] / f"f{i:07d}.dat"
+        size, offset = _small_size(rng), rng.randrange(MiB)
+        mode = rng.choice((0o644, 0o644, 0o640, 0o600, 0o755))
+        _write_file(path, memoryview(pool)[offset : offset + size], mode, BASE_MTIME + i)
+        files.append(path)
+    _sprinkle_links(rng, files)
+
+
+def _sprinkle_links(rng: random.Random, files: list[Path]) -> None:
+    """Every ~500th file gets a hard link elsewhere, a relative symlink and an xattr."""
+    for k in range(0, len(files), 500):
+        target, other = files[k], rng.choice(files)
+        os.link(target, other.parent / f"hl{k:07d}.dat")
+        os.symlink(os.path.relpath(target, other.parent), other.parent / f"sl{k:07d}.lnk")
+        os.setxattr(target, "user.bench", f"tag-{k}".encode())
+    if files:
+        os.symlink("does-not-exist", files[0].parent / "dangling.lnk")
+
+
+def large_files(root: Path, n: int = 4, size: int = 256 * MiB, seed: int = 2) -> None:
+    """n incompressible files of `size` bytes, written in 1 MiB seeded-random blocks."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        with open(root / f"large{i:02d}.bin", "wb") as f:
+            left = size
+            while left > 0:
+                block = rng.randbytes(min(MiB, left))
+                f.write(block)
+                left -= len(block)
+
+
+def entries(root: Path, n: int, seed: int = 3) -> None:
+    """n empty files (1% hold a few bytes) in directories of ~1000, made with bare os.open
+    calls relative to a directory fd so that a million entries take seconds, not minutes."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    for d in range(math.ceil(n / ENTRIES_PER_DIR)):
+        (root / f"e{d:05d}").mkdir()
+        dfd = os.open(root / f"e{d:05d}", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i in range(d * ENTRIES_PER_DIR, min(n, (d + 1) * ENTRIES_PER_DIR)):
+                fd = os.open(f"{i:07d}", flags, 0o644, dir_fd=dfd)
+                if rng.random() < 0.01:
+                    os.write(fd, b"x" * rng.randrange(1, 64))
+                os.close(fd)
+        finally:
+            os.close(dfd)
+
+
+def _du(root: Path, *flags: str) -> int:
+    """du's total for root; du counts hard-linked files once, as the copy tools do."""
+    out = subprocess.run(
+        ["du", "-s", "--apparent-size", "-B1", *flags, str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(out.split()[0])
+
+
+def cached(
+    trees_dir: Path, name: str, make: Callable[[Path], None], log: Callable[[str], None]
+) -> dict[str, int | str]:
+    """Return facts about trees_dir/name, generating it first unless a finished copy exists.
+
+    A marker file beside (not inside) the tree records completion, so an interrupted
+    generation is thrown away and redone rather than benchmarked half-made."""
+    root = trees_dir / f"{name}.v{GENERATOR_VERSION}"
+    marker = root.with_name(root.name + ".done")
+    if not marker.exists():
+        if root.exists():
+            shutil.rmtree(root)
+        log(f"generating {root} ...")
+        root.mkdir(parents=True)
+        make(root)
+        facts = {"inodes": _du(root, "--inodes"), "bytes": _du(root)}
+        marker.write_text(json.dumps(facts))
+    return {"path": str(root), **json.loads(marker.read_text())}
