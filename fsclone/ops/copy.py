@@ -337,7 +337,9 @@ class DirCopier:
         assert self.dfd is not None
         tmp = temp_name(name, self.tag)
         os.symlink(os.readlink(name, dir_fd=self.sfd), tmp, dir_fd=self.dfd)
-        self._place(name, tmp, st, dst)
+        # the kernel updates a link's atime on readlink (no O_NOATIME for links): stamp the
+        # atime the source has now, so the copy still matches it
+        self._place(name, tmp, os.stat(name, dir_fd=self.sfd, follow_symlinks=False), dst)
 
     def special(self, name: str, st: os.stat_result, dst: os.stat_result | None, rel: str) -> None:
         """Fifos, sockets and device nodes: recreated by mknod, never opened."""

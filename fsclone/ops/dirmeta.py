@@ -15,8 +15,8 @@ from fsclone.stats import counters as C
 def apply_dir_meta(ctx: Context, out: Outcome, relpath: str, sfd: int, dfd: int,
                    count: bool = False) -> None:
     """Make the target directory's owner, mode, xattrs/ACLs and times those of the source.
-    With ``count``, an update is counted when something differed (the mtime pass); a copy pass
-    does not count the times it restores after writing into a directory."""
+    A change of owner, mode or xattrs counts as an update; times count only with ``count`` (the
+    mtime pass), since a copy pass restores them after every write into a directory."""
     try:
         sst, dst = os.fstat(sfd), os.fstat(dfd)
         diff = meta.inode_diff(sst, dst, ctx.spec.modify_window_ns)
@@ -28,7 +28,7 @@ def apply_dir_meta(ctx: Context, out: Outcome, relpath: str, sfd: int, dfd: int,
         if ctx.spec.dry_run:
             return
         meta.apply_all(dfd, sst, sx, dx)
-        if count:
+        if count or diff.owner or diff.mode or diff.xattrs:
             out.count(C.UPDATED)
     except OSError as exc:
         out.fail(relpath, exc, "dirmeta")

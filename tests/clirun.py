@@ -1,0 +1,40 @@
+"""Running the real ``fsclone`` command from tests, as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+PathLike = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
+
+def fsclone_env(state: Path, **settings: object) -> dict[str, str]:
+    """The environment for a run: its own state dir, settings as FSCLONE_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FSCLONE_")}
+    env["FSCLONE_STATE_DIR"] = str(state)
+    env.update({f"FSCLONE_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def fsclone(*args: PathLike, state: Path, timeout: float = 300,
+            **settings: object) -> subprocess.CompletedProcess[bytes]:
+    cmd = [sys.executable, "-m", "fsclone", *[os.fsencode(a) for a in args]]
+    return subprocess.run(cmd, env=fsclone_env(state, **settings), capture_output=True,
+                          timeout=timeout, check=False)
+
+
+def fsclone_json(*args: PathLike, state: Path, **settings: object) -> tuple[int, dict[str, Any]]:
+    """Run a pass with --json; returns the exit code and the summary."""
+    proc = fsclone(*args, "--json", state=state, **settings)
+    assert proc.stdout, proc.stderr.decode(errors="replace")
+    return proc.returncode, json.loads(proc.stdout.splitlines()[-1])
+
+
+def spawn(*args: PathLike, state: Path, **settings: object) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "fsclone", *[os.fsencode(a) for a in args]]
+    return subprocess.Popen(cmd, env=fsclone_env(state, **settings), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
