@@ -204,8 +204,9 @@ def find_unfinished(state_dir: Path, op: str, src: str, dst: str) -> str | None:
 
 
 class TargetLock:
-    """One pass at a time per target: an flock on a file named after the target's path, held
-    for the life of the coordinator (the kernel drops it if the process dies)."""
+    """One pass at a time per target: a POSIX record lock on a file named after the target's
+    path, held for the life of the coordinator. The kernel drops it when the coordinator dies,
+    and unlike flock it is not inherited by forked workers that may outlive it."""
 
     def __init__(self, state_dir: Path, dst: str) -> None:
         locks = state_dir / "locks"
@@ -213,16 +214,18 @@ class TargetLock:
         self.path = locks / (hashlib.sha256(os.fsencode(dst)).hexdigest()[:20] + ".lock")
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
-    def acquire(self, pass_id: str) -> None:
+    def acquire(self, what: str) -> None:
+        """Take the lock or raise LockedError naming its holder; ``what`` names us to others."""
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             holder = os.pread(self.fd, 4096, 0).decode(errors="replace").strip()
-            os.close(self.fd)
             raise LockedError(f"another pass is running on this target ({holder})") from None
+        self.describe(what)
+
+    def describe(self, what: str) -> None:
         os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"pass {pass_id}, pid {os.getpid()} on {socket.gethostname()}\n"
-                  .encode(), 0)
+        os.pwrite(self.fd, f"{what}, pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
 
     def release(self) -> None:
         os.close(self.fd)

@@ -57,7 +57,8 @@ def test_hostile_tree_is_copied_exactly_and_source_untouched(where: Path) -> Non
     assert out["counters"].get("errors", 0) == 0
     # symlink atimes move on readlink (a kernel rule, no O_NOATIME for links): all else stays
     after = atime_map(src)
-    moved = [p for p in atimes if atimes[p] != after[p] and not os.path.islink(src / os.fsdecode(p))]
+    moved = [p for p in atimes
+             if atimes[p] != after[p] and not os.path.islink(src / os.fsdecode(p))]
     assert moved == []
     assert tree_diffs(before, snapshot(src, atime=False)) == []
     assert_same_tree(src, dst)

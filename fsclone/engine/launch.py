@@ -56,10 +56,11 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
     state.mkdir(parents=True, exist_ok=True)
     lock = TargetLock(state, dst)
     try:
+        lock.acquire(f"a {req.op} pass starting")
         resume = None if req.restart or req.dry_run else find_unfinished(state, req.op, src, dst)
         store = PassStore(state / resume) if resume else PassStore.create(
             state, build_spec(cfg, req, src, dst))
-        lock.acquire(store.spec.id)
+        lock.describe(f"pass {store.spec.id}")
         if resume:
             hooks.note(f"resuming pass {resume} (its options apply; --restart starts anew)")
         if req.op in ("delete", "sync") and not req.dry_run:

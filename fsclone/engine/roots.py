@@ -35,17 +35,22 @@ def check_delete_guards(src: str, dst: str, sentinel: str | None) -> None:
     """Refuse to delete anything when the source root looks wrong: unreadable, empty while the
     target is not (an unmounted filesystem looks like that), or missing the site's sentinel."""
     try:
-        fd = dirs.open_root(src)
-        try:
-            names = dirs.list_names(fd)
-        finally:
-            os.close(fd)
+        names = _names(src)
     except OSError as exc:
         raise GuardError(f"source {src} cannot be listed ({exc.strerror}): nothing deleted") \
             from None
     if sentinel and sentinel not in names:
         raise GuardError(f"sentinel {sentinel!r} is missing from source {src}: is it mounted? "
                          "Nothing deleted")
-    if not names and os.path.isdir(dst) and os.listdir(dst):
+    if not names and os.path.isdir(dst) and _names(dst):
         raise GuardError(f"source {src} is empty but target {dst} is not: is it mounted? "
                          "Nothing deleted")
+
+
+def _names(path: str) -> list[str]:
+    """A root's entry names, read without touching its atime."""
+    fd = dirs.open_root(path)
+    try:
+        return dirs.list_names(fd)
+    finally:
+        os.close(fd)

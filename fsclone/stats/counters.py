@@ -22,6 +22,20 @@ CHUNKS = "chunks_done"
 HASHED = "bytes_hashed"
 VERIFIED = "files_verified"
 MISMATCHES = "mismatches"
+# what a scan pass counts (``fsclone scan``), besides SCANNED
+FILES = "files"
+DIRS = "dirs"
+SYMLINKS = "symlinks"
+OTHERS = "others"  # fifos, sockets, devices
+SIZE = "bytes"  # apparent size of the regular files, once per name
+HARDLINKS = "hardlinks"  # regular files with more than one name
+HIST_PREFIX = "size_log2_"  # + k: regular files whose size has bit length k (0 B is k=0)
+
+
+def size_bucket(size: int) -> str:
+    """The histogram counter for a file of ``size`` bytes: k = bit length, so bucket k holds
+    sizes in [2**(k-1), 2**k), like dwalk's power-of-2 histogram."""
+    return f"{HIST_PREFIX}{size.bit_length():02d}"
 
 
 def add(total: dict[str, int], delta: Mapping[str, int]) -> dict[str, int]:

@@ -14,9 +14,8 @@ import os
 import queue
 import signal
 import threading
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkProcess
 
@@ -24,6 +23,7 @@ from fsclone.chunk import Chunk, Result
 from fsclone.engine.worker import ChunkRunner, worker_name
 from fsclone.spec import PassSpec
 from fsclone.transport.base import Transport
+from fsclone.transport.inflight import InFlight
 
 _STOP = None
 
@@ -34,14 +34,12 @@ class _Worker:
     process: ForkProcess
     chunks: Connection  # coordinator → worker
     results: Connection  # worker → coordinator
-    in_flight: dict[str, Chunk] = field(default_factory=dict)
 
 
 class LocalTransport(Transport):
     def __init__(self, workers: int, prefetch: int = 2) -> None:
         self.size = max(1, workers)
-        self.prefetch = prefetch
-        self.pending: deque[Chunk] = deque()
+        self.in_flight = InFlight(prefetch)
         self.workers: list[_Worker] = []
         self.spec: PassSpec | None = None
         self.respawned = 0
@@ -62,15 +60,12 @@ class LocalTransport(Transport):
         return _Worker(index, proc, chunks_w, results_r)
 
     def submit(self, chunks: Iterable[Chunk]) -> None:
-        self.pending.extend(chunks)
+        self.in_flight.add(chunks)
         self._dispatch()
 
     def _dispatch(self) -> None:
-        for worker in self.workers:
-            while self.pending and len(worker.in_flight) < self.prefetch:
-                chunk = self.pending.popleft()
-                worker.in_flight[chunk.id] = chunk
-                worker.chunks.send(chunk)
+        for index, chunk in self.in_flight.assign(w.index for w in self.workers):
+            self.workers[index].chunks.send(chunk)
 
     def poll(self, timeout: float) -> list[Result]:
         by_key: dict[object, _Worker] = {w.results: w for w in self.workers}
@@ -92,7 +87,7 @@ class LocalTransport(Transport):
         try:
             while worker.results.poll():
                 result: Result = worker.results.recv()
-                worker.in_flight.pop(result.chunk.id, None)
+                self.in_flight.done(worker.index, result.chunk.id)
                 out.append(result)
         except (EOFError, OSError):
             pass  # the worker died; its sentinel reports it
@@ -102,8 +97,7 @@ class LocalTransport(Transport):
         """A worker died (killed, crashed): fail its chunks so they are retried elsewhere."""
         results = self._drain(dead)
         code = dead.process.exitcode
-        results += [Result(chunk=c, failed=f"worker {dead.index} died (exit {code})")
-                    for c in dead.in_flight.values()]
+        results += self.in_flight.lost(dead.index, f"worker {dead.index} died (exit {code})")
         dead.chunks.close()
         dead.results.close()
         self.respawned += 1
@@ -111,7 +105,7 @@ class LocalTransport(Transport):
         return results
 
     def depth(self) -> int:
-        return len(self.pending)
+        return self.in_flight.depth()
 
     def stop(self) -> None:
         for worker in self.workers:

@@ -1,0 +1,149 @@
+"""Crashes, item errors and bad input: a pass always ends faithful, or says clearly why not."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.clirun import fsclone, fsclone_json, spawn
+from tests.fstree import assert_rsync_clean, assert_same_tree, preserving_atimes
+
+
+def many_files(root: Path, dirs: int = 40, files: int = 60, size: int = 48 << 10) -> Path:
+    block = os.urandom(size)
+    for d in range(dirs):
+        sub = root / f"d{d:03}"
+        sub.mkdir(parents=True)
+        for f in range(files):
+            (sub / f"f{f:03}").write_bytes(block[f:])
+    return root
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def wait_until(probe, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def copied_count(dst: Path) -> int:
+    """Entries below ``dst``, listed with O_NOATIME: polling must not move the copy's atimes."""
+    def count(fd: int) -> int:
+        total = 0
+        for entry in os.scandir(fd):
+            total += 1
+            if entry.is_dir(follow_symlinks=False):
+                sub = os.open(entry.name, os.O_RDONLY | os.O_NOATIME, dir_fd=fd)
+                try:
+                    total += count(sub)
+                finally:
+                    os.close(sub)
+        return total
+
+    try:
+        root = os.open(dst, os.O_RDONLY | os.O_NOATIME)
+    except FileNotFoundError:
+        return 0
+    try:
+        return count(root)
+    except FileNotFoundError:
+        return 0
+    finally:
+        os.close(root)
+
+
+def leftovers(root: Path) -> list[str]:
+    with preserving_atimes(root):
+        return [n for _, ds, fs in os.walk(root) for n in ds + fs if n.startswith(".fsclone-")]
+
+
+def test_worker_killed_mid_pass(tmp_path: Path) -> None:
+    src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
+    proc = spawn("pass", "copy", "--workers", "2", "--json", src, dst, state=state)
+    workers = wait_until(lambda: copied_count(dst) > 100 and children(proc.pid), 60, "progress")
+    os.kill(workers[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert_same_tree(src, dst)
+    assert leftovers(dst) == []
+
+
+def test_coordinator_killed_then_resumed(tmp_path: Path) -> None:
+    src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
+    proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)
+    wait_until(lambda: copied_count(dst) > 300, 60, "progress")
+    proc.kill()
+    proc.wait()
+    assert copied_count(dst) < 2400, "the pass ended before it could be interrupted"
+    resumed = wait_until(lambda: (p := fsclone("pass", "copy", "--workers", "2", src, dst,
+                                               state=state)).returncode != 2 and p, 30, "lock")
+    assert resumed.returncode == 0, resumed.stderr
+    assert b"resuming pass" in resumed.stderr
+    assert_same_tree(src, dst)
+    assert leftovers(dst) == []
+
+
+def test_item_errors_are_listed_and_exit_1(tmp_path: Path) -> None:
+    if subprocess.run(["chattr", "-V"], capture_output=True).returncode not in (0, 1):
+        pytest.skip("chattr missing")
+    src, dst, state = many_files(tmp_path / "src", dirs=2, files=3), tmp_path / "dst", \
+        tmp_path / "state"
+    (dst / "d001").mkdir(parents=True)
+    if subprocess.run(["chattr", "+i", dst / "d001"]).returncode != 0:
+        pytest.skip("no immutable flag on this filesystem")
+    try:
+        proc = fsclone("pass", "copy", src, dst, state=state)
+    finally:
+        subprocess.run(["chattr", "-i", dst / "d001"], check=True)
+    assert proc.returncode == 1
+    text = proc.stdout.decode()
+    assert "errors                           4" in text  # 3 files, the dir's times
+    assert "d001/f000: copy: [errno 1] Operation not permitted" in text
+    assert (dst / "d000/f002").exists()  # the rest of the pass went on
+    rc, out = fsclone_json("pass", "copy", src, dst, state=state)
+    assert rc == 0 and out["counters"]["files_copied"] == 3
+    assert_rsync_clean(src, dst)
+
+
+@pytest.mark.parametrize("case", ["missing", "inside", "contains", "same", "config-missing",
+                                  "config-broken", "config-bad-value", "option", "age"])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, case: str) -> None:
+    src, state = tmp_path / "src", tmp_path / "state"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub/f").write_text("x")
+    broken = tmp_path / "broken.py"
+    broken.write_text("WORKERS = (\n")
+    badvalue = tmp_path / "bad.py"
+    badvalue.write_text("OLDEST_DATE = 'ninety days'\n")
+    dst = tmp_path / "dst"
+    args = {
+        "missing": ["pass", "copy", tmp_path / "nope", dst],
+        "inside": ["pass", "copy", src, src / "sub/copy"],
+        "contains": ["pass", "copy", src / "sub", src],
+        "same": ["pass", "copy", src, tmp_path / "src/../src"],
+        "config-missing": ["pass", "copy", "--config", tmp_path / "none.py", src, dst],
+        "config-broken": ["pass", "copy", "--config", broken, src, dst],
+        "config-bad-value": ["pass", "copy", "--config", badvalue, src, dst],
+        "option": ["pass", "copy", "--no-such-option", src, dst],
+        "age": ["pass", "copy", "--newest", "yesterday", src, dst],
+    }[case]
+    before = sorted(p for p in tmp_path.rglob("*"))
+    proc = fsclone(*args, state=state)
+    assert proc.returncode == 2
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fsclone: "), lines
+    assert sorted(p for p in tmp_path.rglob("*") if not p.is_relative_to(state)) == before
+    assert not any(state.glob("*/pass.db"))
