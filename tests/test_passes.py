@@ -183,7 +183,7 @@ def test_nothing_deleted_below_a_source_directory_that_cannot_be_listed(
         return real(fd)
 
     monkeypatch.setattr(dirs, "list_kinds", refuse_locked)
-    spec, summary = run_pass(Config(workers=2, state_dir=str(state)),
+    _, summary = run_pass(Config(workers=2, state_dir=str(state)),
                              PassRequest(op="delete", src=str(src), dst=str(dst)), Hooks())
     assert summary.error_count == 1
     assert [(e.path, e.errno) for e in summary.errors] == [("locked", 13)]

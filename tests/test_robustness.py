@@ -75,7 +75,7 @@ def test_worker_killed_mid_pass(tmp_path: Path) -> None:
     proc = spawn("pass", "copy", "--workers", "2", "--json", src, dst, state=state)
     workers = wait_until(lambda: copied_count(dst) > 100 and children(proc.pid), 60, "progress")
     os.kill(workers[0], signal.SIGKILL)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert_same_tree(src, dst)
     assert leftovers(dst) == []
