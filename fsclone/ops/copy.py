@@ -210,13 +210,13 @@ class DirCopier:
     def fix_meta(self, name: str, st: os.stat_result, dst: os.stat_result, rel: str) -> None:
         """Metadata-only changes are applied in place: no data is rewritten."""
         assert self.dfd is not None
-        diff = meta.inode_diff(st, dst, self.spec.modify_window_ns)
         sx = meta.read_xattrs(name, self.sfd)
         dx = meta.read_xattrs(name, self.dfd)
-        diff = meta.with_xattrs(diff, sx, dx)
-        if not diff:
+        window = self.spec.modify_window_ns
+        if sx == dx and meta.inode_same(st, dst, window):
             self.out.count(C.SAME)
             return
+        diff = meta.with_xattrs(meta.inode_diff(st, dst, window), sx, dx)
         self.out.act("attrs", rel, ",".join(diff.names()))
         if not self.dry:
             meta.apply_all(name, st, sx, dx, self.dfd)
