@@ -18,7 +18,7 @@ from fsclone.chunk import Chunk, Group, Result, new_id
 from fsclone.fs import data, dirs, meta
 from fsclone.ops.context import Context, Outcome, is_temp_for, temp_name
 from fsclone.ops.delete import plan_deletes
-from fsclone.ops.dirmeta import apply_dir_meta
+from fsclone.ops.dirmeta import apply_dir_meta, created
 from fsclone.stats import counters as C
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -128,10 +128,11 @@ class DirCopier:
         chunk = self.out.chunk
         if chunk.names is None:
             if self.waiting:
-                then = Chunk(op="dirmeta", path=chunk.path)
+                then = Chunk(op="dirmeta", path=chunk.path, args=chunk.args)
                 self.out.result.groups.append(Group(self.barrier, self.waiting, then))
             elif self.dfd is not None:
-                apply_dir_meta(self.ctx, self.out, chunk.path, self.sfd, self.dfd)
+                apply_dir_meta(self.ctx, self.out, chunk.path, self.sfd, self.dfd,
+                               created(chunk))
         elif self.waiting:
             # a slice with large files hands its place in the directory's barrier to this one
             then = Chunk(op="barrier", path=chunk.path, group=chunk.group)
@@ -174,7 +175,7 @@ class DirCopier:
                 assert self.dfd is not None
                 os.mkdir(name, 0o700, dir_fd=self.dfd)
             self.out.count(C.CREATED)
-        self.out.child(self.out.chunk.op, rel)
+        self.out.child(self.out.chunk.op, rel, args={"new": True} if dst is None else {})
 
     def regular(self, name: str, st: os.stat_result, dst: os.stat_result | None, rel: str) -> None:
         current = dst is not None and stat.S_ISREG(dst.st_mode) and self._same_data(name, st, dst)

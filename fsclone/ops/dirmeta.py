@@ -13,10 +13,11 @@ from fsclone.stats import counters as C
 
 
 def apply_dir_meta(ctx: Context, out: Outcome, relpath: str, sfd: int, dfd: int,
-                   count: bool = False) -> None:
+                   count: bool | None = None) -> None:
     """Make the target directory's owner, mode, xattrs/ACLs and times those of the source.
-    A change of owner, mode or xattrs counts as an update; times count only with ``count`` (the
-    mtime pass), since a copy pass restores them after every write into a directory."""
+    What counts as an update: by default a change of owner, mode or xattrs (a copy pass restores
+    times after every write into a directory, which is no news); with ``count`` True any change
+    (the mtime pass); with False nothing (a directory this pass created)."""
     try:
         sst, dst = os.fstat(sfd), os.fstat(dfd)
         diff = meta.inode_diff(sst, dst, ctx.spec.modify_window_ns)
@@ -28,10 +29,15 @@ def apply_dir_meta(ctx: Context, out: Outcome, relpath: str, sfd: int, dfd: int,
         if ctx.spec.dry_run:
             return
         meta.apply_all(dfd, sst, sx, dx)
-        if count or diff.owner or diff.mode or diff.xattrs:
+        if count or (count is None and (diff.owner or diff.mode or diff.xattrs)):
             out.count(C.UPDATED)
     except OSError as exc:
         out.fail(relpath, exc, "dirmeta")
+
+
+def created(chunk: Chunk) -> bool | None:
+    """False (count nothing) for a directory the pass itself created, else the default."""
+    return False if chunk.args.get("new") else None
 
 
 def run_dirmeta(ctx: Context, chunk: Chunk) -> Result:
@@ -40,7 +46,7 @@ def run_dirmeta(ctx: Context, chunk: Chunk) -> Result:
     try:
         with ctx.open_dirs(chunk.path) as (sfd, dfd):
             if dfd is not None:
-                apply_dir_meta(ctx, out, chunk.path, sfd, dfd)
+                apply_dir_meta(ctx, out, chunk.path, sfd, dfd, created(chunk))
     except OSError as exc:
         out.fail(chunk.path, exc)
     return out.result

@@ -1,0 +1,82 @@
+"""Pure logic: the wire format and its validation, configuration precedence, filters."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fsclone.chunk import Chunk, Group, ItemError, Result, dumps, loads_chunk, loads_result
+from fsclone.config import load, read_site_file
+from fsclone.errors import ConfigError, MessageError, UsageError
+from fsclone.filters import Filters, parse_age
+from fsclone.spec import PassSpec
+
+HOSTILE = os.fsdecode(b"bad \xff\xfe name\nwith newline")
+
+
+def test_chunks_and_results_survive_the_wire_with_any_name() -> None:
+    chunk = Chunk(op="copy", path=f"a/{HOSTILE}", names=(HOSTILE, "*?"), group="g", attempt=2,
+                  args={"start": 0, "end": 10})
+    body = dumps(chunk)
+    assert body.isascii()
+    assert loads_chunk(body) == chunk
+    result = Result(chunk=chunk, counters={"scanned": 3}, children=[chunk],
+                    groups=[Group("g", 2, chunk)], errors=[ItemError(HOSTILE, "copy", 13, "no")],
+                    deletions=[("a", (HOSTILE,), 4)], actions=["copy x"], worker="h.1")
+    assert loads_result(dumps(result)) == result
+
+
+@pytest.mark.parametrize("path", ["/etc", "a/../../etc", "..", "a//b", "./a", "a\0b"])
+def test_unsafe_paths_in_messages_are_refused(path: str) -> None:
+    body = json.dumps({"id": "x", "op": "copy", "path": path, "names": None}).encode()
+    with pytest.raises(MessageError):
+        loads_chunk(body)
+
+
+@pytest.mark.parametrize("body", [b"not json", b"{}", b'{"op": 1}', b"[]",
+                                  b'{"id":"x","op":"copy","path":"a","names":["a/b"]}'])
+def test_malformed_messages_are_refused(body: bytes) -> None:
+    with pytest.raises(MessageError):
+        loads_chunk(body)
+
+
+def test_config_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
+    site = tmp_path / "config.py"
+    site.write_text("WORKERS = 3\nNEWEST_DATE = '2d'\nREPORT_INTERVAL = 5\n_helper = 1\n")
+    cfg = load(str(site), {"FSCLONE_REPORT_INTERVAL": "7"}, {"workers": 9, "newest": None})
+    assert (cfg.workers, cfg.newest, cfg.report_interval) == (9, 2 * 86400, 7.0)
+    assert load(None, {"FSCLONE_CONFIG": str(site)}, {}).workers == 3
+
+
+def test_config_example_is_a_valid_config() -> None:
+    example = Path(__file__).parent.parent / "config.py.example"
+    assert read_site_file(str(example))["username"] == "datamove"
+
+
+@pytest.mark.parametrize("text", ["WORKERS = 'many'\n", "WORKRES = 2\n", "import nosuchmod\n"])
+def test_bad_configs_are_refused(tmp_path: Path, text: str) -> None:
+    site = tmp_path / "config.py"
+    site.write_text(text)
+    with pytest.raises(ConfigError):
+        load(str(site), {}, {})
+
+
+def test_ages() -> None:
+    assert [parse_age(x) for x in ("90d", "12h", "30m", "45", "2w", "0")] == [
+        7776000, 43200, 1800, 45, 1209600, 0]
+    with pytest.raises(UsageError):
+        parse_age("yesterday")
+
+
+def test_globs_follow_rsync_reading() -> None:
+    spec = PassSpec(id="p", op="copy", src="/s", dst="/d", started=0.0,
+                    excludes=("*.o", "build/tmp", "cache"), includes=("keep.o",))
+    f = Filters(spec)
+    assert f.excluded("x/y/a.o", "a.o")
+    assert not f.excluded("x/keep.o", "keep.o")
+    assert f.excluded("build/tmp", "tmp") and not f.excluded("src/build/tmp", "tmp")
+    assert f.excluded("deep/cache", "cache")
+    assert not f.excluded("a.c", "a.c")
