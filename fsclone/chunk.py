@@ -132,13 +132,19 @@ class ItemError:
         return cls(str(path), str(op), int(errno), str(message))
 
 
+#: one manifest row of the verify pass: relative path, size, mtime_ns, xxh3-128 hex of bytes
+#: [start, end) (the whole file, or one range of a large file), start, end
+ManifestRow = tuple[str, int, int, str, int, int]
+
+
 @dataclass
 class Result:
     """What a worker reports for one chunk.
 
     ``children`` are new chunks to run; ``groups`` are barriers some children belong to;
     ``deletions`` are planned removals (directory, names, entries counted below them);
-    ``actions`` are dry-run or verbose lines; ``failed`` is set when the chunk as a whole failed
+    ``actions`` are dry-run or verbose lines; ``manifest`` are the verify pass's rows, written
+    by the coordinator as results arrive; ``failed`` is set when the chunk as a whole failed
     and should be retried.
     """
 
@@ -149,6 +155,7 @@ class Result:
     errors: list[ItemError] = field(default_factory=list)
     deletions: list[tuple[str, tuple[str, ...], int]] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    manifest: list[ManifestRow] = field(default_factory=list)
     failed: str | None = None
     worker: str = ""
 
@@ -161,6 +168,7 @@ class Result:
             "errors": [e.to_wire() for e in self.errors],
             "deletions": [[d, list(n), c] for d, n, c in self.deletions],
             "actions": self.actions,
+            "manifest": [list(row) for row in self.manifest],
             "failed": self.failed,
             "worker": self.worker,
         }
@@ -183,11 +191,18 @@ class Result:
                     for d, n, c in data["deletions"]
                 ],
                 actions=[str(a) for a in data["actions"]],
+                manifest=[_manifest_row(row) for row in data.get("manifest", ())],
                 failed=data.get("failed"),
                 worker=str(data.get("worker", "")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MessageError(f"malformed result: {exc}") from exc
+
+
+def _manifest_row(data: Any) -> ManifestRow:
+    path, size, mtime_ns, digest, start, end = data
+    return (validate_relpath(str(path)), int(size), int(mtime_ns), str(digest), int(start),
+            int(end))
 
 
 def dumps(obj: Chunk | Result) -> bytes:

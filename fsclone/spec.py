@@ -35,6 +35,7 @@ class PassSpec:
     sample: float = 1.0
     seed: int = 0
     metadata_only: bool = False
+    manifest: bool = False  # verify: results carry manifest rows for the coordinator to write
     verbose: bool = False
 
     def to_wire(self) -> dict[str, Any]:

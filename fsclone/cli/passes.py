@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -14,7 +15,12 @@ from fsclone.config import load
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.launch import PassRequest, run_pass
 from fsclone.filters import parse_age
+from fsclone.manifest import ManifestWriter, check_location
+from fsclone.spec import PassSpec
+from fsclone.stats import counters as C
 from fsclone.stats.progress import Console
+
+Decorator = Callable[[Any], Any]  # a click option
 
 
 @cli.group("pass")
@@ -52,6 +58,10 @@ def _pass_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--quiet", "-q", is_flag=True, help="Print only errors."),
         click.option("--verbose", "-v", is_flag=True, help="Print every change made."),
     ]
+    return _decorate(f, options)
+
+
+def _decorate(f: Callable[..., Any], options: Sequence[Decorator]) -> Callable[..., Any]:
     for option in reversed(options):
         f = option(f)
     return f
@@ -72,23 +82,66 @@ def _run(op: str, **kw: Any) -> None:
     req = PassRequest(
         op=op, src=src, dst=dst, dry_run=kw["dry_run"], checksum=kw["checksum"],
         modify_window=kw["modify_window"], includes=kw["include"], excludes=kw["exclude"],
-        restart=kw["restart"], verbose=kw["verbose"])
+        restart=kw["restart"] or bool(kw.get("manifest")), verbose=kw["verbose"],
+        **_verify_fields(kw, src, dst))
     console = Console(kw["quiet"], kw["as_json"])
     hooks = Hooks(progress=console.progress, action=console.action, note=console.note)
-    spec, summary = run_pass(cfg, req, hooks)
-    console.summary(spec.id, op, summary, spec.dry_run)
-    sys.exit(EXIT_ITEMS_FAILED if summary.error_count else EXIT_OK)
+    with contextlib.ExitStack() as stack:
+        if kw.get("manifest"):
+            hooks.manifest = stack.enter_context(ManifestWriter(kw["manifest"])).write
+        spec, summary = run_pass(cfg, req, hooks)
+    console.summary(spec.id, op, summary, spec.dry_run, _verify_notes(spec))
+    failed = summary.error_count or summary.counters.get(C.MISMATCHES)
+    sys.exit(EXIT_ITEMS_FAILED if failed else EXIT_OK)
 
 
-def _make_pass_command(op: str, doc: str) -> None:
+_VERIFY_OPTIONS: list[Decorator] = [
+    click.option("--sample", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+                 metavar="F", help="Check a random fraction F of the files [default: all]."),
+    click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
+                 help="Which sample: the same seed draws the same files."),
+    click.option("--metadata-only", is_flag=True,
+                 help="Compare types, sizes, owners, modes, times, links, xattrs; no data."),
+    click.option("--manifest", type=click.Path(dir_okay=False), metavar="FILE",
+                 help="Write path, size, mtime and xxh3-128 of every file checked (TSV)."),
+]
+
+
+def _verify_fields(kw: dict[str, Any], src: str, dst: str) -> dict[str, Any]:
+    """The verify options as PassRequest fields (none for other passes). A pass with a manifest
+    starts anew: the rows of an interrupted run are not in the new file."""
+    if "sample" not in kw:
+        return {}
+    if kw["manifest"]:
+        if kw["metadata_only"]:
+            raise click.UsageError("--manifest needs the content read: not with --metadata-only")
+        check_location(kw["manifest"], (src, dst))
+    return {"sample": kw["sample"], "seed": kw["seed"], "metadata_only": kw["metadata_only"],
+            "manifest": bool(kw["manifest"])}
+
+
+def _verify_notes(spec: PassSpec) -> list[str]:
+    """What the summary must say about a partial verify."""
+    notes = []
+    if spec.sample < 1.0:
+        notes.append(f"sampled: {spec.sample * 100:.4g}% of the files, drawn by --seed "
+                     f"{spec.seed}")
+    if spec.metadata_only:
+        notes.append("metadata only: no content read")
+    return notes
+
+
+def _make_pass_command(op: str, doc: str, extra: Sequence[Decorator] = ()) -> None:
     def command(**kw: Any) -> None:
         _run(op, **kw)
 
     command.__doc__ = doc
-    pass_group.command(op)(_pass_options(command))
+    pass_group.command(op)(_decorate(_pass_options(command), extra))
 
 
 _make_pass_command("copy", "Copy what differs from SRC to DST (early passes, while users work).")
 _make_pass_command("delete", "Delete from DST what vanished from SRC (guarded).")
 _make_pass_command("mtime", "Give every DST directory its SRC times (last).")
 _make_pass_command("sync", "Final pass: copy and delete in one walk, directory times restored.")
+_make_pass_command("verify", "Compare DST with SRC: content by xxhash (all or a --sample) and "
+                   "metadata; exit 1 when anything differs.", _VERIFY_OPTIONS)

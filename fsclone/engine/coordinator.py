@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fsclone.chunk import Chunk, ItemError, Result
+from fsclone.chunk import Chunk, ItemError, ManifestRow, Result
 from fsclone.errors import GuardError
 from fsclone.state import DONE, INTERRUPTED, REFUSED, PassStore
 from fsclone.stats import counters as C
@@ -39,6 +39,7 @@ class Hooks:
     progress: Callable[[dict[str, int], int], None] = lambda counters, outstanding: None
     action: Callable[[str], None] = lambda line: None
     note: Callable[[str], None] = lambda line: None
+    manifest: Callable[[list[ManifestRow]], None] = lambda rows: None
     interval: float = 0.5
 
 
@@ -146,6 +147,8 @@ class Coordinator:
         store.add_deletions(result.deletions)
         for line in result.actions:
             self.hooks.action(line)
+        if result.manifest:
+            self.hooks.manifest(result.manifest)
         for group in result.groups:
             store.add_group(group)
         released = list(result.children)

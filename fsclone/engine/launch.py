@@ -33,6 +33,7 @@ class PassRequest:
     sample: float = 1.0
     seed: int = 0
     metadata_only: bool = False
+    manifest: bool = False
 
 
 def build_spec(cfg: Config, req: PassRequest, src: str, dst: str) -> PassSpec:
@@ -42,7 +43,8 @@ def build_spec(cfg: Config, req: PassRequest, src: str, dst: str) -> PassSpec:
         modify_window_ns=int(req.modify_window * 1e9), oldest=cfg.oldest, newest=cfg.newest,
         excludes=tuple(cfg.excludes) + req.excludes, includes=req.includes,
         large_file_size=cfg.large_file_size, range_size=cfg.range_size, dir_slice=cfg.dir_slice,
-        sample=req.sample, seed=req.seed, metadata_only=req.metadata_only, verbose=req.verbose)
+        sample=req.sample, seed=req.seed, metadata_only=req.metadata_only, manifest=req.manifest,
+        verbose=req.verbose)
 
 
 def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,

@@ -7,7 +7,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 NOATIME = getattr(os, "O_NOATIME", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -89,19 +89,6 @@ def lstat_at(name: str, dir_fd: int) -> os.stat_result | None:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
-
-
-def read_link(name: str, dir_fd: int, st: os.stat_result) -> str:
-    """readlink(2) updates the link's atime and there is no O_NOATIME for links: put back the
-    atime ``st`` (the lstat taken before) recorded. That moves the link's ctime, the lesser
-    harm: a reader must leave atimes as it found them."""
-    target = os.readlink(name, dir_fd=dir_fd)
-    after = lstat_at(name, dir_fd)
-    if after is not None and after.st_ino == st.st_ino and after.st_atime_ns != st.st_atime_ns:
-        with suppress(PermissionError):  # not ours, and we are not root: nothing to be done
-            os.utime(name, ns=(st.st_atime_ns, after.st_mtime_ns), dir_fd=dir_fd,
-                     follow_symlinks=False)
-    return target
 
 
 def remove_tree_at(dir_fd: int, name: str) -> int:

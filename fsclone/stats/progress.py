@@ -47,11 +47,14 @@ class Console:
         if not self.live:
             return
         secs = max(time.monotonic() - self.started, 1e-6)
-        files = counters.get(C.COPIED, 0)
+        verifying = C.VERIFIED in counters
+        files = counters.get(C.VERIFIED if verifying else C.COPIED, 0)
+        data = counters.get(C.HASHED if verifying else C.BYTES, 0)
         line = (f"{counters.get(C.SCANNED, 0):,} scanned, {files:,} files "
-                f"{human_bytes(counters.get(C.BYTES, 0))} copied "
-                f"({files / secs:,.0f} files/s, {human_bytes(counters.get(C.BYTES, 0) / secs)}/s), "
-                f"{counters.get(C.ERRORS, 0)} errors, {outstanding} chunks to go")
+                f"{human_bytes(data)} {'verified' if verifying else 'copied'} "
+                f"({files / secs:,.0f} files/s, {human_bytes(data / secs)}/s), "
+                + (f"{counters.get(C.MISMATCHES, 0)} mismatches, " if verifying else "")
+                + f"{counters.get(C.ERRORS, 0)} errors, {outstanding} chunks to go")
         self.err.write("\r\x1b[K" + line)
         self.err.flush()
         self._line = True
@@ -71,21 +74,24 @@ class Console:
             self._clear()
             print(f"fsclone: {line}", file=self.err, flush=True)
 
-    def summary(self, pass_id: str, op: str, summary: Summary, dry_run: bool) -> None:
+    def summary(self, pass_id: str, op: str, summary: Summary, dry_run: bool,
+                notes: list[str] | None = None) -> None:
+        """``notes``: lines saying how the pass was partial by design (a sampled verify)."""
         self._clear()
+        notes = notes or []
         if self.as_json:
             print(json.dumps({
                 "pass": pass_id, "op": op, "status": summary.status, "dry_run": dry_run,
                 "elapsed": round(summary.elapsed, 3), "counters": summary.counters,
                 "errors": [_error_json(e) for e in summary.errors],
-                "error_count": summary.error_count}))
+                "error_count": summary.error_count, **({"notes": notes} if notes else {})}))
             return
-        if self.quiet and not summary.error_count:
+        if self.quiet and not (summary.error_count or summary.counters.get(C.MISMATCHES)):
             return
         c = summary.counters
         head = f"pass {pass_id}: {op}{' (dry run)' if dry_run else ''} {summary.status} " \
                f"in {summary.elapsed:.1f}s"
-        lines = [head] + [
+        lines = [head] + [f"  {note}" for note in notes] + [
             f"  {label:32} {human_bytes(c[key]) if key in (C.BYTES, C.HASHED) else f'{c[key]:,}'}"
             for key, label in _SUMMARY if c.get(key)]
         if summary.errors:
