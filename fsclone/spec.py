@@ -37,6 +37,8 @@ class PassSpec:
     metadata_only: bool = False
     manifest: bool = False  # verify: results carry manifest rows for the coordinator to write
     verbose: bool = False
+    #: the pass whose failed items this pass re-runs (``--retry-errors``), else ""
+    retry_of: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS errors (seq INTEGER PRIMARY KEY, path BLOB, op TEXT, 
     message TEXT);
 CREATE TABLE IF NOT EXISTS deletions (seq INTEGER PRIMARY KEY, path BLOB, names TEXT,
     entries INTEGER);
+CREATE TABLE IF NOT EXISTS workers (name TEXT PRIMARY KEY, counters TEXT);
 """
 
 RUNNING, DONE, INTERRUPTED, REFUSED, FAILED = "running", "done", "interrupted", "refused", "failed"
@@ -72,6 +73,13 @@ class PassStore:
         self.phase: int = row[2]
         self.counters: dict[str, int] = json.loads(row[3])
         self.outstanding: int = self.db.execute("SELECT count(*) FROM outstanding").fetchone()[0]
+        #: the pass counters split by the worker that earned them (they sum to ``counters``),
+        #: kept here so a resumed coordinator continues every worker's totals
+        self.workers: dict[str, dict[str, int]] = _workers(self.db)
+        self._dirty_workers: set[str] = set()
+        # the record names the process running the pass (status tells a dead one by its pid)
+        self.db.execute("UPDATE pass SET host=?, pid=?", (socket.gethostname(), os.getpid()))
+        self.db.commit()
 
     @classmethod
     def create(cls, state_dir: Path, spec: PassSpec) -> PassStore:
@@ -123,8 +131,10 @@ class PassStore:
         return loads_chunk(row[1])
 
     # -- results ------------------------------------------------------------------------------
-    def add_counters(self, delta: dict[str, int]) -> None:
+    def add_counters(self, delta: dict[str, int], worker: str) -> None:
         C.add(self.counters, delta)
+        C.add(self.workers.setdefault(worker, {}), delta)
+        self._dirty_workers.add(worker)
 
     def add_errors(self, errors: Iterable[ItemError]) -> None:
         self.db.executemany("INSERT INTO errors (path, op, errno, message) VALUES (?,?,?,?)",
@@ -143,9 +153,7 @@ class PassStore:
         return self.db.execute("SELECT coalesce(sum(entries), 0) FROM deletions").fetchone()[0]
 
     def errors(self, limit: int | None = None) -> list[ItemError]:
-        sql = "SELECT path, op, errno, message FROM errors ORDER BY seq"
-        rows = self.db.execute(sql + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
-        return [ItemError(os.fsdecode(p), o, e, m) for p, o, e, m in rows]
+        return _errors(self.db, limit)
 
     # -- pass status --------------------------------------------------------------------------
     def set_phase(self, phase: int) -> None:
@@ -161,15 +169,54 @@ class PassStore:
 
     def commit(self) -> None:
         self.db.execute("UPDATE pass SET counters=?", (json.dumps(self.counters),))
+        self.db.executemany("INSERT OR REPLACE INTO workers VALUES (?,?)",
+                            [(w, json.dumps(self.workers[w])) for w in self._dirty_workers])
+        self._dirty_workers.clear()
         self.db.commit()
 
     def close(self) -> None:
         self.db.close()
 
 
+def _errors(db: sqlite3.Connection, limit: int | None) -> list[ItemError]:
+    sql = "SELECT path, op, errno, message FROM errors ORDER BY seq"
+    rows = db.execute(sql + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
+    return [ItemError(os.fsdecode(p), o, e, m) for p, o, e, m in rows]
+
+
+def _workers(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    try:
+        rows = db.execute("SELECT name, counters FROM workers ORDER BY name").fetchall()
+    except sqlite3.OperationalError:  # a record written before per-worker totals existed
+        return {}
+    return {name: json.loads(counters) for name, counters in rows}
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path / 'pass.db'}?mode=ro", uri=True)
+
+
+def read_errors(path: Path, limit: int | None = None) -> list[ItemError]:
+    """A pass's item errors, in the order they happened (for ``errors`` and ``--retry-errors``)."""
+    db = _read_only(path)
+    try:
+        return _errors(db, limit)
+    finally:
+        db.close()
+
+
+def read_workers(path: Path) -> dict[str, dict[str, int]]:
+    """A pass's counters per worker ("host.index"), for ``status ID``."""
+    db = _read_only(path)
+    try:
+        return _workers(db)
+    finally:
+        db.close()
+
+
 def read_record(path: Path) -> PassRecord:
     """Read a pass record without taking part in it (for status)."""
-    db = sqlite3.connect(f"file:{path / 'pass.db'}?mode=ro", uri=True)
+    db = _read_only(path)
     try:
         spec, status, phase, started, ended, counters, host, pid = db.execute(
             "SELECT spec, status, phase, started, ended, counters, host, pid FROM pass").fetchone()
@@ -195,10 +242,12 @@ def list_passes(state_dir: Path) -> list[PassRecord]:
 
 
 def find_unfinished(state_dir: Path, op: str, src: str, dst: str) -> str | None:
-    """The newest pass with the same op and roots that did not finish, to be resumed."""
+    """The newest pass with the same op and roots that did not finish, to be resumed. A
+    ``--retry-errors`` pass is never resumed by a plain pass: it covers only a few items."""
     for rec in reversed(list_passes(state_dir)):
         s = rec.spec
-        if (s.op, s.src, s.dst) == (op, src, dst) and rec.status in (RUNNING, INTERRUPTED):
+        if (s.op, s.src, s.dst) == (op, src, dst) and rec.status in (RUNNING, INTERRUPTED) \
+                and not s.retry_of:
             return s.id
     return None
 

@@ -14,11 +14,13 @@ from fsclone.cli import EXIT_ITEMS_FAILED, EXIT_OK, cli
 from fsclone.config import load
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.launch import PassRequest, run_pass
+from fsclone.engine.retry import retry_roots
 from fsclone.filters import parse_age
 from fsclone.manifest import ManifestWriter, check_location
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 from fsclone.stats.progress import Console
+from fsclone.stats.reporter import reporter_for
 
 Decorator = Callable[[Any], Any]  # a click option
 
@@ -75,6 +77,8 @@ def _run(op: str, **kw: Any) -> None:
         "max_delete": kw["max_delete"], "sentinel": kw["sentinel"],
     }
     cfg = load(kw["config_file"], os.environ, flags)
+    if kw.get("retry_errors"):
+        kw["src"], kw["dst"] = retry_roots(cfg.state_path, kw["retry_errors"], kw["src"], kw["dst"])
     src = kw["src"] or cfg.source_mount
     dst = kw["dst"] or cfg.target_mount
     if not src or not dst:
@@ -83,10 +87,13 @@ def _run(op: str, **kw: Any) -> None:
         op=op, src=src, dst=dst, dry_run=kw["dry_run"], checksum=kw["checksum"],
         modify_window=kw["modify_window"], includes=kw["include"], excludes=kw["exclude"],
         restart=kw["restart"] or bool(kw.get("manifest")), verbose=kw["verbose"],
+        retry_of=kw.get("retry_errors") or "",
         **_verify_fields(kw, src, dst))
     console = Console(kw["quiet"], kw["as_json"])
-    hooks = Hooks(progress=console.progress, action=console.action, note=console.note)
+    hooks = Hooks(progress=console.progress, action=console.action, note=console.note,
+                  stats_interval=cfg.report_interval)
     with contextlib.ExitStack() as stack:
+        hooks.stats = stack.enter_context(reporter_for(cfg, console.warn)).offer
         if kw.get("manifest"):
             hooks.manifest = stack.enter_context(ManifestWriter(kw["manifest"])).write
         spec, summary = run_pass(cfg, req, hooks)
@@ -131,6 +138,12 @@ def _verify_notes(spec: PassSpec) -> list[str]:
     return notes
 
 
+_RETRY_OPTIONS: list[Decorator] = [
+    click.option("--retry-errors", metavar="ID",
+                 help="Re-run only the items pass ID listed as failed, on its roots."),
+]
+
+
 def _make_pass_command(op: str, doc: str, extra: Sequence[Decorator] = ()) -> None:
     def command(**kw: Any) -> None:
         _run(op, **kw)
@@ -139,7 +152,8 @@ def _make_pass_command(op: str, doc: str, extra: Sequence[Decorator] = ()) -> No
     pass_group.command(op)(_decorate(_pass_options(command), extra))
 
 
-_make_pass_command("copy", "Copy what differs from SRC to DST (early passes, while users work).")
+_make_pass_command("copy", "Copy what differs from SRC to DST (early passes, while users work).",
+                   _RETRY_OPTIONS)
 _make_pass_command("delete", "Delete from DST what vanished from SRC (guarded).")
 _make_pass_command("mtime", "Give every DST directory its SRC times (last).")
 _make_pass_command("sync", "Final pass: copy and delete in one walk, directory times restored.")

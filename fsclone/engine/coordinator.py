@@ -15,9 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fsclone.chunk import Chunk, ItemError, ManifestRow, Result
+from fsclone.engine.retry import Seed
+from fsclone.engine.worker import worker_name
 from fsclone.errors import GuardError
 from fsclone.state import DONE, INTERRUPTED, REFUSED, PassStore
 from fsclone.stats import counters as C
+from fsclone.stats.snapshot import Snapshot
 from fsclone.transport.base import Transport
 
 #: the phases of each pass, in order
@@ -27,9 +30,12 @@ PHASES: dict[str, tuple[str, ...]] = {
     "delete": ("walk", "unlink"),
     "mtime": ("walk",),
     "verify": ("walk",),
+    "scan": ("walk",),
 }
 #: phases that change the target, skipped by a dry run
 _WRITING_PHASES = {"unlink", "cleanup"}
+#: whom the counters of a chunk that failed as a whole (its worker unknown) are credited to
+COORDINATOR = worker_name("coordinator")
 
 
 @dataclass
@@ -41,6 +47,10 @@ class Hooks:
     note: Callable[[str], None] = lambda line: None
     manifest: Callable[[list[ManifestRow]], None] = lambda rows: None
     interval: float = 0.5
+    #: totals per pass and worker for the stats sinks, every ``stats_interval`` and at the end;
+    #: must return at once (see fsclone.stats.reporter)
+    stats: Callable[[Snapshot], None] = lambda snapshot: None
+    stats_interval: float = 10.0
 
 
 @dataclass
@@ -54,12 +64,15 @@ class Summary:
 
 class Coordinator:
     def __init__(self, store: PassStore, transport: Transport, hooks: Hooks | None = None,
-                 max_delete: int | None = None, max_attempts: int = 3) -> None:
+                 max_delete: int | None = None, max_attempts: int = 3,
+                 seed: Seed | None = None) -> None:
         self.store = store
         self.transport = transport
         self.hooks = hooks or Hooks()
         self.max_delete = max_delete
         self.max_attempts = max_attempts
+        self.seed = seed
+        self._next_stats = 0.0
 
     def run(self) -> Summary:
         store, spec = self.store, self.store.spec
@@ -87,13 +100,20 @@ class Coordinator:
             store.set_status(INTERRUPTED)
             raise
         finally:
-            self.transport.stop()
+            try:
+                self._report(final=True)
+            finally:
+                self.transport.stop()
         errors = store.errors(limit=20)
         return Summary(store.status, dict(store.counters), errors,
                        store.counters.get(C.ERRORS, 0), time.monotonic() - started)
 
     def _seed(self, phase: str) -> list[Chunk]:
         spec = self.store.spec
+        if phase == "walk" and self.seed is not None:
+            for group in self.seed.groups:
+                self.store.add_group(group)
+            return list(self.seed.chunks)
         if phase == "walk":
             return [Chunk(op=spec.op, path="")]
         if phase == "cleanup":
@@ -125,7 +145,17 @@ class Coordinator:
             if now >= next_report:
                 hooks.progress(store.counters, store.outstanding)
                 next_report = now + hooks.interval
+            if now >= self._next_stats:
+                self._report()
         hooks.progress(store.counters, store.outstanding)
+
+    def _report(self, final: bool = False) -> None:
+        """Hand the stats sinks a snapshot (the last one after the transport's last result)."""
+        store = self.store
+        phases = PHASES[store.spec.op]
+        phase = phases[store.phase] if store.phase < len(phases) else "end"
+        self.hooks.stats(Snapshot.of(store, phase, None if final else self.transport.depth()))
+        self._next_stats = time.monotonic() + self.hooks.stats_interval
 
     def _apply(self, result: Result) -> list[Chunk]:
         """Record one result; returns the chunks it releases (children, retries, barriers)."""
@@ -140,9 +170,8 @@ class Coordinator:
                 return [retry]
             why = f"chunk failed {chunk.attempt + 1} times: {result.failed}"
             store.add_errors([ItemError(chunk.path, chunk.op, 0, why)])
-            store.add_counters({C.ERRORS: 1})
-            result = Result(chunk=chunk)
-        store.add_counters(result.counters)
+            result = Result(chunk=chunk, counters={C.ERRORS: 1}, worker=result.worker)
+        store.add_counters(result.counters, result.worker or COORDINATOR)
         store.add_errors(result.errors)
         store.add_deletions(result.deletions)
         for line in result.actions:

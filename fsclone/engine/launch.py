@@ -8,10 +8,12 @@ from dataclasses import dataclass
 
 from fsclone.config import Config
 from fsclone.engine.coordinator import Coordinator, Hooks, Summary
+from fsclone.engine.retry import retry_seed
 from fsclone.engine.roots import check_delete_guards, check_roots
 from fsclone.errors import UsageError
 from fsclone.spec import PassSpec
 from fsclone.state import PassStore, TargetLock, find_unfinished, new_pass_id
+from fsclone.stats.trees import record_tree
 from fsclone.transport.base import Transport
 from fsclone.transport.local import LocalTransport
 
@@ -34,6 +36,7 @@ class PassRequest:
     seed: int = 0
     metadata_only: bool = False
     manifest: bool = False
+    retry_of: str = ""  # re-run only the items this pass listed as failed
 
 
 def build_spec(cfg: Config, req: PassRequest, src: str, dst: str) -> PassSpec:
@@ -44,7 +47,7 @@ def build_spec(cfg: Config, req: PassRequest, src: str, dst: str) -> PassSpec:
         excludes=tuple(cfg.excludes) + req.excludes, includes=req.includes,
         large_file_size=cfg.large_file_size, range_size=cfg.range_size, dir_slice=cfg.dir_slice,
         sample=req.sample, seed=req.seed, metadata_only=req.metadata_only, manifest=req.manifest,
-        verbose=req.verbose)
+        verbose=req.verbose, retry_of=req.retry_of)
 
 
 def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
@@ -59,7 +62,8 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
     lock = TargetLock(state, dst)
     try:
         lock.acquire(f"a {req.op} pass starting")
-        resume = None if req.restart or req.dry_run else find_unfinished(state, req.op, src, dst)
+        fresh = req.restart or req.dry_run or req.retry_of
+        resume = None if fresh else find_unfinished(state, req.op, src, dst)
         store = PassStore(state / resume) if resume else PassStore.create(
             state, build_spec(cfg, req, src, dst))
         lock.describe(f"pass {store.spec.id}")
@@ -69,10 +73,13 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
             check_delete_guards(src, dst, cfg.sentinel)
         if writes and not os.path.isdir(dst):
             os.mkdir(dst, 0o700)
+        seed = retry_seed(state, req.retry_of, req.op, cfg.dir_slice) if req.retry_of else None
         coordinator = Coordinator(store, transport or LocalTransport(cfg.workers), hooks,
-                                  max_delete=cfg.max_delete)
+                                  max_delete=cfg.max_delete, seed=seed)
         try:
-            return store.spec, coordinator.run()
+            summary = coordinator.run()
+            record_tree(state, store.spec, summary.status, summary.counters)
+            return store.spec, summary
         finally:
             store.close()
     finally:

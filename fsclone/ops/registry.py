@@ -10,6 +10,7 @@ from fsclone.ops.copy import run_copy, run_finalize, run_range, run_sync
 from fsclone.ops.delete import run_delete, run_unlink
 from fsclone.ops.dirmeta import run_cleanup, run_dirmeta
 from fsclone.ops.mtime import run_mtime
+from fsclone.ops.scan import run_scan
 from fsclone.ops.verify import run_verify, run_verify_range
 
 Op = Callable[[Context, Chunk], Result]
@@ -24,6 +25,7 @@ OPS: dict[str, Op] = {
     "delete": run_delete,
     "unlink": run_unlink,
     "mtime": run_mtime,
+    "scan": run_scan,
     "verify": run_verify,
     "verify_range": run_verify_range,
 }

@@ -74,6 +74,12 @@ class Console:
             self._clear()
             print(f"fsclone: {line}", file=self.err, flush=True)
 
+    def warn(self, line: str) -> None:
+        """Something an operator should know even with --json (a stats service went down)."""
+        if not self.quiet:
+            self._clear()
+            print(f"fsclone: {line}", file=self.err, flush=True)
+
     def summary(self, pass_id: str, op: str, summary: Summary, dry_run: bool,
                 notes: list[str] | None = None) -> None:
         """``notes``: lines saying how the pass was partial by design (a sampled verify)."""
@@ -83,7 +89,7 @@ class Console:
             print(json.dumps({
                 "pass": pass_id, "op": op, "status": summary.status, "dry_run": dry_run,
                 "elapsed": round(summary.elapsed, 3), "counters": summary.counters,
-                "errors": [_error_json(e) for e in summary.errors],
+                "errors": [error_json(e) for e in summary.errors],
                 "error_count": summary.error_count, **({"notes": notes} if notes else {})}))
             return
         if self.quiet and not (summary.error_count or summary.counters.get(C.MISMATCHES)):
@@ -101,5 +107,5 @@ class Console:
         print("\n".join(lines), file=sys.stdout if not self.quiet else self.err, flush=True)
 
 
-def _error_json(e: ItemError) -> dict[str, object]:
+def error_json(e: ItemError) -> dict[str, object]:
     return {"path": printable(e.path), "op": e.op, "errno": e.errno, "message": e.message}

@@ -1,0 +1,146 @@
+"""``fsclone status``, ``fsclone errors`` and ``fsclone scan``: watching a migration."""
+
+from __future__ import annotations
+
+import errno as errnos
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from fsclone.cli import EXIT_ITEMS_FAILED, EXIT_OK, cli
+from fsclone.config import Config, load
+from fsclone.engine.coordinator import Hooks
+from fsclone.engine.scan import run_scan
+from fsclone.errors import UsageError
+from fsclone.ops.context import printable
+from fsclone.state import read_errors
+from fsclone.stats import render
+from fsclone.stats.progress import Console, error_json
+from fsclone.stats.reporter import reporter_for
+from fsclone.stats.views import Views
+
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+def _common(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("--config", "config_file", metavar="FILE",
+                     help="Site config (config.py); also FSCLONE_CONFIG."),
+        click.option("--state-dir", metavar="DIR", help="Where pass records live."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _config(config_file: str | None, **flags: Any) -> Config:
+    return load(config_file, os.environ, flags)
+
+
+def _errno(number: int) -> str:
+    """"ENOSPC (28)"; "-" for a chunk that failed as a whole (no errno)."""
+    return f"{errnos.errorcode.get(number, '?')} ({number})" if number else "-"
+
+
+def _warn(line: str) -> None:
+    print(f"fsclone: {line}", file=sys.stderr, flush=True)
+
+
+@cli.command("status")
+@click.argument("pass_id", metavar="[ID]", required=False)
+@click.option("--watch", "-w", is_flag=True, help="Refresh until Ctrl-C, per host and worker.")
+@click.option("--interval", type=click.FloatRange(0.1), default=2.0, show_default=True,
+              metavar="SECS", help="How often --watch refreshes.")
+@_common
+def status(pass_id: str | None, watch: bool, interval: float, config_file: str | None,
+           state_dir: str | None, as_json: bool) -> None:
+    """Every pass this site knows (op, roots, state, progress, rate, errors, ETA), or pass ID
+    with each host and worker. Reads memcached when MEMCACHED is set, else the pass records."""
+    views = Views(_config(config_file, state_dir=state_dir), _warn)
+    try:
+        def lines() -> list[str]:
+            if pass_id:
+                return render.detail_lines(views.one(pass_id))
+            return render.list_lines(views.all())
+
+        if as_json:
+            data = views.one(pass_id).to_json(True) if pass_id else \
+                [v.to_json(False) for v in views.all()]
+            print(json.dumps(data, indent=1))
+        elif watch:
+            _watch(lines, interval)
+        else:
+            print("\n".join(lines()))
+    finally:
+        views.close()
+
+
+def _watch(lines: Callable[[], list[str]], interval: float) -> None:
+    """Redraw the whole screen every ``interval`` seconds; Ctrl-C ends it quietly."""
+    try:
+        while True:
+            head = f"fsclone status, every {interval:g}s (Ctrl-C to quit)  " \
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}"
+            sys.stdout.write(_CLEAR + "\n".join([head, "", *lines()]) + "\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+
+
+@cli.command("errors")
+@click.argument("pass_id", metavar="ID")
+@click.option("--limit", type=click.IntRange(1), metavar="N", help="Only the first N.")
+@_common
+def errors(pass_id: str, limit: int | None, config_file: str | None, state_dir: str | None,
+           as_json: bool) -> None:
+    """Each item pass ID failed on: path, operation, errno, message (from its pass record).
+    `fsclone pass copy --retry-errors ID` re-runs just these."""
+    cfg = _config(config_file, state_dir=state_dir)
+    path = cfg.state_path / pass_id
+    if not (path / "pass.db").is_file():
+        raise UsageError(f"no pass {pass_id} in {cfg.state_path}")
+    items = read_errors(path, limit)
+    if as_json:
+        print(json.dumps([error_json(e) for e in items], indent=1))
+        return
+    for e in items:
+        print(f"{printable(e.path)}\t{e.op}\t{_errno(e.errno)}\t{e.message}")
+
+
+@cli.command("scan")
+@click.argument("src", required=False)
+@click.option("--workers", "-w", type=int, help="Worker processes [default: cores].")
+@click.option("--restart", is_flag=True, help="Start anew instead of resuming.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the counts.")
+@_common
+def scan(src: str | None, workers: int | None, restart: bool, quiet: bool,
+         config_file: str | None, state_dir: str | None, as_json: bool) -> None:
+    """Count SRC in parallel (files, dirs, symlinks, others, bytes, hard links, a size
+    histogram), like dwalk. Later passes on SRC show an ETA from this count."""
+    cfg = _config(config_file, state_dir=state_dir, workers=workers)
+    root = src or cfg.source_mount
+    if not root:
+        raise click.UsageError("SRC is needed (or source_mount in config)")
+    console = Console(quiet, as_json)
+    hooks = Hooks(progress=console.progress, note=console.note,
+                  stats_interval=cfg.report_interval)
+    with reporter_for(cfg, console.warn) as reporter:
+        hooks.stats = reporter.offer
+        spec, summary = run_scan(cfg, root, hooks, restart)
+    if as_json:
+        print(json.dumps({
+            "pass": spec.id, "src": spec.src, "status": summary.status,
+            "elapsed": round(summary.elapsed, 3), "counters": summary.counters,
+            "histogram": [{"min": lo, "max": hi, "files": n}
+                          for lo, hi, n in render.histogram(summary.counters)],
+            "errors": [error_json(e) for e in summary.errors]}))
+    else:
+        console.action("\n".join(render.scan_lines(spec.src, spec.id, summary.status,
+                                                   summary.elapsed, summary.counters)))
+    sys.exit(EXIT_ITEMS_FAILED if summary.error_count else EXIT_OK)

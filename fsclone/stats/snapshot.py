@@ -1,0 +1,64 @@
+"""A snapshot of a running pass, taken by the coordinator and handed to the stats sinks.
+
+The coordinator sees every result with its worker's name and counters, so it holds exact totals
+per worker and per pass; sinks get copies of those totals (never increments), which is why a sink
+that missed reports, or a memcached that restarted, shows the right numbers at the next one.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field, replace
+
+from fsclone.state import PassStore
+from fsclone.stats import counters as C
+
+#: the counters that also get a per-second rate (dashboards, ``status``)
+RATE_KEYS = (C.SCANNED, C.COPIED, C.BYTES)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Totals of one pass at one moment. ``workers`` maps "host.index" to that worker's
+    counters; they add up to ``counters``. ``rates`` are per second over the last interval,
+    keyed like ``workers`` plus "" for the whole pass."""
+
+    pass_id: str
+    op: str
+    src: str
+    dst: str
+    status: str
+    phase: str
+    started: float
+    time: float
+    counters: dict[str, int]
+    workers: dict[str, dict[str, int]]
+    outstanding: int
+    depth: int | None
+    host: str = field(default_factory=socket.gethostname)
+    retry_of: str = ""
+    rates: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, store: PassStore, phase: str, depth: int | None) -> Snapshot:
+        """Copy what the sinks need out of a live pass store (they run on other threads)."""
+        spec = store.spec
+        return cls(
+            pass_id=spec.id, op=spec.op, src=spec.src, dst=spec.dst, status=store.status,
+            phase=phase, started=spec.started, time=time.time(), counters=dict(store.counters),
+            workers={w: dict(c) for w, c in store.workers.items()},
+            outstanding=store.outstanding, depth=depth, retry_of=spec.retry_of)
+
+    def with_rates(self, previous: Snapshot | None) -> Snapshot:
+        """This snapshot with per-second rates since ``previous`` (since the start when None)."""
+        since = previous.time if previous else self.started
+        secs = max(self.time - since, 1e-3)
+        before = previous.workers if previous else {}
+
+        def rates(now: dict[str, int], then: dict[str, int]) -> dict[str, float]:
+            return {k: round(max(now.get(k, 0) - then.get(k, 0), 0) / secs, 3) for k in RATE_KEYS}
+
+        out = {w: rates(c, before.get(w, {})) for w, c in self.workers.items()}
+        out[""] = rates(self.counters, previous.counters if previous else {})
+        return replace(self, rates=out)

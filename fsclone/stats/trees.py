@@ -1,0 +1,60 @@
+"""How big a source tree is, as the last full walk of it counted: the basis of ``status``'s ETA.
+
+``fsclone scan SRC``, and every copy or sync pass that walked the whole tree to the end, leave the
+tree's counters in ``<state dir>/trees/<hash of the source path>.json``. A later pass on the same
+source compares its progress with that count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsclone.spec import PassSpec
+from fsclone.state import DONE
+from fsclone.stats import counters as C
+
+#: ops whose SCANNED counts every entry of the source (excluded ones included, not below them)
+FULL_WALK_OPS = ("copy", "sync", "scan")
+
+
+@dataclass(frozen=True)
+class TreeTotal:
+    src: str
+    pass_id: str
+    when: float
+    counters: dict[str, int]
+
+    @property
+    def entries(self) -> int:
+        return self.counters.get(C.SCANNED, 0)
+
+
+def _path(state_dir: Path, src: str) -> Path:
+    key = hashlib.sha256(os.fsencode(src)).hexdigest()[:20]
+    return state_dir / "trees" / f"{key}.json"
+
+
+def record_tree(state_dir: Path, spec: PassSpec, status: str, counters: dict[str, int]) -> None:
+    """Keep the counters of a pass that walked the whole source tree to the end."""
+    whole = spec.op in FULL_WALK_OPS and not spec.retry_of and spec.sample >= 1.0
+    if status != DONE or not whole or not counters.get(C.SCANNED):
+        return
+    path = _path(state_dir, spec.src)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"src": spec.src, "pass": spec.id, "when": time.time(),
+                               "counters": counters}))
+    tmp.replace(path)
+
+
+def tree_total(state_dir: Path, src: str) -> TreeTotal | None:
+    try:
+        data = json.loads(_path(state_dir, src).read_text())
+    except (OSError, ValueError):
+        return None
+    return TreeTotal(data["src"], data["pass"], data["when"], data["counters"])

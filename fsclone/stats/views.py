@@ -1,0 +1,221 @@
+"""What ``fsclone status`` knows about a pass, from memcached (live, from any machine) or from
+the pass records in the state directory (no service needed), with an ETA when the tree's size
+is known (``fsclone scan SRC``, or an earlier full pass over the same source).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from fsclone.config import Config
+from fsclone.engine.coordinator import PHASES
+from fsclone.errors import UsageError
+from fsclone.state import RUNNING, PassRecord, list_passes, read_workers
+from fsclone.stats import counters as C
+from fsclone.stats.graphite import split_worker
+from fsclone.stats.memcache import DEFAULT_PORT, LiveReader
+from fsclone.stats.sinks import SinkError, parse_address
+from fsclone.stats.snapshot import RATE_KEYS, Snapshot
+from fsclone.stats.trees import tree_total
+
+Note = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    name: str
+    counters: dict[str, int]
+    rates: dict[str, float]
+
+    @property
+    def host(self) -> str:
+        return split_worker(self.name)[0]
+
+
+@dataclass
+class PassView:
+    """One pass as shown: a snapshot, read from memcached or from the pass record (``source``),
+    and the size of its source tree when known."""
+
+    snap: Snapshot
+    source: str
+    expected: int | None = None  # entries in the source tree, as last counted
+
+    @property
+    def running(self) -> bool:
+        return self.snap.status == RUNNING
+
+    @property
+    def elapsed(self) -> float:
+        return max((time.time() if self.running else self.snap.time) - self.snap.started, 0.0)
+
+    @property
+    def errors(self) -> int:
+        return self.snap.counters.get(C.ERRORS, 0)
+
+    @property
+    def rates(self) -> dict[str, float]:
+        return self.snap.rates.get("", {})
+
+    @property
+    def workers(self) -> list[WorkerView]:
+        return [WorkerView(name, c, self.snap.rates.get(name, {}))
+                for name, c in sorted(self.snap.workers.items())]
+
+    @property
+    def fraction(self) -> float | None:
+        """How much of the tree was walked, when its size is known."""
+        if not self.expected:
+            return None
+        return min(self.snap.counters.get(C.SCANNED, 0) / self.expected, 1.0)
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left of the walk: the entries not yet seen at the pace seen so far."""
+        scanned = self.snap.counters.get(C.SCANNED, 0)
+        if not self.running or not self.expected or not scanned or self.snap.phase != "walk":
+            return None
+        return max(self.expected - scanned, 0) * self.elapsed / scanned
+
+    def to_json(self, with_workers: bool) -> dict[str, Any]:
+        s = self.snap
+        out: dict[str, Any] = {
+            "pass": s.pass_id, "op": s.op, "src": s.src, "dst": s.dst, "status": s.status,
+            "phase": s.phase, "host": s.host, "retry_of": s.retry_of, "started": s.started,
+            "updated": s.time, "elapsed": round(self.elapsed, 3), "counters": s.counters,
+            "outstanding": s.outstanding, "depth": s.depth, "errors": self.errors,
+            "rates": self.rates, "expected_entries": self.expected, "fraction": self.fraction,
+            "eta": None if self.eta is None else round(self.eta, 1), "source": self.source,
+        }
+        if with_workers:
+            out["workers"] = [{"worker": w.name, "host": w.host, "counters": w.counters,
+                               "rates": w.rates} for w in self.workers]
+        return out
+
+
+def _averaged(view: PassView) -> PassView:
+    """Rates as averages since the start (the record has no last-interval rates; an ended
+    pass's last interval says little)."""
+    secs = max(view.elapsed, 1e-3)
+
+    def average(counters: dict[str, int]) -> dict[str, float]:
+        return {k: round(counters.get(k, 0) / secs, 3) for k in RATE_KEYS}
+
+    rates = {w: average(c) for w, c in view.snap.workers.items()}
+    rates[""] = average(view.snap.counters)
+    return PassView(replace(view.snap, rates=rates), view.source)
+
+
+def from_record(rec: PassRecord, state_dir: Path, with_workers: bool) -> PassView:
+    spec = rec.spec
+    phases = PHASES.get(spec.op, ())
+    status = rec.status
+    if status == RUNNING and rec.host == socket.gethostname() and not _alive(rec.pid):
+        status = "dead"  # its coordinator is gone without a word: run the pass again to resume
+    snap = Snapshot(
+        pass_id=spec.id, op=spec.op, src=spec.src, dst=spec.dst, status=status,
+        phase=phases[rec.phase] if rec.phase < len(phases) else "end", started=rec.started,
+        time=rec.ended or time.time(), counters=rec.counters,
+        workers=read_workers(state_dir / spec.id) if with_workers else {},
+        outstanding=rec.outstanding, depth=None, host=rec.host, retry_of=spec.retry_of)
+    return _averaged(PassView(snap, "record"))
+
+
+def from_doc(doc: dict[str, Any], workers: dict[str, dict[str, Any]]) -> PassView:
+    """A memcached document and its workers' (see fsclone.stats.memcache)."""
+    rates = {name: d["rates"] for name, d in workers.items()}
+    rates[""] = doc["rates"]
+    snap = Snapshot(
+        pass_id=doc["pass"], op=doc["op"], src=doc["src"], dst=doc["dst"],
+        status=doc["status"], phase=doc["phase"], started=doc["started"], time=doc["updated"],
+        counters=doc["counters"], workers={name: d["counters"] for name, d in workers.items()},
+        outstanding=doc["outstanding"], depth=doc["depth"], host=doc["host"],
+        retry_of=doc.get("retry_of", ""), rates=rates)
+    view = PassView(snap, "memcached")
+    return view if view.running else _averaged(view)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Views:
+    """Reads passes for ``status``: memcached when configured (and up), the records otherwise,
+    and the records for passes memcached no longer holds."""
+
+    def __init__(self, cfg: Config, note: Note) -> None:
+        self.state_dir = cfg.state_path
+        self.note = note
+        self.reader = (LiveReader(parse_address(cfg.memcached, DEFAULT_PORT))
+                       if cfg.memcached else None)
+        self._warned = False
+
+    def _docs(self) -> dict[str, dict[str, Any]]:
+        if self.reader is None:
+            return {}
+        try:
+            docs = {d["pass"]: d for d in self.reader.passes()}
+        except SinkError as exc:
+            if not self._warned:
+                self.note(f"memcached unreachable ({exc}); showing the pass records")
+                self._warned = True
+            return {}
+        self._warned = False
+        return docs
+
+    def all(self) -> list[PassView]:
+        records = {r.spec.id: r for r in list_passes(self.state_dir)}
+        docs = self._docs()
+        views = [self._pick(records.get(i), docs.get(i), False)
+                 for i in sorted(set(records) | set(docs))]
+        return sorted(views, key=lambda v: (v.snap.started, v.snap.pass_id))
+
+    def one(self, pass_id: str) -> PassView:
+        records = {r.spec.id: r for r in list_passes(self.state_dir)}
+        docs = self._docs()
+        match = [i for i in set(records) | set(docs) if i.startswith(pass_id)]
+        if pass_id in match:
+            match = [pass_id]
+        if len(match) != 1:
+            known = "several passes" if match else "no pass"
+            raise UsageError(f"{known} match {pass_id!r} (see `fsclone status`)")
+        return self._pick(records.get(match[0]), docs.get(match[0]), True)
+
+    def _pick(self, rec: PassRecord | None, doc: dict[str, Any] | None,
+              with_workers: bool) -> PassView:
+        """Memcached's view, unless the record says the pass ended and memcached missed it."""
+        use_doc = doc is not None and (rec is None or rec.status == RUNNING
+                                       or doc["status"] != RUNNING)
+        if use_doc:
+            assert doc is not None
+            view = from_doc(doc, self._workers(doc) if with_workers else {})
+        else:
+            assert rec is not None
+            view = from_record(rec, self.state_dir, with_workers)
+        total = tree_total(self.state_dir, view.snap.src)
+        view.expected = total.entries if total and total.pass_id != view.snap.pass_id else None
+        return view
+
+    def _workers(self, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        assert self.reader is not None
+        try:
+            return self.reader.workers(doc)
+        except SinkError as exc:
+            self.note(f"memcached unreachable ({exc}); no worker lines")
+            return {}
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
