@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fsclone.state import list_passes
+from fsclone.state import list_passes, read_workers
+from fsclone.stats import counters as C
 from tests.clirun import fsclone, fsclone_env, fsclone_json, spawn
 from tests.fstree import assert_rsync_clean, assert_same_tree
 from tests.services import skip_or_fail, wait_for
@@ -69,11 +70,29 @@ def test_status_lists_passes_and_one_pass_by_worker(tmp_path: Path) -> None:
     assert {w["worker"] for w in one["workers"]} >= {f"{HOST}.0", f"{HOST}.1"}
     total: dict[str, int] = {}
     for w in one["workers"]:
-        for k, v in w["counters"].items():
-            total[k] = total.get(k, 0) + v
+        C.add(total, w["counters"])
     assert total == summary["counters"]  # per-worker totals add up to the pass, exactly
     text = fsclone("status", state=state).stdout.decode()
     assert summary["pass"] in text and "copy  done" in text and "160 files" in text
+
+
+def test_a_resumed_coordinator_continues_the_worker_totals(tmp_path: Path) -> None:
+    src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
+    proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)
+    wait_for(lambda: any(r.counters.get("files_copied", 0) > 300 for r in list_passes(state)),
+             60, "progress")
+    proc.kill()
+    proc.wait()
+    [killed] = list_passes(state)
+    assert killed.counters["files_copied"] < 2400, "the pass ended before it could be killed"
+    rc, summary = fsclone_json("pass", "copy", "--workers", "2", src, dst, state=state)
+    assert rc == 0 and summary["pass"] == killed.spec.id
+    workers = read_workers(state / summary["pass"])
+    added: dict[str, int] = {}
+    for counters in workers.values():
+        C.add(added, counters)
+    assert added == summary["counters"]  # both runs' work, credited worker by worker
+    assert summary["counters"]["chunks_done"] > killed.counters["chunks_done"]
 
 
 def test_status_watch_on_a_terminal(tmp_path: Path) -> None:
