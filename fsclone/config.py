@@ -116,7 +116,7 @@ def read_site_file(path: str) -> dict[str, Any]:
     namespace: dict[str, Any] = {}
     try:
         exec(compile(source, path, "exec"), namespace)
-    except Exception as exc:  # noqa: BLE001 - any error in the site's file is a config error
+    except Exception as exc:  # any error in the site's file is a config error
         raise ConfigError(f"config {path} is broken: {type(exc).__name__}: {exc}") from None
     values = {k: v for k, v in namespace.items()
               if not k.startswith("_") and not callable(v) and not isinstance(v, type(os))}

@@ -23,7 +23,7 @@ def cli() -> None:
 
 def main() -> None:
     """Entry point: every error is one line on stderr and an exit code (2: usage or fatal)."""
-    from fsclone.cli import passes, status  # noqa: F401 - register their commands
+    from fsclone.cli import passes, status, worker  # noqa: F401 - register their commands
 
     try:
         cli.main(standalone_mode=False)

@@ -6,14 +6,14 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from fsclone.cli import EXIT_ITEMS_FAILED, EXIT_OK, cli
-from fsclone.config import load
+from fsclone.config import Config, load
 from fsclone.engine.coordinator import Hooks
-from fsclone.engine.launch import PassRequest, run_pass
+from fsclone.engine.launch import PassRequest, resumable, run_pass
 from fsclone.engine.retry import retry_roots
 from fsclone.filters import parse_age
 from fsclone.manifest import ManifestWriter, check_location
@@ -21,6 +21,9 @@ from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 from fsclone.stats.progress import Console
 from fsclone.stats.reporter import reporter_for
+from fsclone.transport import select
+from fsclone.transport.base import Transport
+from fsclone.transport.select import TRANSPORTS
 
 Decorator = Callable[[Any], Any]  # a click option
 
@@ -30,14 +33,29 @@ def pass_group() -> None:
     """Run one pass of a migration: copy, delete, mtime, sync (final), verify."""
 
 
+#: the options of every command that runs a pass, ``pass resume`` included
+_RUN_OPTIONS: list[Decorator] = [
+    click.option("--config", "config_file", metavar="FILE",
+                 help="Site config (config.py); also FSCLONE_CONFIG."),
+    click.option("--workers", "-w", type=int, help="Worker processes [default: cores]."),
+    click.option("--transport", type=click.Choice(TRANSPORTS), default="auto",
+                 show_default=True,
+                 help="How chunks reach workers; auto: amqp when a broker is set, else "
+                      "local. TRANSPORT."),
+    click.option("--broker", metavar="URL",
+                 help="amqp://USER@HOST[:PORT]/VHOST for `fsclone worker`s (no password: "
+                      "see PASSWORD_FILE). BROKER."),
+    click.option("--state-dir", metavar="DIR", help="Where pass records live."),
+    click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+    click.option("--quiet", "-q", is_flag=True, help="Print only errors."),
+]
+
+
 def _pass_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.argument("src", required=False),
         click.argument("dst", required=False),
-        click.option("--config", "config_file", metavar="FILE",
-                     help="Site config (config.py); also FSCLONE_CONFIG."),
-        click.option("--workers", "-w", type=int, help="Worker processes [default: cores]."),
-        click.option("--state-dir", metavar="DIR", help="Where pass records live."),
+        *_RUN_OPTIONS,
         click.option("--dry-run", "-n", is_flag=True,
                      help="Show what would change; change nothing."),
         click.option("--checksum", "-c", is_flag=True,
@@ -56,8 +74,6 @@ def _pass_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--sentinel", metavar="NAME",
                      help="Refuse to delete unless SRC/NAME exists."),
         click.option("--restart", is_flag=True, help="Start anew instead of resuming."),
-        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
-        click.option("--quiet", "-q", is_flag=True, help="Print only errors."),
         click.option("--verbose", "-v", is_flag=True, help="Print every change made."),
     ]
     return _decorate(f, options)
@@ -69,9 +85,14 @@ def _decorate(f: Callable[..., Any], options: Sequence[Decorator]) -> Callable[.
     return f
 
 
+def _run_flags(kw: dict[str, Any]) -> dict[str, Any]:
+    return {"workers": kw["workers"], "state_dir": kw["state_dir"], "broker": kw["broker"],
+            "transport": None if kw["transport"] == "auto" else kw["transport"]}
+
+
 def _run(op: str, **kw: Any) -> None:
     flags = {
-        "workers": kw["workers"], "state_dir": kw["state_dir"],
+        **_run_flags(kw),
         "oldest": parse_age(kw["oldest"]) if kw["oldest"] is not None else None,
         "newest": parse_age(kw["newest"]) if kw["newest"] is not None else None,
         "max_delete": kw["max_delete"], "sentinel": kw["sentinel"],
@@ -89,6 +110,30 @@ def _run(op: str, **kw: Any) -> None:
         restart=kw["restart"] or bool(kw.get("manifest")), verbose=kw["verbose"],
         retry_of=kw.get("retry_errors") or "",
         **_verify_fields(kw, src, dst))
+    _start(cfg, req, kw)
+
+
+def _resume(pass_id: str, **kw: Any) -> None:
+    """Resume the unfinished pass ID (as `fsclone status` lists it) with its own options;
+    running the same pass command again does the same."""
+    cfg = load(kw["config_file"], os.environ, _run_flags(kw))
+    spec = resumable(cfg.state_path, pass_id)
+    _start(cfg, PassRequest(op=spec.op, src=spec.src, dst=spec.dst, dry_run=spec.dry_run,
+                            retry_of=spec.retry_of, resume_id=spec.id), kw)
+
+
+pass_group.command("resume")(
+    _decorate(_resume, [click.argument("pass_id", metavar="ID"), *_RUN_OPTIONS]))
+
+
+def _start(cfg: Config, req: PassRequest, kw: dict[str, Any]) -> NoReturn:
+    """Run the pass through the transport :func:`select.choose` picks."""
+    kind = select.choose(cfg, os.environ)
+    _coordinate(cfg, req, kw, select.amqp(cfg) if kind == "amqp" else None)
+
+
+def _coordinate(cfg: Config, req: PassRequest, kw: dict[str, Any],
+                transport: Transport | None) -> NoReturn:
     console = Console(kw["quiet"], kw["as_json"])
     hooks = Hooks(progress=console.progress, action=console.action, note=console.note,
                   stats_interval=cfg.report_interval)
@@ -96,8 +141,8 @@ def _run(op: str, **kw: Any) -> None:
         hooks.stats = stack.enter_context(reporter_for(cfg, console.warn)).offer
         if kw.get("manifest"):
             hooks.manifest = stack.enter_context(ManifestWriter(kw["manifest"])).write
-        spec, summary = run_pass(cfg, req, hooks)
-    console.summary(spec.id, op, summary, spec.dry_run, _verify_notes(spec))
+        spec, summary = run_pass(cfg, req, hooks, transport)
+    console.summary(spec.id, req.op, summary, spec.dry_run, _verify_notes(spec))
     failed = summary.error_count or summary.counters.get(C.MISMATCHES)
     sys.exit(EXIT_ITEMS_FAILED if failed else EXIT_OK)
 

@@ -95,6 +95,7 @@ class Coordinator:
                 self._drain()
                 store.set_phase(index + 1)
                 store.commit()
+            self.transport.completed()
             store.set_status(DONE)
         except KeyboardInterrupt:
             store.set_status(INTERRUPTED)
@@ -133,10 +134,14 @@ class Coordinator:
         next_report = 0.0
         while store.outstanding:
             results = self.transport.poll(0.2)
+            lost = self.transport.lost()
             submit: list[Chunk] = []
             for result in results:
                 submit.extend(self._apply(result))
-            if results:
+            if lost:
+                store.add_errors(lost)
+                store.add_counters({C.ERRORS: len(lost)}, COORDINATOR)
+            if results or lost:
                 store.commit()
                 self.transport.settle()
             if submit:

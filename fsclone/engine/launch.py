@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from fsclone.config import Config
 from fsclone.engine.coordinator import Coordinator, Hooks, Summary
@@ -12,7 +13,15 @@ from fsclone.engine.retry import retry_seed
 from fsclone.engine.roots import check_delete_guards, check_roots
 from fsclone.errors import UsageError
 from fsclone.spec import PassSpec
-from fsclone.state import PassStore, TargetLock, find_unfinished, new_pass_id
+from fsclone.state import (
+    INTERRUPTED,
+    RUNNING,
+    PassStore,
+    TargetLock,
+    find_unfinished,
+    new_pass_id,
+    read_record,
+)
 from fsclone.stats.trees import record_tree
 from fsclone.transport.base import Transport
 from fsclone.transport.local import LocalTransport
@@ -37,6 +46,7 @@ class PassRequest:
     metadata_only: bool = False
     manifest: bool = False
     retry_of: str = ""  # re-run only the items this pass listed as failed
+    resume_id: str = ""  # resume this unfinished pass (``fsclone pass resume ID``)
 
 
 def build_spec(cfg: Config, req: PassRequest, src: str, dst: str) -> PassSpec:
@@ -48,6 +58,17 @@ def build_spec(cfg: Config, req: PassRequest, src: str, dst: str) -> PassSpec:
         large_file_size=cfg.large_file_size, range_size=cfg.range_size, dir_slice=cfg.dir_slice,
         sample=req.sample, seed=req.seed, metadata_only=req.metadata_only, manifest=req.manifest,
         verbose=req.verbose, retry_of=req.retry_of)
+
+
+def resumable(state: Path, pass_id: str) -> PassSpec:
+    """The spec of the unfinished pass ``pass_id`` (for ``fsclone pass resume``)."""
+    path = state / pass_id
+    if "/" in pass_id or pass_id.startswith(".") or not (path / "pass.db").is_file():
+        raise UsageError(f"no pass {pass_id!r} in {state}")
+    record = read_record(path)
+    if record.status not in (RUNNING, INTERRUPTED):
+        raise UsageError(f"pass {pass_id} is {record.status}: nothing to resume")
+    return record.spec
 
 
 def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
@@ -63,7 +84,7 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
     try:
         lock.acquire(f"a {req.op} pass starting")
         fresh = req.restart or req.dry_run or req.retry_of
-        resume = None if fresh else find_unfinished(state, req.op, src, dst)
+        resume = req.resume_id or (None if fresh else find_unfinished(state, req.op, src, dst))
         store = PassStore(state / resume) if resume else PassStore.create(
             state, build_spec(cfg, req, src, dst))
         lock.describe(f"pass {store.spec.id}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 
-from fsclone.chunk import Chunk, Result
+from fsclone.chunk import Chunk, ItemError, Result
 from fsclone.spec import PassSpec
 
 
@@ -31,6 +31,17 @@ class Transport(ABC):
     def settle(self) -> None:
         """Called after the results returned by :meth:`poll` are durably recorded, so a transport
         with acknowledgements can acknowledge them now. Default: nothing to do."""
+        return None
+
+    def lost(self) -> list[ItemError]:
+        """Messages the transport had to give up on without a chunk to fail (an unreadable
+        dead-lettered message), for the pass's error list: never dropped silently. Called after
+        each :meth:`poll`, before the commit that :meth:`settle` follows."""
+        return []
+
+    def completed(self) -> None:
+        """Called once the pass is done, so a transport that keeps state for a resume (durable
+        queues) can release it. Default: nothing to do."""
         return None
 
     def depth(self) -> int | None:
