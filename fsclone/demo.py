@@ -3,6 +3,7 @@ keeps (holes, hard links, symlinks, a fifo, xattrs, odd names, old times), for a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -23,10 +24,8 @@ def build(root: str) -> str:
     odd = os.path.join(os.fsencode(src), b"odd names \xff\n")
     os.mkdir(odd)
     open(os.path.join(odd, b"-rf *"), "w").close()
-    try:
+    with contextlib.suppress(OSError):  # a filesystem without user xattrs
         os.setxattr(os.path.join(src, "project"), "user.owner-group", b"astro")
-    except OSError:
-        pass  # a filesystem without user xattrs
     os.chmod(os.path.join(src, "project", "data"), 0o750)
     for dirpath, _, names in os.walk(src, topdown=False):
         for name in [*names, ""]:
