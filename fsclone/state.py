@@ -85,13 +85,15 @@ class PassStore:
     def create(cls, state_dir: Path, spec: PassSpec) -> PassStore:
         path = state_dir / spec.id
         path.mkdir(parents=True, exist_ok=False)
-        db = sqlite3.connect(path / "pass.db")
+        new = path / "pass.db.new"  # renamed once complete: readers never see a record without
+        db = sqlite3.connect(new)  # its pass row (``status`` while a pass starts)
         db.executescript(_SCHEMA)
         db.execute("INSERT INTO pass VALUES (?,?,?,?,?,?,?,?,?)",
                    (spec.id, json.dumps(spec.to_wire()), RUNNING, 0, spec.started, None, "{}",
                     socket.gethostname(), os.getpid()))
         db.commit()
         db.close()
+        new.rename(path / "pass.db")
         return cls(path)
 
     # -- chunks and barriers ------------------------------------------------------------------
