@@ -23,6 +23,7 @@ from fsclone.stats.progress import Console
 from fsclone.stats.reporter import reporter_for
 from fsclone.transport import select
 from fsclone.transport.base import Transport
+from fsclone.transport.mpi import MpiJob
 from fsclone.transport.select import TRANSPORTS
 
 Decorator = Callable[[Any], Any]  # a click option
@@ -40,8 +41,9 @@ _RUN_OPTIONS: list[Decorator] = [
     click.option("--workers", "-w", type=int, help="Worker processes [default: cores]."),
     click.option("--transport", type=click.Choice(TRANSPORTS), default="auto",
                  show_default=True,
-                 help="How chunks reach workers; auto: amqp when a broker is set, else "
-                      "local. TRANSPORT."),
+                 help="How chunks reach workers; auto: amqp when a broker is set (under "
+                      "srun/mpirun the other ranks consume it), else mpi when run by "
+                      "srun/mpirun, else local. TRANSPORT."),
     click.option("--broker", metavar="URL",
                  help="amqp://USER@HOST[:PORT]/VHOST for `fsclone worker`s (no password: "
                       "see PASSWORD_FILE). BROKER."),
@@ -127,9 +129,15 @@ pass_group.command("resume")(
 
 
 def _start(cfg: Config, req: PassRequest, kw: dict[str, Any]) -> NoReturn:
-    """Run the pass through the transport :func:`select.choose` picks."""
+    """Run the pass through its transport: coordinate, or serve as a rank of an MPI job."""
     kind = select.choose(cfg, os.environ)
-    _coordinate(cfg, req, kw, select.amqp(cfg) if kind == "amqp" else None)
+    if not select.by_rank(kind, os.environ):
+        _coordinate(cfg, req, kw, select.transport(kind, cfg))
+    job = MpiJob(os.environ)  # rank 0 coordinates, the other ranks work
+    if job.rank > 0:
+        sys.exit(job.serve(select.rank_service(kind, cfg, job.rank)))
+    with job.coordinating():
+        _coordinate(cfg, req, kw, select.transport(kind, cfg, job))
 
 
 def _coordinate(cfg: Config, req: PassRequest, kw: dict[str, Any],

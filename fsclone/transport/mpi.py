@@ -16,21 +16,28 @@ reports progress and sees Ctrl-C.
 A rank that dies takes the whole job with it (MPI's default error handler aborts), so there is
 no redelivery within a job: the pass record, committed as results arrive, is the recovery, and
 running the same command again resumes the pass.
+
+With a broker configured, an MPI job carries no chunks: rank 0 runs the AMQP coordinator and the
+other ranks AMQP consumers (:meth:`MpiJob.serve` with a service), so queued work outlives the
+job; MPI only tells the ranks when to exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 from fsclone.chunk import Chunk, Result, dumps, loads_chunk, loads_result
+from fsclone.engine.pool import Service
 from fsclone.engine.worker import ChunkRunner, worker_name
-from fsclone.errors import FscloneError, MessageError
+from fsclone.errors import FscloneError, MessageError, TransportError
 from fsclone.spec import PassSpec
 from fsclone.transport.base import Transport
 from fsclone.transport.inflight import InFlight
@@ -47,19 +54,25 @@ SPEC, CHUNK, RESULT, STOP, BYE, EXIT = range(1, 7)
 SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS")
 #: the ranks' exit code when rank 0 fails without a code of its own
 _FATAL = 2
-_FIRST_PAUSE, _LONGEST_PAUSE = 0.0005, 0.01
+#: a wait looks again after 0.1 ms, then twice as long each time, up to 5 ms: short enough
+#: not to starve ranks of chunks that take milliseconds, long enough to cost no CPU when idle
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.0001, 0.005
 #: how long rank 0 waits at the end for workers to finish the chunks they still hold
 STOP_TIMEOUT = 120.0
+
+
+def launcher_size(env: Mapping[str, str]) -> int | None:
+    """How many ranks the launcher says it started, or None when it does not say."""
+    sizes = [int(env[v]) for v in SIZE_VARIABLES if env.get(v, "").isdigit()]
+    return sizes[0] if sizes else None
 
 
 def in_mpi_job(env: Mapping[str, str]) -> bool:
     """Whether a launcher started this process as one of several ranks, judged from the
     environment alone so that plain runs never load MPI. A PMIx rank that names no size
     counts too: :class:`MpiJob` learns the real size, and one rank works locally anyway."""
-    sizes = [int(env[v]) for v in SIZE_VARIABLES if env.get(v, "").isdigit()]
-    if sizes:
-        return sizes[0] > 1
-    return "PMIX_RANK" in env
+    size = launcher_size(env)
+    return size > 1 if size is not None else "PMIX_RANK" in env
 
 
 def _wait(probe: Callable[[], T | None], timeout: float | None) -> T | None:
@@ -76,12 +89,15 @@ def _wait(probe: Callable[[], T | None], timeout: float | None) -> T | None:
     return value
 
 
-def _receive(comm: MPI.Comm, source: int, timeout: float | None) -> tuple[int, int, bytes] | None:
-    """The next message from ``source`` (or any rank) as (rank, tag, body), or None on timeout."""
+def _receive(comm: MPI.Comm, source: int | None,
+             timeout: float | None) -> tuple[int, int, bytes] | None:
+    """The next message from rank ``source`` (None: any rank) as (rank, tag, body), or None if
+    nothing came within ``timeout`` seconds."""
     from mpi4py import MPI
 
     status = MPI.Status()
-    message = _wait(lambda: comm.Improbe(source, MPI.ANY_TAG, status), timeout)
+    rank = MPI.ANY_SOURCE if source is None else source
+    message = _wait(lambda: comm.Improbe(rank, MPI.ANY_TAG, status), timeout)
     if message is None:
         return None
     body = bytearray(status.Get_count(MPI.BYTE))
@@ -112,9 +128,11 @@ class _Outbox:
 
 
 class MpiTransport(Transport):
-    """Rank 0's side: chunks go to ranks 1..N-1, ``prefetch`` in flight per rank."""
+    """Rank 0's side: chunks go to ranks 1..N-1, ``prefetch`` in flight per rank. Four, not
+    the local transport's two: a result waits for rank 0's next look (up to a pause), and a
+    directory of small files takes milliseconds, so two left ranks idle (measured on tmpfs)."""
 
-    def __init__(self, comm: MPI.Comm, prefetch: int = 2) -> None:
+    def __init__(self, comm: MPI.Comm, prefetch: int = 4) -> None:
         self.comm = comm
         self.ranks = range(1, comm.Get_size())
         self.in_flight = InFlight(prefetch)
@@ -140,7 +158,7 @@ class MpiTransport(Transport):
     def poll(self, timeout: float) -> list[Result]:
         results: list[Result] = []
         wait: float = timeout
-        while (message := _receive(self.comm, self._any(), wait)) is not None:
+        while (message := _receive(self.comm, None, wait)) is not None:
             rank, tag, body = message
             if tag != RESULT:
                 raise MessageError(f"unexpected message (tag {tag}) from rank {rank}")
@@ -150,11 +168,6 @@ class MpiTransport(Transport):
             wait = 0  # take what has arrived, then let the coordinator apply it
         self._dispatch()
         return results
-
-    def _any(self) -> int:
-        from mpi4py import MPI
-
-        return MPI.ANY_SOURCE
 
     def depth(self) -> int:
         return self.in_flight.depth()
@@ -169,7 +182,7 @@ class MpiTransport(Transport):
             self.outbox.send(rank, STOP, b"")
         waiting = set(self.ranks)
         deadline = time.monotonic() + STOP_TIMEOUT
-        while waiting and (message := _receive(self.comm, self._any(),
+        while waiting and (message := _receive(self.comm, None,
                                                deadline - time.monotonic())) is not None:
             rank, tag, _ = message
             if tag == BYE:
@@ -179,36 +192,38 @@ class MpiTransport(Transport):
             print(f"fsclone: ranks {sorted(waiting)} did not stop within {STOP_TIMEOUT:.0f}s",
                   file=sys.stderr, flush=True)
 
-    def finish(self, code: int) -> None:
-        """Tell every rank to exit with ``code``; abort the job if some rank cannot hear it."""
-        self.stop()
-        if self.stopped_cleanly:
-            for rank in self.ranks:
-                self.outbox.send(rank, EXIT, str(code).encode("ascii"))
-            if self.outbox.flush(STOP_TIMEOUT):
-                return
-        self.comm.Abort(code or _FATAL)
-
 
 class MpiJob:
-    """This process's part in an MPI job. Creating it imports mpi4py, which starts MPI."""
+    """This process's part in an MPI job: rank 0 coordinates, the other ranks work, and all
+    exit with rank 0's exit code. Creating it imports mpi4py, which starts MPI."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: Mapping[str, str]) -> None:
         from mpi4py import MPI
 
         self.comm = MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
+        self.mpi: MpiTransport | None = None
+        started = launcher_size(env)
+        if started is not None and started != self.size:
+            # every task would run a pass of its own, fighting over the target's lock
+            raise TransportError(f"the launcher started {started} tasks but MPI sees "
+                                 f"{self.size}: it does not match this MPI (srun --mpi=list)")
+
+    def transport(self) -> MpiTransport | None:
+        """Rank 0's transport to ranks 1..N-1; None in a job of one rank, where the local
+        transport works on this node."""
+        if self.size > 1:
+            self.mpi = MpiTransport(self.comm)
+        return self.mpi
 
     @contextmanager
-    def coordinating(self) -> Iterator[MpiTransport | None]:
-        """Rank 0's part. Yields the transport (None in a job of one rank: then the local
-        transport works on this node), and on the way out, however the pass ended, tells every
-        rank to exit with rank 0's exit code, so the job's code is the same on every rank."""
-        transport = MpiTransport(self.comm) if self.size > 1 else None
+    def coordinating(self) -> Iterator[None]:
+        """Rank 0's part: on the way out, however the pass ended, tell every rank to exit with
+        rank 0's exit code, so that the job's code is the same on every rank."""
         code = _FATAL
         try:
-            yield transport
+            yield
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
@@ -220,15 +235,37 @@ class MpiJob:
             code = 128 + signal.SIGINT
             raise
         finally:
-            if transport is not None:
-                transport.finish(code)
+            self._finish(code)
 
-    def serve(self) -> int:
-        """A worker rank's life: run chunks for rank 0 until it says exit; returns the code.
+    def _finish(self, code: int) -> None:
+        """Send EXIT to every rank; abort the job if some rank cannot hear it."""
+        outbox = _Outbox(self.comm)
+        if self.mpi is not None:
+            self.mpi.stop()
+            outbox = self.mpi.outbox
+        if self.mpi is None or self.mpi.stopped_cleanly:
+            for rank in range(1, self.size):
+                outbox.send(rank, EXIT, str(code).encode("ascii"))
+            if outbox.flush(STOP_TIMEOUT):
+                atexit.register(self._leave)  # once the summary or the error is printed
+                return
+        self.comm.Abort(code or _FATAL)
 
-        A rank that cannot serve (a root not mounted on its node) says why in one line and
-        aborts the job: the pass record keeps what was done, and a re-run resumes it."""
+    def _leave(self) -> None:
+        """Every rank's last step: meet the others. A launcher kills the whole job when one
+        rank exits with a code other than 0, so no rank may exit before rank 0 has printed."""
+        request = self.comm.Ibarrier()
+        _wait(lambda: True if request.Test() else None, None)
+
+    def serve(self, service: Service | None = None) -> int:
+        """A worker rank's part; returns the exit code rank 0 sends. Without ``service``, run
+        the chunks rank 0 sends; with one (an AMQP consumer), run it until rank 0 says exit."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when a pass stops
+        return self._run_chunks() if service is None else self._run_beside(service)
+
+    def _run_chunks(self) -> int:
+        """A rank that cannot serve (a root not mounted on its node) says why in one line and
+        aborts the job: the pass record keeps what was done, and a re-run resumes it."""
         outbox = _Outbox(self.comm)
         runner: ChunkRunner | None = None
         try:
@@ -245,14 +282,34 @@ class MpiJob:
                     outbox.send(0, BYE, b"")
                 elif tag == EXIT:
                     outbox.flush(None)
+                    self._leave()
                     return int(body)
                 else:
                     raise MessageError(f"unexpected message (tag {tag}) from rank 0")
         except (FscloneError, OSError, ValueError) as exc:
-            print(f"fsclone: rank {self.rank} ({worker_name(self.rank)}): {exc}",
+            print(f"fsclone: rank {self.rank} ({worker_name(self.rank)}) stops the job: {exc}",
                   file=sys.stderr, flush=True)
         self.comm.Abort(_FATAL)
         return _FATAL
+
+    def _run_beside(self, service: Service) -> int:
+        """Run ``service`` while a thread waits for rank 0's EXIT, which stops it (it drains:
+        the chunk in hand is finished). A service that fails on its own aborts the job."""
+        told: list[int] = []
+
+        def wait_for_exit() -> None:
+            message = _receive(self.comm, 0, None)
+            told.append(int(message[2]) if message and message[1] == EXIT else _FATAL)
+            service.stop()
+
+        watcher = threading.Thread(target=wait_for_exit, name="fsclone-mpi-exit", daemon=True)
+        watcher.start()
+        code = service.run()
+        if not told and code:
+            self.comm.Abort(code)
+        watcher.join()
+        self._leave()
+        return told[0]
 
 
 def _load_spec(body: bytes) -> PassSpec:

@@ -5,21 +5,49 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fsclone.config import Config
+from fsclone.engine.pool import Service
+from fsclone.engine.worker import worker_name
 from fsclone.errors import UsageError
 from fsclone.transport.base import Transport
+from fsclone.transport.mpi import MpiJob, in_mpi_job
 
-TRANSPORTS = ("auto", "local", "amqp")
+TRANSPORTS = ("auto", "local", "amqp", "mpi")
 
 
 def choose(cfg: Config, env: Mapping[str, str]) -> str:
-    """``cfg.transport`` if named; else amqp when a broker is configured, local otherwise.
-    (``env``: where a launcher such as srun or mpirun shows itself, for the mpi transport.)"""
+    """``cfg.transport`` if named; else amqp when a broker is configured (also under srun or
+    mpirun: see :func:`by_rank`), mpi when run by srun/mpirun, local otherwise."""
     kind = cfg.transport or "auto"
     if kind not in TRANSPORTS:
         raise UsageError(f"unknown transport {kind!r}: one of {', '.join(TRANSPORTS)}")
     if kind != "auto":
         return kind
-    return "amqp" if cfg.broker else "local"
+    if cfg.broker:
+        return "amqp"
+    return "mpi" if in_mpi_job(env) else "local"
+
+
+def by_rank(kind: str, env: Mapping[str, str]) -> bool:
+    """Whether this process is one rank of a job in which rank 0 coordinates and the others
+    work: always for mpi, and for amqp under srun/mpirun (the ranks consume the broker)."""
+    return kind == "mpi" or (kind == "amqp" and in_mpi_job(env))
+
+
+def transport(kind: str, cfg: Config, job: MpiJob | None = None) -> Transport | None:
+    """The transport of a coordinator (rank 0 of ``job``, if any); None: the local one."""
+    if kind == "amqp":
+        return amqp(cfg)
+    return job.transport() if kind == "mpi" and job is not None else None
+
+
+def rank_service(kind: str, cfg: Config, rank: int) -> Service | None:
+    """What a worker rank runs: an AMQP consumer for amqp; None: the chunks rank 0 sends."""
+    if kind != "amqp":
+        return None
+    from fsclone.transport.amqp.consumer import Consumer
+    from fsclone.transport.amqp.settings import broker_settings
+
+    return Consumer(broker_settings(cfg), worker_name(rank))
 
 
 def amqp(cfg: Config) -> Transport:
