@@ -46,13 +46,17 @@ class LocalTransport(Transport):
 
     def start(self, spec: PassSpec) -> None:
         self.spec = spec
-        self.workers = [self._spawn(i) for i in range(self.size)]
+        self.workers = []
+        for index in range(self.size):
+            self.workers.append(self._spawn(index))
 
     def _spawn(self, index: int) -> _Worker:
         ctx = mp.get_context("fork")
         chunks_r, chunks_w = ctx.Pipe(duplex=False)
         results_r, results_w = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_worker_main, args=(self.spec, index, chunks_r, results_w),
+        ours = [chunks_w, results_r, *(c for w in self.workers for c in (w.chunks, w.results))]
+        proc = ctx.Process(target=_worker_main,
+                           args=(self.spec, index, chunks_r, results_w, ours),
                            name=f"fsclone-worker-{index}", daemon=True)
         proc.start()
         chunks_r.close()
@@ -124,8 +128,15 @@ class LocalTransport(Transport):
         return [w.process.pid for w in self.workers if w.process.pid]
 
 
-def _worker_main(spec: PassSpec, index: int, chunks: Connection, results: Connection) -> None:
-    """A worker process: run chunks until told to stop or the coordinator goes away."""
+def _worker_main(spec: PassSpec, index: int, chunks: Connection, results: Connection,
+                 inherited: list[Connection]) -> None:
+    """A worker process: run chunks until told to stop or the coordinator goes away.
+
+    ``inherited`` are the coordinator's ends of every pipe, which fork copied here: while any
+    worker held a write end of a chunk pipe, its reader never saw EOF when the coordinator
+    died, and the workers lived on forever."""
+    for conn in inherited:
+        conn.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     inbox: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
 

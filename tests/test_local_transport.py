@@ -1,0 +1,31 @@
+"""The local transport's workers never outlive their coordinator."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from fsclone.state import list_passes
+from tests.clirun import spawn
+from tests.services import wait_for
+from tests.test_mpi import descendants
+from tests.test_robustness import many_files
+
+
+def test_workers_leave_when_the_coordinator_is_killed(tmp_path: Path) -> None:
+    """Each forked worker used to inherit the coordinator's ends of the pipes, its own chunk
+    pipe's write end among them, so it never saw EOF and lived on after a SIGKILL."""
+    src, state = many_files(tmp_path / "src", dirs=80), tmp_path / "state"
+    coordinator = spawn("pass", "copy", "--workers", "2", src, tmp_path / "dst", state=state)
+    wait_for(lambda: any(r.counters.get("files_copied", 0) for r in list_passes(state)), 60,
+             "the pass to make progress")
+    workers = descendants(coordinator.pid)
+    assert len(workers) == 2
+    coordinator.send_signal(signal.SIGKILL)
+    coordinator.wait()  # not communicate(): live workers would hold its output pipes open
+    for pipe in (coordinator.stdout, coordinator.stderr):
+        if pipe is not None:
+            pipe.close()
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers), 30,
+             "the workers to leave")
