@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from fsclone.chunk import Chunk, ItemError, Result, join
@@ -123,3 +123,25 @@ def printable(path: str) -> str:
     """A path as one safe terminal line: undecodable bytes and control characters escaped."""
     text = os.fsencode(path).decode("utf-8", "backslashreplace")
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text) or "."
+
+
+DirBody = Callable[[Context, Outcome, int, int], None]
+
+
+def on_both_dirs(body: DirBody) -> Callable[[Context, Chunk], Result]:
+    """Make an op from ``body(ctx, out, sfd, dfd)``, which works on a chunk's source and target
+    directory: a directory that cannot be opened or listed is an item error, and a target not
+    there (a dry run ahead of its copy) leaves nothing to do."""
+
+    def run(ctx: Context, chunk: Chunk) -> Result:
+        out = Outcome(ctx, chunk)
+        try:
+            with ctx.open_dirs(chunk.path) as (sfd, dfd):
+                if dfd is not None:
+                    body(ctx, out, sfd, dfd)
+        except OSError as exc:
+            out.fail(chunk.path or ".", exc)
+        return out.result
+
+    run.__doc__ = body.__doc__
+    return run

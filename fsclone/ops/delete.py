@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 import stat
 
-from fsclone.chunk import Chunk, Result
 from fsclone.fs import dirs
-from fsclone.ops.context import TMP_PREFIX, Context, Outcome
+from fsclone.ops.context import TMP_PREFIX, Context, Outcome, on_both_dirs
 from fsclone.ops.dirmeta import apply_dir_meta
 from fsclone.stats import counters as C
 
@@ -43,47 +42,34 @@ def plan_deletes(ctx: Context, out: Outcome, dfd: int, source_names: set[str],
         out.count(C.PLANNED_DELETES, entries)
 
 
-def run_delete(ctx: Context, chunk: Chunk) -> Result:
-    out = Outcome(ctx, chunk)
-    try:
-        with ctx.open_dirs(chunk.path) as (sfd, dfd):
-            if dfd is None:
-                return out.result
-            kinds = dirs.list_kinds(sfd)  # raises unless the listing is complete
-            out.count(C.SCANNED, len(kinds))
-            target = dirs.list_dir(dfd)
-            plan_deletes(ctx, out, dfd, set(kinds), target)
-            for name, st in target:
-                rel = out.path(name)
-                if (kinds.get(name) and stat.S_ISDIR(st.st_mode)
-                        and not ctx.filters.excluded(rel, name)):
-                    out.child("delete", rel)
-    except OSError as exc:
-        out.fail(chunk.path or ".", exc)
-    return out.result
+@on_both_dirs
+def run_delete(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
+    """Phase 1: plan this directory's deletions, and walk on into directories on both sides."""
+    kinds = dirs.list_kinds(sfd)  # raises unless the listing is complete
+    out.count(C.SCANNED, len(kinds))
+    target = dirs.list_dir(dfd)
+    plan_deletes(ctx, out, dfd, set(kinds), target)
+    for name, st in target:
+        rel = out.path(name)
+        if kinds.get(name) and stat.S_ISDIR(st.st_mode) and not ctx.filters.excluded(rel, name):
+            out.child("delete", rel)
 
 
-def run_unlink(ctx: Context, chunk: Chunk) -> Result:
-    out = Outcome(ctx, chunk)
-    try:
-        with ctx.open_dirs(chunk.path) as (sfd, dfd):
-            if dfd is None:
-                return out.result
-            removed = 0
-            for name in chunk.names or ():
-                rel = out.path(name)
-                try:
-                    if dirs.lstat_at(name, sfd) is not None:
-                        out.act("kept", rel, "(back in the source)")
-                        continue
-                    removed += dirs.remove_tree_at(dfd, name)
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    out.fail(rel, exc)
-            out.count(C.DELETED, removed)
-            if removed:
-                apply_dir_meta(ctx, out, chunk.path, sfd, dfd)
-    except OSError as exc:
-        out.fail(chunk.path or ".", exc)
-    return out.result
+@on_both_dirs
+def run_unlink(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
+    """Phase 2: remove the planned names still absent from the source, restore the times."""
+    removed = 0
+    for name in out.chunk.names or ():
+        rel = out.path(name)
+        try:
+            if dirs.lstat_at(name, sfd) is not None:
+                out.act("kept", rel, "(back in the source)")
+                continue
+            removed += dirs.remove_tree_at(dfd, name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            out.fail(rel, exc)
+    out.count(C.DELETED, removed)
+    if removed:
+        apply_dir_meta(ctx, out, out.chunk.path, sfd, dfd)

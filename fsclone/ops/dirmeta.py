@@ -8,7 +8,7 @@ import os
 
 from fsclone.chunk import Chunk, Result
 from fsclone.fs import dirs, meta
-from fsclone.ops.context import Context, Outcome
+from fsclone.ops.context import Context, Outcome, on_both_dirs
 from fsclone.stats import counters as C
 
 
@@ -40,16 +40,10 @@ def created(chunk: Chunk) -> bool | None:
     return False if chunk.args.get("new") else None
 
 
-def run_dirmeta(ctx: Context, chunk: Chunk) -> Result:
+@on_both_dirs
+def run_dirmeta(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     """The deferred metadata of one directory (after its slices and large files are done)."""
-    out = Outcome(ctx, chunk)
-    try:
-        with ctx.open_dirs(chunk.path) as (sfd, dfd):
-            if dfd is not None:
-                apply_dir_meta(ctx, out, chunk.path, sfd, dfd, created(chunk))
-    except OSError as exc:
-        out.fail(chunk.path, exc)
-    return out.result
+    apply_dir_meta(ctx, out, out.chunk.path, sfd, dfd, created(out.chunk))
 
 
 def run_cleanup(ctx: Context, chunk: Chunk) -> Result:
