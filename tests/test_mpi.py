@@ -77,6 +77,26 @@ def test_copy_under_mpirun_is_faithful_and_counts_as_local(require_mpi: MpiRun,
 
 
 @job
+def test_an_inode_two_ranks_race_to_copy_counts_once(require_mpi: MpiRun, tmp_path: Path) -> None:
+    """d0/base and its links in d1..d8 are met at once by both working ranks: both copy the
+    data, one publishes it, the other links to it and drops its copy, whose bytes must not
+    count (they did, once: bytes copied depended on the race)."""
+    src = tmp_path / "src"
+    (src / "d0").mkdir(parents=True)
+    (src / "d0/base").write_bytes(os.urandom(1 << 20) * 8)
+    for d in range(1, 9):
+        (src / f"d{d}").mkdir()
+        os.link(src / "d0/base", src / f"d{d}/link")
+    proc = run(require_mpi, "pass", "copy", "--json", src, tmp_path / "dst",
+               state=tmp_path / "state")
+    assert proc.returncode == 0, proc.stderr.decode()
+    counters = summary(proc)["counters"]
+    assert isinstance(counters, dict)
+    assert (counters["files_copied"], counters["bytes_copied"]) == (1, 8 << 20)
+    assert_rsync_clean(src, tmp_path / "dst")
+
+
+@job
 def test_item_error_exits_1_on_every_rank(require_mpi: MpiRun, tmp_path: Path) -> None:
     src, dst, state = many_files(tmp_path / "src", dirs=2, files=3), tmp_path / "dst", \
         tmp_path / "state"

@@ -195,10 +195,11 @@ class DirCopier:
             self.out.count(C.COPIED)
             self.out.count(C.BYTES, st.st_size)
             return
-        tmp = self.copy_to_temp(name, st)
+        tmp, written = self.copy_to_temp(name, st)
         assert self.dfd is not None
         replace_entry(self.dfd, tmp, name, dst)
         self.out.count(C.COPIED)
+        self.out.count(C.BYTES, written)
 
     def _same_data(self, name: str, st: os.stat_result, dst: os.stat_result) -> bool:
         if st.st_size != dst.st_size:
@@ -223,9 +224,10 @@ class DirCopier:
             meta.apply_all(name, st, sx, dx, self.dfd)
         self.out.count(C.UPDATED)
 
-    def copy_to_temp(self, name: str, st: os.stat_result) -> str:
-        """Copy data and metadata into a new temp file; returns its name. Raises SourceChanged
-        (temp removed) when the source was replaced or written during the copy."""
+    def copy_to_temp(self, name: str, st: os.stat_result) -> tuple[str, int]:
+        """Copy data and metadata into a new temp file; returns its name and the bytes written
+        (counted by the caller once the copy is kept). Raises SourceChanged (temp removed)
+        when the source was replaced or written during the copy."""
         assert self.dfd is not None
         src = dirs.open_file(name, self.sfd)
         try:
@@ -247,8 +249,7 @@ class DirCopier:
             os.close(dst)
         finally:
             os.close(src)
-        self.out.count(C.BYTES, written)
-        return tmp
+        return tmp, written
 
     def hard_linked(self, name: str, st: os.stat_result, current: os.stat_result | None,
                     dst: os.stat_result | None, rel: str) -> None:
@@ -270,7 +271,7 @@ class DirCopier:
             canon = dirs.lstat_at(key, stg)
         if canon is None:
             self.out.act("copy", rel)
-            tmp = self.copy_to_temp(name, st)
+            tmp, written = self.copy_to_temp(name, st)
             try:
                 os.link(tmp, key, src_dir_fd=self.dfd, dst_dir_fd=stg, follow_symlinks=False)
             except FileExistsError:
@@ -278,6 +279,7 @@ class DirCopier:
             else:
                 replace_entry(self.dfd, tmp, name, dst)
                 self.out.count(C.COPIED)
+                self.out.count(C.BYTES, written)
                 return
         self.out.act("link", rel)
         tmp = temp_name(name, self.tag)
