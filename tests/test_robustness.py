@@ -147,3 +147,16 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, case: s
     assert len(lines) == 1 and lines[0].startswith("fsclone: "), lines
     assert sorted(p for p in tmp_path.rglob("*") if not p.is_relative_to(state)) == before
     assert not any(state.glob("*/pass.db"))
+
+
+def test_ctrl_c_stops_the_pass_and_says_how_to_resume(tmp_path: Path) -> None:
+    src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
+    proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)
+    wait_until(lambda: copied_count(dst) > 200, 60, "progress")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.decode().strip().endswith("interrupted; run the same command again to resume")
+    resumed = fsclone("pass", "copy", src, dst, state=state)
+    assert resumed.returncode == 0 and b"resuming pass" in resumed.stderr
+    assert_same_tree(src, dst)

@@ -30,14 +30,12 @@ def main() -> None:
     except click.UsageError as exc:
         print(f"fsclone: {exc.format_message()} (see --help)", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        print("fsclone: interrupted; run the same command again to resume", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except FscloneError as exc:
         print(f"fsclone: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("fsclone: interrupted; run the same command again to resume", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         print(f"fsclone: {exc.format_message()}", file=sys.stderr)
         sys.exit(exc.exit_code)
