@@ -32,6 +32,8 @@ PHASES: dict[str, tuple[str, ...]] = {
     "verify": ("walk",),
     "scan": ("walk",),
 }
+#: seconds between commits of applied results (see Coordinator._drain)
+COMMIT_EVERY = 0.05
 #: phases that change the target, skipped by a dry run
 _WRITING_PHASES = {"unlink", "cleanup"}
 #: whom the counters of a chunk that failed as a whole (its worker unknown) are credited to
@@ -130,10 +132,16 @@ class Coordinator:
                 for i in range(0, len(names), step)]
 
     def _drain(self) -> None:
+        """Apply results until nothing is outstanding. Results are committed in batches (at
+        most COMMIT_EVERY seconds apart, one transaction each): a commit per result would cost
+        the coordinator more CPU than the workers spend on a small directory. A crash loses at
+        most the uncommitted batch, whose chunks are still outstanding and are redone; the
+        transport acknowledges results only after the commit that holds them."""
         store, hooks = self.store, self.hooks
         next_report = 0.0
+        dirty, last_commit = False, time.monotonic()
         while store.outstanding:
-            results = self.transport.poll(0.2)
+            results = self.transport.poll(COMMIT_EVERY if dirty else 0.2)
             lost = self.transport.lost()
             submit: list[Chunk] = []
             for result in results:
@@ -141,12 +149,14 @@ class Coordinator:
             if lost:
                 store.add_errors(lost)
                 store.add_counters({C.ERRORS: len(lost)}, COORDINATOR)
-            if results or lost:
+            dirty = dirty or bool(results or lost)
+            now = time.monotonic()
+            if dirty and (now - last_commit >= COMMIT_EVERY or not store.outstanding):
                 store.commit()
                 self.transport.settle()
+                dirty, last_commit = False, now
             if submit:
                 self.transport.submit(submit)
-            now = time.monotonic()
             if now >= next_report:
                 hooks.progress(store.counters, store.outstanding)
                 next_report = now + hooks.interval
