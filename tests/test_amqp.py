@@ -232,7 +232,7 @@ def test_broker_from_config_and_a_rerun_finds_nothing_to_do(broker: Broker, work
 def big_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     """A source big enough to be mid-pass when something dies (only read: shared)."""
     src = tmp_path_factory.mktemp("big") / "src"
-    return src, bulk_tree(src, dirs=300, files=40)
+    return src, bulk_tree(src, dirs=300, files=100)
 
 
 def test_worker_killed_mid_pass_loses_nothing(
