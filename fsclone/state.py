@@ -106,13 +106,13 @@ class PassStore:
         """Store a chunk's next attempt in place of the current one."""
         self.db.execute("UPDATE outstanding SET body=? WHERE id=?", (dumps(chunk), chunk.id))
 
-    def is_outstanding(self, chunk_id: str) -> bool:
-        return self.db.execute("SELECT 1 FROM outstanding WHERE id=?", (chunk_id,)).fetchone() \
-            is not None
-
-    def finish_chunk(self, chunk_id: str) -> None:
-        if self.db.execute("DELETE FROM outstanding WHERE id=?", (chunk_id,)).rowcount:
-            self.outstanding -= 1
+    def finish_chunk(self, chunk_id: str) -> bool:
+        """Take a chunk out of the outstanding set; False when it was not in it (a duplicate
+        result of a chunk already finished)."""
+        if not self.db.execute("DELETE FROM outstanding WHERE id=?", (chunk_id,)).rowcount:
+            return False
+        self.outstanding -= 1
+        return True
 
     def outstanding_chunks(self) -> Iterator[Chunk]:
         for (body,) in self.db.execute("SELECT body FROM outstanding").fetchall():

@@ -175,12 +175,12 @@ class Coordinator:
     def _apply(self, result: Result) -> list[Chunk]:
         """Record one result; returns the chunks it releases (children, retries, barriers)."""
         store, chunk = self.store, result.chunk
-        if not store.is_outstanding(chunk.id):
+        if not store.finish_chunk(chunk.id):
             return []  # a duplicate delivery: its first result was applied already
         if result.failed:
             if chunk.attempt + 1 < self.max_attempts:
                 retry = chunk.retry()
-                store.replace_chunk(retry)
+                store.add_chunks([retry])
                 self.hooks.note(f"retrying chunk {chunk.op} {chunk.path!r}: {result.failed}")
                 return [retry]
             why = f"chunk failed {chunk.attempt + 1} times: {result.failed}"
@@ -197,7 +197,6 @@ class Coordinator:
             store.add_group(group)
         released = list(result.children)
         store.add_chunks(released)
-        store.finish_chunk(chunk.id)
         handed_over = any(g.then.group == chunk.group for g in result.groups)
         if chunk.group and not handed_over:
             released.extend(self._complete_member(chunk.group))

@@ -127,3 +127,23 @@ def count_tree(dir_fd: int, name: str, st: os.stat_result) -> int:
         return 1 + sum(count_tree(sub, child, cst) for child, cst in list_dir(sub))
     finally:
         os.close(sub)
+
+
+class FilePair:
+    """The file ``name`` opened for reading on both sides (atimes untouched), closed on exit.
+    A class, not a generator: once per small file, the cheaper context manager counts."""
+
+    def __init__(self, name: str, sfd: int, dfd: int) -> None:
+        self.src = open_file(name, sfd)
+        try:
+            self.dst = open_file(name, dfd)
+        except BaseException:
+            os.close(self.src)
+            raise
+
+    def __enter__(self) -> tuple[int, int]:
+        return self.src, self.dst
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.dst)
+        os.close(self.src)

@@ -128,10 +128,13 @@ def printable(path: str) -> str:
 DirBody = Callable[[Context, Outcome, int, int], None]
 
 
-def on_both_dirs(body: DirBody) -> Callable[[Context, Chunk], Result]:
+def on_both_dirs(body: DirBody,
+                 where: Callable[[Chunk], str] = lambda chunk: chunk.path or ".",
+                 ) -> Callable[[Context, Chunk], Result]:
     """Make an op from ``body(ctx, out, sfd, dfd)``, which works on a chunk's source and target
-    directory: a directory that cannot be opened or listed is an item error, and a target not
-    there (a dry run ahead of its copy) leaves nothing to do."""
+    directory: an OS error that escapes it is an item error at ``where(chunk)`` (the directory,
+    unless the op says which entry), and a target not there (a dry run ahead of its copy) leaves
+    nothing to do."""
 
     def run(ctx: Context, chunk: Chunk) -> Result:
         out = Outcome(ctx, chunk)
@@ -140,7 +143,7 @@ def on_both_dirs(body: DirBody) -> Callable[[Context, Chunk], Result]:
                 if dfd is not None:
                     body(ctx, out, sfd, dfd)
         except OSError as exc:
-            out.fail(chunk.path or ".", exc)
+            out.fail(where(chunk), exc)
         return out.result
 
     run.__doc__ = body.__doc__

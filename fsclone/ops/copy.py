@@ -207,7 +207,9 @@ class DirCopier:
         if not self.spec.checksum:
             return meta.same_time(st.st_mtime_ns, dst.st_mtime_ns, self.spec.modify_window_ns)
         assert self.dfd is not None
-        return _digest(name, self.sfd, st.st_size) == _digest(name, self.dfd, st.st_size)
+        with dirs.FilePair(name, self.sfd, self.dfd) as (src, dst_fd):
+            size = st.st_size
+            return data.hash_range(src, 0, size)[0] == data.hash_range(dst_fd, 0, size)[0]
 
     def fix_meta(self, name: str, st: os.stat_result, dst: os.stat_result, rel: str) -> None:
         """Metadata-only changes are applied in place: no data is rewritten."""
@@ -369,13 +371,6 @@ class DirCopier:
             discard(self.dfd, tmp)
             raise
 
-
-def _digest(name: str, dir_fd: int, size: int) -> bytes:
-    fd = dirs.open_file(name, dir_fd)
-    try:
-        return data.hash_range(fd, 0, size)[0]
-    finally:
-        os.close(fd)
 
 
 def run_range(ctx: Context, chunk: Chunk) -> Result:

@@ -18,13 +18,12 @@ import os
 import stat
 import time
 from collections import defaultdict
-from collections.abc import Callable
 
 import xxhash
 
-from fsclone.chunk import Chunk, ItemError, Result, join
+from fsclone.chunk import Chunk, ItemError, join
 from fsclone.fs import data, dirs, meta
-from fsclone.ops.context import Context, Outcome, printable
+from fsclone.ops.context import Context, Outcome, on_both_dirs, printable
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 
@@ -52,56 +51,23 @@ def report(out: Outcome, relpath: str, differences: list[str]) -> None:
     out.count(C.MISMATCHES)
 
 
-def run_verify(ctx: Context, chunk: Chunk) -> Result:
-    return _on_dirs(ctx, chunk, chunk.path or ".",
-                    lambda out, sfd, dfd: DirVerifier(ctx, out, sfd, dfd).run())
+run_verify = on_both_dirs(lambda ctx, out, sfd, dfd: DirVerifier(ctx, out, sfd, dfd).run())
+# one byte range of a large file on both sides; an error is the file's, not its directory's
+run_verify_range = on_both_dirs(
+    lambda ctx, out, sfd, dfd: _compare_range(out, sfd, dfd, _name(out.chunk)),
+    where=lambda chunk: join(chunk.path, _name(chunk)))
 
 
-def run_verify_range(ctx: Context, chunk: Chunk) -> Result:
-    """Compare one byte range of a large file on both sides."""
-    name = chunk.names[0] if chunk.names else ""
-    return _on_dirs(ctx, chunk, join(chunk.path, name),
-                    lambda out, sfd, dfd: _compare_range(out, sfd, dfd, name))
-
-
-def _on_dirs(ctx: Context, chunk: Chunk, where: str,
-             body: Callable[[Outcome, int, int], None]) -> Result:
-    """Run ``body`` on the chunk's pair of directories; an OS error is an item error."""
-    out = Outcome(ctx, chunk)
-    try:
-        with ctx.open_dirs(chunk.path) as (sfd, dfd):
-            assert dfd is not None  # a verify needs an existing target (check_roots)
-            body(out, sfd, dfd)
-    except OSError as exc:
-        out.fail(where, exc)
-    return out.result
+def _name(chunk: Chunk) -> str:
+    return chunk.names[0] if chunk.names else ""
 
 
 def _compare_range(out: Outcome, sfd: int, dfd: int, name: str) -> None:
     a = out.chunk.args
-    with FilePair(name, sfd, dfd) as (src, dst):
+    with dirs.FilePair(name, sfd, dfd) as (src, dst):
         if not same_content(out, src, dst, name, a["size"], a["mtime_ns"], a["start"], a["end"]):
             report(out, out.path(name), [f"content differs in bytes [{a['start']}, {a['end']})"])
 
-
-class FilePair:
-    """The file ``name`` opened for reading on both sides (atimes untouched), closed on exit.
-    A class, not a generator: once per small file, the cheaper context manager counts."""
-
-    def __init__(self, name: str, sfd: int, dfd: int) -> None:
-        self.src = dirs.open_file(name, sfd)
-        try:
-            self.dst = dirs.open_file(name, dfd)
-        except BaseException:
-            os.close(self.src)
-            raise
-
-    def __enter__(self) -> tuple[int, int]:
-        return self.src, self.dst
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.dst)
-        os.close(self.src)
 
 
 def same_content(out: Outcome, src: int, dst: int, name: str, size: int, mtime_ns: int,
@@ -226,7 +192,7 @@ class DirVerifier:
         if st.st_size >= self.spec.large_file_size:
             self._ranges(name, st)
             return [], None
-        with FilePair(name, self.sfd, self.dfd) as (src, dst_fd):
+        with dirs.FilePair(name, self.sfd, self.dfd) as (src, dst_fd):
             same = same_content(self.out, src, dst_fd, name, st.st_size, st.st_mtime_ns, 0,
                                 st.st_size)
             xattrs = meta.read_xattrs(src), meta.read_xattrs(dst_fd)
