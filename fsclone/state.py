@@ -8,7 +8,6 @@ is applied in one transaction, and a transport acknowledges results only after t
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import socket
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from fsclone.chunk import Chunk, Group, ItemError, dumps, loads_chunk, new_id
 from fsclone.errors import LockedError, UsageError
+from fsclone.pathkey import path_key
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 
@@ -262,7 +262,7 @@ class TargetLock:
     def __init__(self, state_dir: Path, dst: str) -> None:
         locks = state_dir / "locks"
         locks.mkdir(parents=True, exist_ok=True)
-        self.path = locks / (hashlib.sha256(os.fsencode(dst)).hexdigest()[:20] + ".lock")
+        self.path = locks / (path_key(dst) + ".lock")
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def acquire(self, what: str) -> None:

@@ -5,6 +5,7 @@ One module per command family; each registers its commands on :data:`cli`.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -15,7 +16,25 @@ from fsclone.errors import FscloneError
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: command name -> the module that registers it on :data:`cli`
+COMMANDS = {"pass": "passes", "status": "status", "errors": "status", "scan": "status",
+            "worker": "worker"}
+
+
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs (or help lists it): a pass
+    should not pay at every start for the libraries of ``status`` or ``worker``."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS and name not in self.commands:
+            importlib.import_module(f"fsclone.cli.{COMMANDS[name]}")
+        return self.commands.get(name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fsclone")
 def cli() -> None:
     """fsclone: make DST an exact copy of SRC, in parallel passes."""
@@ -23,8 +42,6 @@ def cli() -> None:
 
 def main() -> None:
     """Entry point: every error is one line on stderr and an exit code (2: usage or fatal)."""
-    from fsclone.cli import passes, status, worker  # noqa: F401 - register their commands
-
     try:
         cli.main(standalone_mode=False)
     except click.UsageError as exc:

@@ -14,10 +14,6 @@ from collections.abc import Callable
 from types import TracebackType
 
 from fsclone.config import Config
-from fsclone.stats.graphite import DEFAULT_PORT as GRAPHITE_PORT
-from fsclone.stats.graphite import GraphiteSink
-from fsclone.stats.memcache import DEFAULT_PORT as MEMCACHED_PORT
-from fsclone.stats.memcache import MemcachedSink
 from fsclone.stats.sinks import Sink, SinkError, parse_address
 from fsclone.stats.snapshot import Snapshot
 
@@ -126,12 +122,17 @@ class Reporter:
 
 
 def reporter_for(cfg: Config, note: Note) -> Reporter:
-    """The sinks the site configured (MEMCACHED, GRAPHITE); none is fine."""
+    """The sinks the site configured (MEMCACHED, GRAPHITE); none is fine. A sink's client
+    library (pymemcache pulls in ssl) is imported only when the site configured that sink."""
     sinks: list[Sink] = []
     if cfg.memcached:
-        sinks.append(MemcachedSink(parse_address(cfg.memcached, MEMCACHED_PORT),
-                                   cfg.report_interval))
+        from fsclone.stats import memcache
+
+        sinks.append(memcache.MemcachedSink(parse_address(cfg.memcached, memcache.DEFAULT_PORT),
+                                            cfg.report_interval))
     if cfg.graphite:
-        sinks.append(GraphiteSink(parse_address(cfg.graphite, GRAPHITE_PORT),
-                                  cfg.graphite_prefix))
+        from fsclone.stats import graphite
+
+        sinks.append(graphite.GraphiteSink(parse_address(cfg.graphite, graphite.DEFAULT_PORT),
+                                           cfg.graphite_prefix))
     return Reporter(sinks, note)

@@ -7,13 +7,13 @@ source compares its progress with that count.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fsclone.pathkey import path_key
 from fsclone.spec import PassSpec
 from fsclone.state import DONE
 from fsclone.stats import counters as C
@@ -35,7 +35,7 @@ class TreeTotal:
 
 
 def _path(state_dir: Path, src: str) -> Path:
-    key = hashlib.sha256(os.fsencode(src)).hexdigest()[:20]
+    key = path_key(src)
     return state_dir / "trees" / f"{key}.json"
 
 

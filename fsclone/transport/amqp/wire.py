@@ -8,15 +8,14 @@ active and give them each pass's spec.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fsclone.chunk import Chunk, Result, dumps
 from fsclone.errors import MessageError
+from fsclone.pathkey import path_key
 from fsclone.spec import PassSpec
 
 CONTROL_EXCHANGE = "fsclone.control"
@@ -48,7 +47,7 @@ class Queues:
 def guard_queue(dst: str) -> str:
     """The exclusive queue a coordinator holds while it serves a target: a second coordinator
     for the same target, on any host using this broker, cannot declare it."""
-    return "fsclone.target." + hashlib.sha256(os.fsencode(dst)).hexdigest()[:24]
+    return "fsclone.target." + path_key(dst, 24)
 
 
 def _join(items: Sequence[Chunk] | Sequence[Result]) -> bytes:
