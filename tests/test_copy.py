@@ -8,6 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from fsclone.chunk import Chunk, Result
+from fsclone.config import load
+from fsclone.engine.coordinator import Hooks
+from fsclone.engine.launch import PassRequest, run_pass
+from fsclone.fs import data
+from fsclone.ops import copy
+from fsclone.ops.context import Context
+from fsclone.spec import PassSpec
 from tests.clirun import fsclone, fsclone_json
 from tests.fstree import (
     assert_rsync_clean,
@@ -200,14 +208,17 @@ def test_modify_window_tolerates_coarse_times(tmp_path: Path) -> None:
     assert out["counters"]["files_copied"] == 1  # without the window, the mtime differs
 
 
+def _copy_in_process(src: Path, dst: Path) -> Result:
+    """One copy chunk of ``src``'s root into ``dst``, run in this process."""
+    ctx = Context(PassSpec(id="t", op="copy", src=str(src), dst=str(dst), started=0.0))
+    try:
+        return copy.run_copy(ctx, Chunk(op="copy", path=""))
+    finally:
+        ctx.close()
+
+
 def test_file_changed_during_copy_is_not_stamped_done(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from fsclone.chunk import Chunk
-    from fsclone.fs import data
-    from fsclone.ops import copy
-    from fsclone.ops.context import Context
-    from fsclone.spec import PassSpec
-
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     dst.mkdir()
@@ -221,13 +232,46 @@ def test_file_changed_during_copy_is_not_stamped_done(tmp_path: Path,
         return n
 
     monkeypatch.setattr(data, "copy_whole", copy_while_user_writes)
-    spec = PassSpec(id="t", op="copy", src=str(src), dst=str(dst), started=0.0)
-    ctx = Context(spec)
-    result = copy.run_copy(ctx, Chunk(op="copy", path=""))
-    ctx.close()
+    result = _copy_in_process(src, dst)
     assert result.counters.get("changed_during_copy") == 1
     assert result.counters.get("files_copied", 0) == 0
     assert os.listdir(dst) == []  # neither the file nor its temp
+
+
+def test_name_that_appears_in_the_target_during_a_copy_is_replaced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new file is linked in under its name only when complete; if a user created that name
+    meanwhile, the copy still wins (like rsync), through a temp name and rename."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    (src / "f").write_bytes(b"from the source")
+    real = data.copy_whole
+
+    def copy_while_user_creates(s: int, d: int, size: int, sparse: bool) -> int:
+        (dst / "f").write_bytes(b"made by a user meanwhile")
+        return real(s, d, size, sparse)
+
+    monkeypatch.setattr(data, "copy_whole", copy_while_user_creates)
+    result = _copy_in_process(src, dst)
+    assert not result.errors and result.counters.get("files_copied") == 1
+    assert (dst / "f").read_bytes() == b"from the source"
+    assert no_temp_files(dst) == []
+
+
+def test_targets_without_unnamed_files_get_temp_names_and_rename(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filesystems without O_TMPFILE (NFS, some parallel filesystems) take the named path:
+    the pass runs in this process, so its forked workers inherit the missing flag."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    build_hostile_tree(src)
+    monkeypatch.delattr(os, "O_TMPFILE")
+    cfg = load(None, {"FSCLONE_STATE_DIR": str(tmp_path / "state")}, {"workers": 2})
+    _, summary = run_pass(cfg, PassRequest(op="copy", src=str(src), dst=str(dst)), Hooks())
+    assert summary.error_count == 0 and summary.counters["files_copied"] > 0
+    assert_same_tree(src, dst)
+    assert no_temp_files(dst) == []
 
 
 def test_read_only_directory_is_filled_then_closed(tmp_path: Path) -> None:

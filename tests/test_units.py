@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 from pathlib import Path
@@ -12,6 +14,7 @@ from fsclone.chunk import Chunk, Group, ItemError, Result, dumps, loads_chunk, l
 from fsclone.config import load, read_site_file
 from fsclone.errors import ConfigError, MessageError, UsageError
 from fsclone.filters import Filters, parse_age
+from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.spec import PassSpec
 
 HOSTILE = os.fsdecode(b"bad \xff\xfe name\nwith newline")
@@ -80,3 +83,45 @@ def test_globs_follow_rsync_reading() -> None:
     assert f.excluded("build/tmp", "tmp") and not f.excluded("src/build/tmp", "tmp")
     assert f.excluded("deep/cache", "cache")
     assert not f.excluded("a.c", "a.c")
+
+
+def test_unnamed_file_is_invisible_until_linked_and_never_replaces(tmp_path: Path) -> None:
+    unnamed = UnnamedFiles()
+    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = unnamed.open(dfd)
+        assert fd is not None
+        os.write(fd, b"complete")
+        assert os.listdir(tmp_path) == []
+        unnamed.link(fd, dfd, "name")
+        with pytest.raises(FileExistsError):
+            unnamed.link(fd, dfd, "name")
+        os.close(fd)
+    finally:
+        os.close(dfd)
+    assert (tmp_path / "name").read_bytes() == b"complete"
+
+
+def test_unnamed_file_is_linked_through_proc_without_the_capability(tmp_path: Path) -> None:
+    """Without CAP_DAC_READ_SEARCH (older kernels, non-root) linkat(fd, "") answers ENOENT:
+    the link goes through /proc/self/fd instead, from then on."""
+    unnamed = UnnamedFiles()
+
+    def linkat_without_capability(*args: object) -> int:
+        ctypes.set_errno(errno.ENOENT)
+        return -1
+
+    unnamed._linkat, unnamed._get_errno = linkat_without_capability, ctypes.get_errno
+    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in ("first", "second"):
+            fd = unnamed.open(dfd)
+            assert fd is not None
+            os.write(fd, name.encode())
+            unnamed.link(fd, dfd, name)
+            os.close(fd)
+            assert unnamed._empty_path is False
+    finally:
+        os.close(dfd)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"first": "first",
+                                                                   "second": "second"}

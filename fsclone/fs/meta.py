@@ -39,6 +39,19 @@ def read_xattrs(target: Target, dir_fd: int | None = None) -> dict[str, bytes]:
     return values
 
 
+def read_xattrs_of(names: list[str], dir_fd: int) -> list[dict[str, bytes] | OSError]:
+    """The xattrs of many names in one directory, for one chdir (see :func:`_at`) instead of
+    one per name. A name whose xattrs cannot be read gets its OSError, for the caller to list."""
+    os.fchdir(dir_fd)
+    out: list[dict[str, bytes] | OSError] = []
+    for name in names:
+        try:
+            out.append(read_xattrs(name))
+        except OSError as exc:
+            out.append(exc)
+    return out
+
+
 def _at(name: str, dir_fd: int | None) -> str:
     """xattr calls take no dir_fd, so step into the directory and use the bare name: symlink-
     safe like a dir_fd, and 4x cheaper than a /proc/self/fd path. It moves the process's cwd,

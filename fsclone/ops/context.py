@@ -11,6 +11,7 @@ from contextlib import contextmanager, suppress
 from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
 from fsclone.fs import dirs
+from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 
@@ -48,6 +49,7 @@ class Context:
             if not spec.dry_run:
                 raise
         self.staging = LINKS_PREFIX + spec.id
+        self.unnamed = UnnamedFiles()
         self._staging_fd: int | None = None
 
     def staging_fd(self) -> int:

@@ -77,6 +77,11 @@ class DirCopier:
         self.barrier = new_id()
         self.waiting = 0  # slices and large files that must finish before the directory's meta
         self.inherits = False  # the target directory has a default ACL new files inherit
+        #: the target directory's names, when this pass made it: most are absent, and one
+        #: listing costs less than a failed lookup per name (None: look each name up)
+        self.existing: set[str] | None = None
+        #: entries whose data is current, their metadata compared by :meth:`_settle`
+        self.unsettled: list[tuple[str, os.stat_result, os.stat_result]] = []
 
     # -- the chunk --------------------------------------------------------------------------
     def run(self, sync: bool) -> None:
@@ -90,6 +95,9 @@ class DirCopier:
             entries = [(n, st) for n in chunk.names if (st := dirs.lstat_at(n, self.sfd))]
         if self.dfd is not None and not self.dry:
             self._prepare_target({n for n, _ in entries} if chunk.names else None)
+        if self.dfd is not None and chunk.args.get("new"):
+            self.existing = set(dirs.list_names(self.dfd))
+        self.out.count(C.SCANNED, len(entries))
         for name, st in entries:
             try:
                 self.entry(name, st)
@@ -98,7 +106,28 @@ class DirCopier:
                 self.out.act("changed", self.out.path(name), "(during copy; next pass takes it)")
             except OSError as exc:
                 self.out.fail(self.out.path(name), exc)
+        self._settle()
         self._finish()
+
+    def _settle(self) -> None:
+        """Compare (and mend) the metadata of the entries whose data is current. xattr calls
+        take no dir_fd (see fs.meta), so all source xattrs are read from inside the source
+        directory, then all target ones: two chdirs per chunk, not two per file."""
+        if not self.unsettled:
+            return
+        assert self.dfd is not None
+        names = [name for name, _, _ in self.unsettled]
+        wanted = meta.read_xattrs_of(names, self.sfd)
+        present = meta.read_xattrs_of(names, self.dfd)
+        for (name, st, dst), sx, dx in zip(self.unsettled, wanted, present, strict=True):
+            try:
+                if isinstance(sx, OSError):
+                    raise sx
+                if isinstance(dx, OSError):
+                    raise dx
+                self.fix_meta(name, st, dst, sx, dx)
+            except OSError as exc:
+                self.out.fail(self.out.path(name), exc)
 
     def _prepare_target(self, names: set[str] | None) -> None:
         assert self.dfd is not None
@@ -119,7 +148,8 @@ class DirCopier:
         path = self.out.chunk.path
         for start in range(size, len(entries), size):
             names = tuple(n for n, _ in entries[start:start + size])
-            self.out.child(self.out.chunk.op, path, names=names, group=self.barrier)
+            self.out.child(self.out.chunk.op, path, names=names, group=self.barrier,
+                           args=self.out.chunk.args)
             self.waiting += 1
         return entries[:size]
 
@@ -142,7 +172,6 @@ class DirCopier:
     def entry(self, name: str, st: os.stat_result) -> None:
         out = self.out
         rel = out.path(name)
-        out.count(C.SCANNED)
         if self.ctx.filters.excluded(rel, name):
             out.count(C.SKIP_EXCLUDED)
             return
@@ -153,7 +182,7 @@ class DirCopier:
         if skipped:
             out.count(skipped)
             return
-        dst = dirs.lstat_at(name, self.dfd) if self.dfd is not None else None
+        dst = self.target(name)
         if stat.S_ISREG(st.st_mode):
             self.regular(name, st, dst, rel)
         elif stat.S_ISLNK(st.st_mode):
@@ -161,8 +190,14 @@ class DirCopier:
         else:
             self.special(name, st, dst, rel)
 
+    def target(self, name: str) -> os.stat_result | None:
+        """The target entry's lstat, None when there is none."""
+        if self.dfd is None or (self.existing is not None and name not in self.existing):
+            return None
+        return dirs.lstat_at(name, self.dfd)
+
     def directory(self, name: str, rel: str) -> None:
-        dst = dirs.lstat_at(name, self.dfd) if self.dfd is not None else None
+        dst = self.target(name)
         if dst is not None and not stat.S_ISDIR(dst.st_mode):
             self.out.act("replace", rel, "(now a directory)")
             if not self.dry:
@@ -185,7 +220,7 @@ class DirCopier:
         # a target still linked to other names is rewritten (links split in the source); a dry
         # run cannot tell a link group it would keep, so it trusts the data check alone
         if current and dst is not None and (dst.st_nlink == 1 or self.dry):
-            self.fix_meta(name, st, dst, rel)
+            self.unsettled.append((name, st, dst))
             return
         if st.st_size >= self.spec.large_file_size and not self.dry:
             self.large(name, st, rel)
@@ -195,9 +230,11 @@ class DirCopier:
             self.out.count(C.COPIED)
             self.out.count(C.BYTES, st.st_size)
             return
-        tmp, written = self.copy_to_temp(name, st)
-        assert self.dfd is not None
-        replace_entry(self.dfd, tmp, name, dst)
+        written = self.copy_unnamed(name, st) if dst is None else None
+        if written is None:
+            tmp, written = self.copy_to_temp(name, st)
+            assert self.dfd is not None
+            replace_entry(self.dfd, tmp, name, dst)
         self.out.count(C.COPIED)
         self.out.count(C.BYTES, written)
 
@@ -211,47 +248,72 @@ class DirCopier:
             size = st.st_size
             return data.hash_range(src, 0, size)[0] == data.hash_range(dst_fd, 0, size)[0]
 
-    def fix_meta(self, name: str, st: os.stat_result, dst: os.stat_result, rel: str) -> None:
-        """Metadata-only changes are applied in place: no data is rewritten."""
+    def fix_meta(self, name: str, st: os.stat_result, dst: os.stat_result,
+                 sx: dict[str, bytes], dx: dict[str, bytes]) -> None:
+        """Metadata-only changes are applied in place: no data is rewritten. ``sx`` and ``dx``
+        are the source's and the target's xattrs."""
         assert self.dfd is not None
-        sx = meta.read_xattrs(name, self.sfd)
-        dx = meta.read_xattrs(name, self.dfd)
         window = self.spec.modify_window_ns
         if sx == dx and meta.inode_same(st, dst, window):
             self.out.count(C.SAME)
             return
         diff = meta.with_xattrs(meta.inode_diff(st, dst, window), sx, dx)
-        self.out.act("attrs", rel, ",".join(diff.names()))
+        self.out.act("attrs", self.out.path(name), ",".join(diff.names()))
         if not self.dry:
             meta.apply_all(name, st, sx, dx, self.dfd)
         self.out.count(C.UPDATED)
 
+    def copy_unnamed(self, name: str, st: os.stat_result) -> int | None:
+        """Copy a file whose name the target lacks into an unnamed file, then link it in: the
+        cheapest way to a complete new file. Returns the bytes written, or None where the
+        target filesystem has no unnamed files (the caller then uses :meth:`copy_to_temp`)."""
+        assert self.dfd is not None
+        unnamed = self.ctx.unnamed
+        dst = unnamed.open(self.dfd)
+        if dst is None:
+            return None
+        try:
+            written = self._fill(name, st, dst)
+            try:
+                unnamed.link(dst, self.dfd, name)
+            except FileExistsError:  # the name appeared since the listing: replace it
+                tmp = temp_name(name, self.tag)
+                unnamed.link(dst, self.dfd, tmp)
+                replace_entry(self.dfd, tmp, name, dirs.lstat_at(name, self.dfd))
+        finally:
+            os.close(dst)
+        return written
+
     def copy_to_temp(self, name: str, st: os.stat_result) -> tuple[str, int]:
         """Copy data and metadata into a new temp file; returns its name and the bytes written
-        (counted by the caller once the copy is kept). Raises SourceChanged (temp removed)
-        when the source was replaced or written during the copy."""
+        (counted by the caller once the copy is kept). The temp is removed on any failure."""
         assert self.dfd is not None
+        tmp = temp_name(name, self.tag)
+        dst = os.open(tmp, _NEW_FILE, 0o600, dir_fd=self.dfd)
+        try:
+            written = self._fill(name, st, dst)
+        except BaseException:
+            os.close(dst)
+            discard(self.dfd, tmp)
+            raise
+        os.close(dst)
+        return tmp, written
+
+    def _fill(self, name: str, st: os.stat_result, dst: int) -> int:
+        """Copy the source file's data and metadata into ``dst``; returns the bytes written.
+        Raises SourceChanged when the source was replaced or written since ``st`` was taken:
+        one fstat after the copy proves the fd is the listed file, unchanged, so none is
+        needed before it."""
         src = dirs.open_file(name, self.sfd)
         try:
-            before = os.fstat(src)
-            if not stat.S_ISREG(before.st_mode) or before.st_ino != st.st_ino:
+            written = data.copy_whole(src, dst, st.st_size, data.is_sparse(st))
+            if changed(st, os.fstat(src)):
                 raise SourceChanged()
-            tmp = temp_name(name, self.tag)
-            dst = os.open(tmp, _NEW_FILE, 0o600, dir_fd=self.dfd)
-            try:
-                written = data.copy_whole(src, dst, before.st_size, data.is_sparse(before))
-                if changed(before, os.fstat(src)):
-                    raise SourceChanged()
-                have = meta.read_xattrs(dst) if self.inherits else {}
-                meta.apply_all(dst, before, meta.read_xattrs(src), have)
-            except BaseException:
-                os.close(dst)
-                discard(self.dfd, tmp)
-                raise
-            os.close(dst)
+            have = meta.read_xattrs(dst) if self.inherits else {}
+            meta.apply_all(dst, st, meta.read_xattrs(src), have)
         finally:
             os.close(src)
-        return tmp, written
+        return written
 
     def hard_linked(self, name: str, st: os.stat_result, current: os.stat_result | None,
                     dst: os.stat_result | None, rel: str) -> None:
@@ -263,7 +325,7 @@ class DirCopier:
         key = f"{st.st_dev:x}-{st.st_ino:x}"
         if current is not None:
             if self._claim(name, key, current, stg):
-                self.fix_meta(name, st, current, rel)
+                self.unsettled.append((name, st, current))
                 return
             canon = dirs.lstat_at(key, stg)
             if canon is not None and canon.st_ino == current.st_ino:
@@ -333,7 +395,7 @@ class DirCopier:
         unchanged one costs no readlink."""
         if (dst is not None and stat.S_ISLNK(dst.st_mode) and dst.st_size == st.st_size
                 and meta.same_time(st.st_mtime_ns, dst.st_mtime_ns, self.spec.modify_window_ns)):
-            self.fix_meta(name, st, dst, rel)
+            self.unsettled.append((name, st, dst))
             return
         self.out.act("symlink", rel)
         self.out.count(C.CREATED)
@@ -350,7 +412,7 @@ class DirCopier:
         """Fifos, sockets and device nodes: recreated by mknod, never opened."""
         if (dst is not None and stat.S_IFMT(dst.st_mode) == stat.S_IFMT(st.st_mode)
                 and dst.st_rdev == st.st_rdev):
-            self.fix_meta(name, st, dst, rel)
+            self.unsettled.append((name, st, dst))
             return
         self.out.act("mknod", rel)
         self.out.count(C.CREATED)
