@@ -22,19 +22,20 @@ def fsclone_env(state: Path, **settings: object) -> dict[str, str]:
 
 def fsclone(*args: PathLike, state: Path, timeout: float = 300,
             **settings: object) -> subprocess.CompletedProcess[bytes]:
-    cmd = [sys.executable, "-m", "fsclone", *[os.fsencode(a) for a in args]]
+    cmd: list[str | bytes] = [sys.executable, "-m", "fsclone", *[os.fsencode(a) for a in args]]
     return subprocess.run(cmd, env=fsclone_env(state, **settings), capture_output=True,
                           timeout=timeout, check=False)
 
 
-def fsclone_json(*args: PathLike, state: Path, **settings: object) -> tuple[int, dict[str, Any]]:
-    """Run a pass with --json; returns the exit code and the summary."""
+def fsclone_json(*args: PathLike, state: Path, **settings: Any) -> tuple[int, dict[str, Any]]:
+    """Run a pass with --json; returns the exit code and the summary (``settings`` may hold
+    ``timeout``, passed on to `fsclone`)."""
     proc = fsclone(*args, "--json", state=state, **settings)
     assert proc.stdout, proc.stderr.decode(errors="replace")
     return proc.returncode, json.loads(proc.stdout.splitlines()[-1])
 
 
 def spawn(*args: PathLike, state: Path, **settings: object) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "fsclone", *[os.fsencode(a) for a in args]]
+    cmd: list[str | bytes] = [sys.executable, "-m", "fsclone", *[os.fsencode(a) for a in args]]
     return subprocess.Popen(cmd, env=fsclone_env(state, **settings), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)

@@ -216,7 +216,7 @@ def test_broker_from_config_and_a_rerun_finds_nothing_to_do(broker: Broker, work
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     entries = bulk_tree(src, dirs=12, files=10)
     workers.start(2)
-    settings = {"broker": broker.url, "password_file": broker.password_file}
+    settings: dict[str, Any] = {"broker": broker.url, "password_file": broker.password_file}
     first = fsclone("pass", "copy", "--json", src, dst, state=state, **settings)
     assert first.returncode == 0, first.stderr.decode()
     again = summary(fsclone("pass", "copy", "--json", src, dst, state=state, **settings))
@@ -380,6 +380,7 @@ def test_bad_credentials_or_no_broker_exit_2_and_write_nothing(
         broker: Broker, tmp_path: Path, case: str) -> None:
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     bulk_tree(src, dirs=1, files=1)
+    words: tuple[str, ...]
     password_file, url, words = broker.password_file, broker.url, ("refused", "ACCESS_REFUSED")
     if case == "wrong password":
         password_file = tmp_path / "wrong.conf"

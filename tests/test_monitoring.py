@@ -119,17 +119,18 @@ def test_carbon_stores_every_metric_the_dashboard_queries(copied_with_sinks,
     for pattern, used_by in patterns.items():
         concrete = pattern.replace("$prefix", "fsclone").replace("$pass", pass_id) \
             .replace("$host", "*")
-        found = wait_for(lambda c=concrete: graphite_find(carbon_server.whisper_dir, c), 30,
-                         f"{concrete} (in {used_by})")
+        def find(c: str = concrete) -> list[str]:
+            return graphite_find(carbon_server.whisper_dir, c)
+        found = wait_for(find, 30, f"{concrete} (in {used_by})")
         if not pattern.endswith(".*"):  # a series, not a variable's list of nodes
             for series in found:
                 assert carbon_server.read_series(series), f"{series} holds no point"
     # the last point of each pass total is the pass summary's number
     for counter in (C.SCANNED, C.COPIED, C.BYTES, C.CHUNKS):
         metric = f"fsclone.{pass_id}.total.{counter}"
-        carbon_server.wait_series(
-            metric, lambda points, c=counter: bool(points) and
-            points[-1][1] == summary["counters"][c])
+        def reached(points: list[tuple[int, float]], c: str = counter) -> bool:
+            return bool(points) and points[-1][1] == summary["counters"][c]
+        carbon_server.wait_series(metric, reached)
 
 
 def test_a_pass_outlives_its_stats_services(tmp_path: Path, memcached_server: MemcachedServer,

@@ -129,7 +129,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, case: s
     badvalue = tmp_path / "bad.py"
     badvalue.write_text("OLDEST_DATE = 'ninety days'\n")
     dst = tmp_path / "dst"
-    args = {
+    cases: dict[str, list[str | Path]] = {
         "missing": ["pass", "copy", tmp_path / "nope", dst],
         "inside": ["pass", "copy", src, src / "sub/copy"],
         "contains": ["pass", "copy", src / "sub", src],
@@ -139,7 +139,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, case: s
         "config-bad-value": ["pass", "copy", "--config", badvalue, src, dst],
         "option": ["pass", "copy", "--no-such-option", src, dst],
         "age": ["pass", "copy", "--newest", "yesterday", src, dst],
-    }[case]
+    }
+    args = cases[case]
     before = sorted(p for p in tmp_path.rglob("*"))
     proc = fsclone(*args, state=state)
     assert proc.returncode == 2

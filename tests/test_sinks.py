@@ -44,7 +44,8 @@ class FlakySink(Sink):
 
 
 def test_a_down_sink_is_logged_once_when_it_goes_and_once_when_it_comes_back() -> None:
-    sink, notes = FlakySink(), []
+    sink = FlakySink()
+    notes: list[str] = []
     reporter = Reporter([sink], notes.append)
     reporter.offer(snap(1))
     wait_for(lambda: sink.got, 5, "the first report")
@@ -62,7 +63,8 @@ def test_a_down_sink_is_logged_once_when_it_goes_and_once_when_it_comes_back() -
 
 
 def test_a_hung_sink_never_blocks_the_coordinator() -> None:
-    sink, notes = FlakySink(), []
+    sink = FlakySink()
+    notes: list[str] = []
     sink.hung.clear()
     reporter = Reporter([sink], notes.append, close_timeout=0.5)
     started = time.monotonic()

@@ -40,7 +40,7 @@ def base(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
 
 
 def copied(base: Path, make: Callable[[Path], None] = build_hostile_tree,
-           **settings: object) -> Pair:
+           **settings: Any) -> Pair:
     """A source tree and its copy made by ``fsclone pass copy``."""
     src, dst, state = base / "src", base / "dst", base / "state"
     src.mkdir()
@@ -256,7 +256,7 @@ def test_mismatch_lines_always_shown(pair: Pair) -> None:
 
 # -- large files in ranges -------------------------------------------------------------------
 
-RANGES = {"large_file_size": 64 << 10, "range_size": 64 << 10}
+RANGES: dict[str, Any] = {"large_file_size": 64 << 10, "range_size": 64 << 10}
 
 
 def test_large_file_compared_in_ranges(base: Path) -> None:
