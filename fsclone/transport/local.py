@@ -4,6 +4,10 @@ Each worker has two pipes (chunks in, results out) and a reader thread, so neith
 block the other with a large message. The coordinator keeps ``prefetch`` chunks in flight per
 worker; when a worker dies, its in-flight chunks come back as failed results (so they are
 retried like any failure) and a replacement worker is started.
+
+Messages are plain pickles over the pipes, and the coordinator waits on one selector that
+lives as long as the workers: per chunk, the least CPU taken from the workers it shares the
+machine with.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import pickle
 import queue
+import selectors
 import signal
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.context import ForkProcess
 
 from fsclone.chunk import Chunk, Result
@@ -43,6 +49,7 @@ class LocalTransport(Transport):
         self.workers: list[_Worker] = []
         self.spec: PassSpec | None = None
         self.respawned = 0
+        self.selector = selectors.DefaultSelector()
 
     def start(self, spec: PassSpec) -> None:
         self.spec = spec
@@ -61,7 +68,10 @@ class LocalTransport(Transport):
         proc.start()
         chunks_r.close()
         results_w.close()
-        return _Worker(index, proc, chunks_w, results_r)
+        worker = _Worker(index, proc, chunks_w, results_r)
+        self.selector.register(results_r, selectors.EVENT_READ, (worker, False))
+        self.selector.register(proc.sentinel, selectors.EVENT_READ, (worker, True))
+        return worker
 
     def submit(self, chunks: Iterable[Chunk]) -> None:
         self.in_flight.add(chunks)
@@ -69,32 +79,38 @@ class LocalTransport(Transport):
 
     def _dispatch(self) -> None:
         for index, chunk in self.in_flight.assign(w.index for w in self.workers):
-            self.workers[index].chunks.send(chunk)
+            self.workers[index].chunks.send_bytes(pickle.dumps(chunk, pickle.HIGHEST_PROTOCOL))
 
     def poll(self, timeout: float) -> list[Result]:
-        by_key: dict[object, _Worker] = {w.results: w for w in self.workers}
-        sentinels: dict[object, _Worker] = {w.process.sentinel: w for w in self.workers}
-        ready = wait([w.results for w in self.workers] + [w.process.sentinel for w in self.workers],
-                     timeout)
+        """One result from each worker that has one (a worker with more is ready again at once
+        at the next poll), then the replacement of any worker that died."""
+        ready = self.selector.select(timeout)
         results: list[Result] = []
-        for obj in ready:
-            if obj in by_key:
-                results.extend(self._drain(by_key[obj]))
-        for obj in ready:
-            if obj in sentinels:
-                results.extend(self._replace(sentinels[obj]))
+        for key, _ in ready:
+            worker, died = key.data
+            if not died:
+                results.extend(self._receive(worker))
+        for key, _ in ready:
+            worker, died = key.data
+            if died:
+                results.extend(self._replace(worker))
         self._dispatch()
         return results
 
-    def _drain(self, worker: _Worker) -> list[Result]:
-        out = []
+    def _receive(self, worker: _Worker) -> list[Result]:
         try:
-            while worker.results.poll():
-                result: Result = worker.results.recv()
-                self.in_flight.done(worker.index, result.chunk.id)
-                out.append(result)
+            result: Result = pickle.loads(worker.results.recv_bytes())
         except (EOFError, OSError):
-            pass  # the worker died; its sentinel reports it
+            return []  # the worker died; its sentinel reports it
+        self.in_flight.done(worker.index, result.chunk.id)
+        return [result]
+
+    def _drain(self, worker: _Worker) -> list[Result]:
+        """Every result a dead worker sent before it died."""
+        out = []
+        with contextlib.suppress(EOFError, OSError):
+            while worker.results.poll():
+                out += self._receive(worker)
         return out
 
     def _replace(self, dead: _Worker) -> list[Result]:
@@ -102,6 +118,8 @@ class LocalTransport(Transport):
         results = self._drain(dead)
         code = dead.process.exitcode
         results += self.in_flight.lost(dead.index, f"worker {dead.index} died (exit {code})")
+        self.selector.unregister(dead.results)
+        self.selector.unregister(dead.process.sentinel)
         dead.chunks.close()
         dead.results.close()
         self.respawned += 1
@@ -114,12 +132,14 @@ class LocalTransport(Transport):
     def stop(self) -> None:
         for worker in self.workers:
             with contextlib.suppress(OSError):
-                worker.chunks.send(_STOP)
+                worker.chunks.send_bytes(pickle.dumps(_STOP))
         for worker in self.workers:
             worker.process.join(timeout=5)
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()
+            self.selector.unregister(worker.results)
+            self.selector.unregister(worker.process.sentinel)
             worker.chunks.close()
             worker.results.close()
         self.workers = []
@@ -143,7 +163,7 @@ def _worker_main(spec: PassSpec, index: int, chunks: Connection, results: Connec
     def read() -> None:
         try:
             while True:
-                inbox.put(chunks.recv())
+                inbox.put(pickle.loads(chunks.recv_bytes()))
         except (EOFError, OSError):
             inbox.put(_STOP)
 
@@ -151,7 +171,7 @@ def _worker_main(spec: PassSpec, index: int, chunks: Connection, results: Connec
     runner = ChunkRunner(spec, worker_name(os.getpid() if index < 0 else index))
     try:
         while (chunk := inbox.get()) is not _STOP:
-            results.send(runner.run(chunk))
+            results.send_bytes(pickle.dumps(runner.run(chunk), pickle.HIGHEST_PROTOCOL))
     except (BrokenPipeError, OSError):
         pass
     finally:
