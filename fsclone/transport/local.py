@@ -107,10 +107,10 @@ class LocalTransport(Transport):
 
     def _drain(self, worker: _Worker) -> list[Result]:
         """Every result a dead worker sent before it died."""
-        out = []
-        with contextlib.suppress(EOFError, OSError):
-            while worker.results.poll():
-                out += self._receive(worker)
+        out: list[Result] = []
+        with contextlib.suppress(OSError):
+            while worker.results.poll() and (got := self._receive(worker)):
+                out += got  # _receive gives nothing at the end of the pipe: stop there
         return out
 
     def _replace(self, dead: _Worker) -> list[Result]:
