@@ -40,10 +40,9 @@ class Filters:
         self._includes = [_compile(p) for p in spec.includes]
         self._newer_than = spec.started - spec.newest if spec.newest else None
         self._older_than = spec.started - spec.oldest if spec.oldest else None
-
-    @property
-    def active(self) -> bool:
-        return bool(self._excludes)
+        #: whether any glob or any age filter is set: most passes have none, and skip the calls
+        self.globs = bool(self._excludes)
+        self.ages = self._newer_than is not None or self._older_than is not None
 
     def excluded(self, relpath: str, name: str) -> bool:
         if not self._excludes:

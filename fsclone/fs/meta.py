@@ -21,8 +21,25 @@ Target = int | str  # an open fd, or a name relative to a directory fd
 
 def read_xattrs(target: Target, dir_fd: int | None = None) -> dict[str, bytes]:
     """All xattrs of an fd or of a name under ``dir_fd`` (never following symlinks)."""
-    path: int | str = target if isinstance(target, int) else _at(target, dir_fd)
-    follow = isinstance(target, int)
+    if isinstance(target, int):
+        return _read_xattrs(target, True)
+    return _read_xattrs(_at(target, dir_fd), False)
+
+
+def read_xattrs_of(names: list[str], dir_fd: int) -> list[dict[str, bytes] | OSError]:
+    """The xattrs of many names in one directory, for one chdir (see :func:`_at`) instead of
+    one per name. A name whose xattrs cannot be read gets its OSError, for the caller to list."""
+    os.fchdir(dir_fd)
+    out: list[dict[str, bytes] | OSError] = []
+    for name in names:
+        try:
+            out.append(_read_xattrs(name, False))
+        except OSError as exc:
+            out.append(exc)
+    return out
+
+
+def _read_xattrs(path: int | str, follow: bool) -> dict[str, bytes]:
     try:
         names = os.listxattr(path, follow_symlinks=follow)
     except OSError as exc:
@@ -37,19 +54,6 @@ def read_xattrs(target: Target, dir_fd: int | None = None) -> dict[str, bytes]:
             if exc.errno not in _NO_XATTR:
                 raise
     return values
-
-
-def read_xattrs_of(names: list[str], dir_fd: int) -> list[dict[str, bytes] | OSError]:
-    """The xattrs of many names in one directory, for one chdir (see :func:`_at`) instead of
-    one per name. A name whose xattrs cannot be read gets its OSError, for the caller to list."""
-    os.fchdir(dir_fd)
-    out: list[dict[str, bytes] | OSError] = []
-    for name in names:
-        try:
-            out.append(read_xattrs(name))
-        except OSError as exc:
-            out.append(exc)
-    return out
 
 
 def _at(name: str, dir_fd: int | None) -> str:

@@ -119,15 +119,22 @@ class DirCopier:
         names = [name for name, _, _ in self.unsettled]
         wanted = meta.read_xattrs_of(names, self.sfd)
         present = meta.read_xattrs_of(names, self.dfd)
+        window = self.spec.modify_window_ns
+        same = 0
         for (name, st, dst), sx, dx in zip(self.unsettled, wanted, present, strict=True):
+            if sx == dx and meta.inode_same(st, dst, window):
+                same += 1
+                continue
             try:
                 if isinstance(sx, OSError):
                     raise sx
                 if isinstance(dx, OSError):
                     raise dx
-                self.fix_meta(name, st, dst, sx, dx)
+                self.mend_meta(name, st, dst, sx, dx)
             except OSError as exc:
                 self.out.fail(self.out.path(name), exc)
+        if same:
+            self.out.count(C.SAME, same)
 
     def _prepare_target(self, names: set[str] | None) -> None:
         assert self.dfd is not None
@@ -170,31 +177,37 @@ class DirCopier:
 
     # -- one entry --------------------------------------------------------------------------
     def entry(self, name: str, st: os.stat_result) -> None:
-        out = self.out
-        rel = out.path(name)
-        if self.ctx.filters.excluded(rel, name):
-            out.count(C.SKIP_EXCLUDED)
+        """One entry, on the path every file of every pass takes: kept lean on purpose (the
+        path below a directory is joined only when something needs it)."""
+        filters = self.ctx.filters
+        if filters.globs and filters.excluded(self.out.path(name), name):
+            self.out.count(C.SKIP_EXCLUDED)
             return
-        if stat.S_ISDIR(st.st_mode):
-            self.directory(name, rel)
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            self.directory(name, self.out.path(name))
             return
-        skipped = self.ctx.filters.age_skip(st)
-        if skipped:
-            out.count(skipped)
-            return
+        if filters.ages:
+            skipped = filters.age_skip(st)
+            if skipped:
+                self.out.count(skipped)
+                return
         dst = self.target(name)
-        if stat.S_ISREG(st.st_mode):
-            self.regular(name, st, dst, rel)
-        elif stat.S_ISLNK(st.st_mode):
-            self.symlink(name, st, dst, rel)
+        if stat.S_ISREG(mode):
+            self.regular(name, st, dst)
+        elif stat.S_ISLNK(mode):
+            self.symlink(name, st, dst)
         else:
-            self.special(name, st, dst, rel)
+            self.special(name, st, dst)
 
     def target(self, name: str) -> os.stat_result | None:
         """The target entry's lstat, None when there is none."""
         if self.dfd is None or (self.existing is not None and name not in self.existing):
             return None
-        return dirs.lstat_at(name, self.dfd)
+        try:
+            return os.stat(name, dir_fd=self.dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
 
     def directory(self, name: str, rel: str) -> None:
         dst = self.target(name)
@@ -212,10 +225,10 @@ class DirCopier:
             self.out.count(C.CREATED)
         self.out.child(self.out.chunk.op, rel, args={"new": True} if dst is None else {})
 
-    def regular(self, name: str, st: os.stat_result, dst: os.stat_result | None, rel: str) -> None:
+    def regular(self, name: str, st: os.stat_result, dst: os.stat_result | None) -> None:
         current = dst is not None and stat.S_ISREG(dst.st_mode) and self._same_data(name, st, dst)
         if st.st_nlink > 1 and not self.dry:
-            self.hard_linked(name, st, dst if current else None, dst, rel)
+            self.hard_linked(name, st, dst if current else None, dst)
             return
         # a target still linked to other names is rewritten (links split in the source); a dry
         # run cannot tell a link group it would keep, so it trusts the data check alone
@@ -223,9 +236,9 @@ class DirCopier:
             self.unsettled.append((name, st, dst))
             return
         if st.st_size >= self.spec.large_file_size and not self.dry:
-            self.large(name, st, rel)
+            self.large(name, st)
             return
-        self.out.act("copy", rel)
+        self.out.act("copy", self.out.path(name))
         if self.dry:
             self.out.count(C.COPIED)
             self.out.count(C.BYTES, st.st_size)
@@ -248,16 +261,12 @@ class DirCopier:
             size = st.st_size
             return data.hash_range(src, 0, size)[0] == data.hash_range(dst_fd, 0, size)[0]
 
-    def fix_meta(self, name: str, st: os.stat_result, dst: os.stat_result,
-                 sx: dict[str, bytes], dx: dict[str, bytes]) -> None:
+    def mend_meta(self, name: str, st: os.stat_result, dst: os.stat_result,
+                  sx: dict[str, bytes], dx: dict[str, bytes]) -> None:
         """Metadata-only changes are applied in place: no data is rewritten. ``sx`` and ``dx``
         are the source's and the target's xattrs."""
         assert self.dfd is not None
-        window = self.spec.modify_window_ns
-        if sx == dx and meta.inode_same(st, dst, window):
-            self.out.count(C.SAME)
-            return
-        diff = meta.with_xattrs(meta.inode_diff(st, dst, window), sx, dx)
+        diff = meta.with_xattrs(meta.inode_diff(st, dst, self.spec.modify_window_ns), sx, dx)
         self.out.act("attrs", self.out.path(name), ",".join(diff.names()))
         if not self.dry:
             meta.apply_all(name, st, sx, dx, self.dfd)
@@ -316,7 +325,7 @@ class DirCopier:
         return written
 
     def hard_linked(self, name: str, st: os.stat_result, current: os.stat_result | None,
-                    dst: os.stat_result | None, rel: str) -> None:
+                    dst: os.stat_result | None) -> None:
         """Keep hard links without a global map: the first worker to meet a source inode puts a
         link to its target copy in the staging directory under the source (dev, ino); every
         other name of that inode is linked from there."""
@@ -334,7 +343,7 @@ class DirCopier:
         else:
             canon = dirs.lstat_at(key, stg)
         if canon is None:
-            self.out.act("copy", rel)
+            self.out.act("copy", self.out.path(name))
             tmp, written = self.copy_to_temp(name, st)
             try:
                 os.link(tmp, key, src_dir_fd=self.dfd, dst_dir_fd=stg, follow_symlinks=False)
@@ -345,7 +354,7 @@ class DirCopier:
                 self.out.count(C.COPIED)
                 self.out.count(C.BYTES, written)
                 return
-        self.out.act("link", rel)
+        self.out.act("link", self.out.path(name))
         tmp = temp_name(name, self.tag)
         os.link(key, tmp, src_dir_fd=stg, dst_dir_fd=self.dfd, follow_symlinks=False)
         replace_entry(self.dfd, tmp, name, dst)
@@ -368,10 +377,10 @@ class DirCopier:
             return False
         return True
 
-    def large(self, name: str, st: os.stat_result, rel: str) -> None:
+    def large(self, name: str, st: os.stat_result) -> None:
         """Split a large file into byte ranges for several workers; a barrier finalizes it."""
         assert self.dfd is not None
-        self.out.act("copy", rel, "(in ranges)")
+        self.out.act("copy", self.out.path(name), "(in ranges)")
         group = new_id()
         tmp = temp_name(name, group[:12])
         fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=self.dfd)
@@ -390,14 +399,14 @@ class DirCopier:
         self.out.result.groups.append(Group(group, -(-st.st_size // step), then))
         self.waiting += 1
 
-    def symlink(self, name: str, st: os.stat_result, dst: os.stat_result | None, rel: str) -> None:
+    def symlink(self, name: str, st: os.stat_result, dst: os.stat_result | None) -> None:
         """A symlink is compared by length and mtime (it cannot change in place), so an
         unchanged one costs no readlink."""
         if (dst is not None and stat.S_ISLNK(dst.st_mode) and dst.st_size == st.st_size
                 and meta.same_time(st.st_mtime_ns, dst.st_mtime_ns, self.spec.modify_window_ns)):
             self.unsettled.append((name, st, dst))
             return
-        self.out.act("symlink", rel)
+        self.out.act("symlink", self.out.path(name))
         self.out.count(C.CREATED)
         if self.dry:
             return
@@ -408,13 +417,13 @@ class DirCopier:
         # atime the source has now, so the copy still matches it
         self._place(name, tmp, os.stat(name, dir_fd=self.sfd, follow_symlinks=False), dst)
 
-    def special(self, name: str, st: os.stat_result, dst: os.stat_result | None, rel: str) -> None:
+    def special(self, name: str, st: os.stat_result, dst: os.stat_result | None) -> None:
         """Fifos, sockets and device nodes: recreated by mknod, never opened."""
         if (dst is not None and stat.S_IFMT(dst.st_mode) == stat.S_IFMT(st.st_mode)
                 and dst.st_rdev == st.st_rdev):
             self.unsettled.append((name, st, dst))
             return
-        self.out.act("mknod", rel)
+        self.out.act("mknod", self.out.path(name))
         self.out.count(C.CREATED)
         if self.dry:
             return

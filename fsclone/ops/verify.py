@@ -121,7 +121,7 @@ class DirVerifier:
             if self._wanted(name, dst[name]):
                 self.found[out.path(name)].append("extra in target")
         wanted = [name for name, is_dir in src.items() if self._wanted(name, is_dir)] \
-            if self.ctx.filters.active or self.spec.sample < 1.0 else list(src)
+            if self.ctx.filters.globs or self.spec.sample < 1.0 else list(src)
         size = self.spec.dir_slice
         for start in range(size, len(wanted), size):
             out.child("verify", path, names=tuple(wanted[start:start + size]))
