@@ -11,6 +11,7 @@ this chunk, or by a deferred ``dirmeta`` chunk when slices or large files are st
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import stat
 
@@ -82,6 +83,8 @@ class DirCopier:
         self.existing: set[str] | None = None
         #: entries whose data is current, their metadata compared by :meth:`_settle`
         self.unsettled: list[tuple[str, os.stat_result, os.stat_result]] = []
+        #: each large file's range chunks, handed out interleaved by :meth:`_finish`
+        self.ranges: list[list[Chunk]] = []
 
     # -- the chunk --------------------------------------------------------------------------
     def run(self, sync: bool) -> None:
@@ -161,7 +164,11 @@ class DirCopier:
         return entries[:size]
 
     def _finish(self) -> None:
-        """Apply the directory's metadata now, or defer it behind a barrier."""
+        """Hand out the range chunks, one of each large file in turn: on most filesystems two
+        writers of one file queue on its inode lock, so workers busy with different files go
+        faster. Then apply the directory's metadata now, or defer it behind a barrier."""
+        for turn in itertools.zip_longest(*self.ranges):
+            self.out.result.children.extend(c for c in turn if c is not None)
         chunk = self.out.chunk
         if chunk.names is None:
             if self.waiting:
@@ -392,9 +399,10 @@ class DirCopier:
                 "ctime_ns": st.st_ctime_ns, "sparse": data.is_sparse(st)}
         step = self.spec.range_size
         path = self.out.chunk.path
-        for start in range(0, st.st_size, step):
-            self.out.child("range", path, names=(name,), group=group,
-                           args={**args, "start": start, "end": min(start + step, st.st_size)})
+        self.ranges.append([
+            Chunk(op="range", path=path, names=(name,), group=group,
+                  args={**args, "start": start, "end": min(start + step, st.st_size)})
+            for start in range(0, st.st_size, step)])
         then = Chunk(op="finalize", path=path, names=(name,), args=args, group=self.barrier)
         self.out.result.groups.append(Group(group, -(-st.st_size // step), then))
         self.waiting += 1
