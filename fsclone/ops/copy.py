@@ -11,6 +11,7 @@ this chunk, or by a deferred ``dirmeta`` chunk when slices or large files are st
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import stat
@@ -74,8 +75,6 @@ class DirCopier:
         self.spec = ctx.spec
         self.dry = ctx.spec.dry_run
         self.tag = f"{out.chunk.id[:12]}.{out.chunk.attempt}"
-        #: the barrier this chunk's slices and finalize chunks count toward
-        self.barrier = new_id()
         self.waiting = 0  # slices and large files that must finish before the directory's meta
         self.inherits = False  # the target directory has a default ACL new files inherit
         #: the target directory's names, when this pass made it: most are absent, and one
@@ -85,6 +84,12 @@ class DirCopier:
         self.unsettled: list[tuple[str, os.stat_result, os.stat_result]] = []
         #: each large file's range chunks, handed out interleaved by :meth:`_finish`
         self.ranges: list[list[Chunk]] = []
+
+    @functools.cached_property
+    def barrier(self) -> str:
+        """The barrier this chunk's slices and finalize chunks count toward; made on first
+        use, since most chunks have neither."""
+        return new_id()
 
     # -- the chunk --------------------------------------------------------------------------
     def run(self, sync: bool) -> None:
