@@ -132,16 +132,30 @@ def _start(cfg: Config, req: PassRequest, kw: dict[str, Any]) -> NoReturn:
     """Run the pass through its transport: coordinate, or serve as a rank of an MPI job."""
     kind = select.choose(cfg, os.environ)
     if not select.by_rank(kind, os.environ):
-        _coordinate(cfg, req, kw, select.transport(kind, cfg))
+        transport = select.transport(kind, cfg)
+        code = _coordinate(cfg, req, kw, transport)
+        if transport is None:
+            _leave(code)
+        sys.exit(code)
     job = MpiJob(os.environ)  # rank 0 coordinates, the other ranks work
     if job.rank > 0:
         sys.exit(job.serve(select.rank_service(kind, cfg, job.rank)))
     with job.coordinating():
-        _coordinate(cfg, req, kw, select.transport(kind, cfg, job))
+        sys.exit(_coordinate(cfg, req, kw, select.transport(kind, cfg, job)))
+
+
+def _leave(code: int) -> NoReturn:
+    """End a local pass at once. Its record, lock and workers are all closed by now, so the
+    interpreter's teardown (freeing every object one by one: 10-20 ms, 4% of a no-op re-run of
+    50,000 files) buys nothing. Other transports exit normally: MPI and pika finalize at exit."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _coordinate(cfg: Config, req: PassRequest, kw: dict[str, Any],
-                transport: Transport | None) -> NoReturn:
+                transport: Transport | None) -> int:
+    """Run the pass, print its summary, and return the exit code."""
     console = Console(kw["quiet"], kw["as_json"])
     hooks = Hooks(progress=console.progress, action=console.action, note=console.note,
                   stats_interval=cfg.report_interval)
@@ -152,7 +166,7 @@ def _coordinate(cfg: Config, req: PassRequest, kw: dict[str, Any],
         spec, summary = run_pass(cfg, req, hooks, transport)
     console.summary(spec.id, req.op, summary, spec.dry_run, _verify_notes(spec))
     failed = summary.error_count or summary.counters.get(C.MISMATCHES)
-    sys.exit(EXIT_ITEMS_FAILED if failed else EXIT_OK)
+    return EXIT_ITEMS_FAILED if failed else EXIT_OK
 
 
 _VERIFY_OPTIONS: list[Decorator] = [
