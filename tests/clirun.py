@@ -35,7 +35,23 @@ def fsclone_json(*args: PathLike, state: Path, **settings: Any) -> tuple[int, di
     return proc.returncode, json.loads(proc.stdout.splitlines()[-1])
 
 
+#: every command a test started in the background, so that none outlives its test
+SPAWNED: list[subprocess.Popen[bytes]] = []
+
+
 def spawn(*args: PathLike, state: Path, **settings: object) -> subprocess.Popen[bytes]:
     cmd: list[str | bytes] = [sys.executable, "-m", "fsclone", *[os.fsencode(a) for a in args]]
-    return subprocess.Popen(cmd, env=fsclone_env(state, **settings), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=fsclone_env(state, **settings), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
+    SPAWNED.append(proc)
+    return proc
+
+
+def reap_spawned() -> None:
+    """Kill what a test left running: a test that failed or timed out while it waited on a
+    pass would otherwise leave it using the CPU that later tests and timings need."""
+    while SPAWNED:
+        proc = SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
