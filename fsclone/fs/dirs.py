@@ -118,13 +118,13 @@ def list_kinds(dir_fd: int) -> dict[str, bool]:
         return {entry.name: entry.is_dir(follow_symlinks=False) for entry in it}
 
 
-def count_tree(dir_fd: int, name: str, st: os.stat_result) -> int:
+def count_tree(dir_fd: int, name: str, is_dir: bool) -> int:
     """How many entries removing ``name`` would remove (itself and everything below)."""
-    if not stat.S_ISDIR(st.st_mode):
+    if not is_dir:
         return 1
     sub = open_dir(name, dir_fd)
     try:
-        return 1 + sum(count_tree(sub, child, cst) for child, cst in list_dir(sub))
+        return 1 + sum(count_tree(sub, child, kind) for child, kind in list_kinds(sub).items())
     finally:
         os.close(sub)
 

@@ -77,8 +77,9 @@ class DirCopier:
         self.tag = f"{out.chunk.id[:12]}.{out.chunk.attempt}"
         self.waiting = 0  # slices and large files that must finish before the directory's meta
         self.inherits = False  # the target directory has a default ACL new files inherit
-        #: the target directory's names, when this pass made it: most are absent, and one
-        #: listing costs less than a failed lookup per name (None: look each name up)
+        #: the target directory's names, when the chunk lists it anyway (sync) or this pass made
+        #: it (most names absent): a listing costs less than a failed lookup per name (None:
+        #: look each name up)
         self.existing: set[str] | None = None
         #: entries whose data is current, their metadata compared by :meth:`_settle`
         self.unsettled: list[tuple[str, os.stat_result, os.stat_result]] = []
@@ -97,13 +98,15 @@ class DirCopier:
         if chunk.names is None:
             entries = dirs.list_dir(self.sfd)
             if sync and self.dfd is not None:
-                plan_deletes(self.ctx, self.out, self.dfd, {n for n, _ in entries})
+                # the complete target listing the plan needs also spares the lookups below
+                self.existing = set(plan_deletes(self.ctx, self.out, self.dfd,
+                                                 {n for n, _ in entries}))
             entries = self._split(entries)
         else:
             entries = [(n, st) for n in chunk.names if (st := dirs.lstat_at(n, self.sfd))]
         if self.dfd is not None and not self.dry:
             self._prepare_target({n for n, _ in entries} if chunk.names else None)
-        if self.dfd is not None and chunk.args.get("new"):
+        if self.dfd is not None and self.existing is None and chunk.args.get("new"):
             self.existing = set(dirs.list_names(self.dfd))
         self.out.count(C.SCANNED, len(entries))
         for name, st in entries:
@@ -216,10 +219,7 @@ class DirCopier:
         """The target entry's lstat, None when there is none."""
         if self.dfd is None or (self.existing is not None and name not in self.existing):
             return None
-        try:
-            return os.stat(name, dir_fd=self.dfd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
+        return dirs.lstat_at(name, self.dfd)
 
     def directory(self, name: str, rel: str) -> None:
         dst = self.target(name)

@@ -9,23 +9,21 @@ A source directory that cannot be listed plans nothing, and nothing below it is 
 
 from __future__ import annotations
 
-import os
-import stat
-
 from fsclone.fs import dirs
 from fsclone.ops.context import TMP_PREFIX, Context, Outcome, on_both_dirs
 from fsclone.ops.dirmeta import apply_dir_meta
 from fsclone.stats import counters as C
 
 
-def plan_deletes(ctx: Context, out: Outcome, dfd: int, source_names: set[str],
-                 target: list[tuple[str, os.stat_result]] | None = None) -> None:
+def plan_deletes(ctx: Context, out: Outcome, dfd: int, source_names: set[str]) -> dict[str, bool]:
     """Plan removal of the target entries whose names the complete source listing lacks.
-    Excluded names and the pass's own staging directory are never planned."""
+    Excluded names and the pass's own staging directory are never planned. Returns the target
+    listing (name: is a directory), from d_type: no stat per target entry."""
     chunk = out.chunk
+    target = dirs.list_kinds(dfd)
     planned: list[str] = []
     entries = 0
-    for name, st in target if target is not None else dirs.list_dir(dfd):
+    for name, is_dir in target.items():
         if name in source_names or (not chunk.path and name == ctx.staging):
             continue
         rel = out.path(name)
@@ -34,12 +32,13 @@ def plan_deletes(ctx: Context, out: Outcome, dfd: int, source_names: set[str],
         planned.append(name)
         if name.startswith(TMP_PREFIX):
             continue  # our own leftovers: removed, but not news to anyone
-        n = dirs.count_tree(dfd, name, st)
+        n = dirs.count_tree(dfd, name, is_dir)
         entries += n
         out.act("delete", rel, f"({n} entries)" if n > 1 else "")
     if planned:
         out.result.deletions.append((chunk.path, tuple(planned), entries))
         out.count(C.PLANNED_DELETES, entries)
+    return target
 
 
 @on_both_dirs
@@ -47,11 +46,10 @@ def run_delete(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     """Phase 1: plan this directory's deletions, and walk on into directories on both sides."""
     kinds = dirs.list_kinds(sfd)  # raises unless the listing is complete
     out.count(C.SCANNED, len(kinds))
-    target = dirs.list_dir(dfd)
-    plan_deletes(ctx, out, dfd, set(kinds), target)
-    for name, st in target:
+    target = plan_deletes(ctx, out, dfd, set(kinds))
+    for name, is_dir in target.items():
         rel = out.path(name)
-        if kinds.get(name) and stat.S_ISDIR(st.st_mode) and not ctx.filters.excluded(rel, name):
+        if kinds.get(name) and is_dir and not ctx.filters.excluded(rel, name):
             out.child("delete", rel)
 
 
