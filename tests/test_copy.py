@@ -225,8 +225,9 @@ def test_file_changed_during_copy_is_not_stamped_done(tmp_path: Path,
     (src / "busy").write_bytes(b"1" * 4096)
     real = data.copy_whole
 
-    def copy_while_user_writes(s: int, d: int, size: int, sparse: bool) -> int:
-        n = real(s, d, size, sparse)
+    def copy_while_user_writes(s: int, d: int, size: int, sparse: bool,
+                                devices: data.Devices = None) -> int:
+        n = real(s, d, size, sparse, devices)
         with open(src / "busy", "ab") as f:
             f.write(b"appended by a user")
         return n
@@ -248,9 +249,10 @@ def test_name_that_appears_in_the_target_during_a_copy_is_replaced(
     (src / "f").write_bytes(b"from the source")
     real = data.copy_whole
 
-    def copy_while_user_creates(s: int, d: int, size: int, sparse: bool) -> int:
+    def copy_while_user_creates(s: int, d: int, size: int, sparse: bool,
+                                devices: data.Devices = None) -> int:
         (dst / "f").write_bytes(b"made by a user meanwhile")
-        return real(s, d, size, sparse)
+        return real(s, d, size, sparse, devices)
 
     monkeypatch.setattr(data, "copy_whole", copy_while_user_creates)
     result = _copy_in_process(src, dst)

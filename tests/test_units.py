@@ -14,6 +14,7 @@ from fsclone.chunk import Chunk, Group, ItemError, Result, dumps, loads_chunk, l
 from fsclone.config import load, read_site_file
 from fsclone.errors import ConfigError, MessageError, UsageError
 from fsclone.filters import Filters, parse_age
+from fsclone.fs import data
 from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.spec import PassSpec
 
@@ -125,3 +126,26 @@ def test_unnamed_file_is_linked_through_proc_without_the_capability(tmp_path: Pa
         os.close(dfd)
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"first": "first",
                                                                    "second": "second"}
+
+
+@pytest.mark.parametrize("refusal, calls", [(errno.EXDEV, 1), (errno.EINVAL, 3)])
+def test_kernel_copy_refused_for_a_filesystem_pair_is_not_retried_per_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: int, calls: int) -> None:
+    """EXDEV is about the pair of filesystems: learnt once. EINVAL may be about one file: every
+    file tries the kernel again. Either way the data arrives, through user space."""
+    tried: list[int] = []
+
+    def refuse(*args: object) -> int:
+        tried.append(1)
+        raise OSError(refusal, os.strerror(refusal))
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    monkeypatch.setattr(data, "_REFUSED", set())
+    for i in range(3):
+        payload = b"payload %d" % i * 1000
+        (tmp_path / f"s{i}").write_bytes(payload)
+        with open(tmp_path / f"s{i}", "rb") as s, open(tmp_path / f"d{i}", "wb") as d:
+            assert data.copy_whole(s.fileno(), d.fileno(), len(payload), False, (1, 2)) == \
+                len(payload)
+        assert (tmp_path / f"d{i}").read_bytes() == (tmp_path / f"s{i}").read_bytes()
+    assert len(tried) == calls

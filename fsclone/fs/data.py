@@ -12,6 +12,11 @@ import xxhash
 _STEP = 1 << 30  # bytes per copy_file_range call: large, so a big file costs few syscalls
 _HASH_BUF = 256 << 10  # hashed while still in L2: faster than larger reads
 _NO_CFR = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
+#: (source device, target device) pairs whose copy_file_range refused for the pair itself, not
+#: for one file (EINVAL can be either): this process copies between them in user space. Learnt
+#: at the first refusal, so a cross-filesystem migration pays one failed call, not one per file.
+_REFUSED: set[tuple[int, int]] = set()
+Devices = tuple[int, int] | None  # (source st_dev, target st_dev), None: nothing to learn
 
 
 def data_segments(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
@@ -35,15 +40,21 @@ def data_segments(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
         pos = hole
 
 
-def _copy_span(src: int, dst: int, offset: int, end: int) -> int:
+def _copy_span(src: int, dst: int, offset: int, end: int, devices: Devices) -> int:
     """Copy [offset, end) at the same offsets; returns bytes copied (short if the source shrank)."""
     copied = 0
+    kernel = devices not in _REFUSED
     while offset < end:
-        try:
-            n = os.copy_file_range(src, dst, min(_STEP, end - offset), offset, offset)
-        except OSError as exc:
-            if exc.errno not in _NO_CFR:
-                raise
+        if kernel:
+            try:
+                n = os.copy_file_range(src, dst, min(_STEP, end - offset), offset, offset)
+            except OSError as exc:
+                if exc.errno not in _NO_CFR:
+                    raise
+                kernel = False
+                if devices is not None and exc.errno != errno.EINVAL:
+                    _REFUSED.add(devices)
+        if not kernel:
             n = _copy_userspace(src, dst, offset, end)
         if n == 0:
             break
@@ -60,17 +71,18 @@ def _copy_userspace(src: int, dst: int, offset: int, end: int) -> int:
     return len(data)
 
 
-def copy_range(src: int, dst: int, start: int, end: int, sparse: bool) -> int:
+def copy_range(src: int, dst: int, start: int, end: int, sparse: bool,
+               devices: Devices = None) -> int:
     """Copy bytes [start, end) of ``src`` into ``dst`` at the same offsets. The caller sizes
     ``dst`` (ftruncate) so holes need no writing. Returns bytes written."""
     if not sparse:
-        return _copy_span(src, dst, start, end)
-    return sum(_copy_span(src, dst, a, b) for a, b in data_segments(src, start, end))
+        return _copy_span(src, dst, start, end, devices)
+    return sum(_copy_span(src, dst, a, b, devices) for a, b in data_segments(src, start, end))
 
 
-def copy_whole(src: int, dst: int, size: int, sparse: bool) -> int:
+def copy_whole(src: int, dst: int, size: int, sparse: bool, devices: Devices = None) -> int:
     """Copy a whole file of ``size`` bytes; a trailing hole is made by ftruncate."""
-    written = copy_range(src, dst, 0, size, sparse)
+    written = copy_range(src, dst, 0, size, sparse, devices)
     if sparse:
         os.ftruncate(dst, size)
     return written

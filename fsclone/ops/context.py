@@ -48,6 +48,8 @@ class Context:
         except FileNotFoundError:
             if not spec.dry_run:
                 raise
+        #: the target's device, for what the kernel's copy between the two learns (fs.data)
+        self.dst_dev = os.fstat(self.dst_root).st_dev if self.dst_root is not None else 0
         self.staging = LINKS_PREFIX + spec.id
         self.unnamed = UnnamedFiles()
         self._staging_fd: int | None = None

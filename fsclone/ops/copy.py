@@ -327,7 +327,8 @@ class DirCopier:
         needed before it."""
         src = dirs.open_file(name, self.sfd)
         try:
-            written = data.copy_whole(src, dst, st.st_size, data.is_sparse(st))
+            written = data.copy_whole(src, dst, st.st_size, data.is_sparse(st),
+                                      (st.st_dev, self.ctx.dst_dev))
             if changed(st, os.fstat(src)):
                 raise SourceChanged()
             have = meta.read_xattrs(dst) if self.inherits else {}
