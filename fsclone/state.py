@@ -97,8 +97,12 @@ class PassStore:
         return cls(path)
 
     # -- chunks and barriers ------------------------------------------------------------------
+    # Every add_* returns early when there is nothing to add: most results carry no errors,
+    # deletions or children, and an empty executemany still costs a statement per result.
     def add_chunks(self, chunks: Iterable[Chunk]) -> None:
         rows = [(c.id, dumps(c)) for c in chunks]
+        if not rows:
+            return
         cur = self.db.executemany("INSERT OR IGNORE INTO outstanding VALUES (?,?)", rows)
         self.outstanding += cur.rowcount
 
@@ -139,13 +143,17 @@ class PassStore:
         self._dirty_workers.add(worker)
 
     def add_errors(self, errors: Iterable[ItemError]) -> None:
-        self.db.executemany("INSERT INTO errors (path, op, errno, message) VALUES (?,?,?,?)",
-                            [(os.fsencode(e.path), e.op, e.errno, e.message) for e in errors])
+        rows = [(os.fsencode(e.path), e.op, e.errno, e.message) for e in errors]
+        if rows:
+            self.db.executemany("INSERT INTO errors (path, op, errno, message) VALUES (?,?,?,?)",
+                                rows)
 
     def add_deletions(self, deletions: Iterable[tuple[str, tuple[str, ...], int]]) -> None:
-        self.db.executemany(
-            "INSERT INTO deletions (path, names, entries) VALUES (?,?,?)",
-            [(os.fsencode(d), json.dumps(list(n), ensure_ascii=True), c) for d, n, c in deletions])
+        rows = [(os.fsencode(d), json.dumps(list(n), ensure_ascii=True), c)
+                for d, n, c in deletions]
+        if rows:
+            self.db.executemany("INSERT INTO deletions (path, names, entries) VALUES (?,?,?)",
+                                rows)
 
     def planned_deletions(self) -> Iterator[tuple[str, list[str]]]:
         for path, names in self.db.execute("SELECT path, names FROM deletions ORDER BY seq"):

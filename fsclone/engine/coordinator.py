@@ -196,17 +196,17 @@ class Coordinator:
         for group in result.groups:
             store.add_group(group)
         released = list(result.children)
-        store.add_chunks(released)
         handed_over = any(g.then.group == chunk.group for g in result.groups)
         if chunk.group and not handed_over:
             released.extend(self._complete_member(chunk.group))
+        store.add_chunks(released)
         return released
 
     def _complete_member(self, group_id: str) -> list[Chunk]:
+        """The chunk a finished barrier releases, if any (the caller records it outstanding)."""
         then = self.store.complete_member(group_id)
         if then is None:
             return []
         if then.op == "barrier":  # a hand-over placeholder: complete its own group at once
             return self._complete_member(then.group) if then.group else []
-        self.store.add_chunks([then])
         return [then]
