@@ -109,7 +109,7 @@ def _run(op: str, **kw: Any) -> None:
     req = PassRequest(
         op=op, src=src, dst=dst, dry_run=kw["dry_run"], checksum=kw["checksum"],
         modify_window=kw["modify_window"], includes=kw["include"], excludes=kw["exclude"],
-        restart=kw["restart"] or bool(kw.get("manifest")), verbose=kw["verbose"],
+        restart=kw["restart"], verbose=kw["verbose"],
         retry_of=kw.get("retry_errors") or "",
         **_verify_fields(kw, src, dst))
     _start(cfg, req, kw)
@@ -182,8 +182,7 @@ _VERIFY_OPTIONS: list[Decorator] = [
 
 
 def _verify_fields(kw: dict[str, Any], src: str, dst: str) -> dict[str, Any]:
-    """The verify options as PassRequest fields (none for other passes). A pass with a manifest
-    starts anew: the rows of an interrupted run are not in the new file."""
+    """The verify options as PassRequest fields (none for other passes)."""
     if "sample" not in kw:
         return {}
     if kw["manifest"]:

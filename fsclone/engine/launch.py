@@ -83,7 +83,8 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
     lock = TargetLock(state, dst)
     try:
         lock.acquire(f"a {req.op} pass starting")
-        fresh = req.restart or req.dry_run or req.retry_of
+        # a pass with a manifest starts anew: an interrupted run's rows are not in the new file
+        fresh = req.restart or req.dry_run or req.retry_of or req.manifest
         resume = req.resume_id or (None if fresh else find_unfinished(state, req.op, src, dst))
         store = PassStore(state / resume) if resume else PassStore.create(
             state, build_spec(cfg, req, src, dst))
