@@ -70,7 +70,7 @@ def broker_and_workers(workers: int) -> Iterator[Config]:
     with tempfile.TemporaryDirectory(prefix="fsclone-amqp-bench-") as tmp:
         work = Path(tmp)
         with RabbitMQServer(work) as server:
-            password_file = work / "rabbitmq.conf"
+            password_file = work / "password"
             password_file.write_text(server.password + "\n")
             password_file.chmod(0o600)
             url = f"amqp://{server.user}@{server.host}:{server.port}/{server.vhost}"
