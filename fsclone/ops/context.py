@@ -129,6 +129,16 @@ def printable(path: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text) or "."
 
 
+def file_of(chunk: Chunk) -> str:
+    """The file a chunk about one large file (range, finalize, verify_range) is about."""
+    return chunk.names[0] if chunk.names else ""
+
+
+def file_path(chunk: Chunk) -> str:
+    """That file's path: where such a chunk's errors are listed."""
+    return join(chunk.path, file_of(chunk))
+
+
 DirBody = Callable[[Context, Outcome, int, int], None]
 
 

@@ -18,7 +18,15 @@ import stat
 
 from fsclone.chunk import Chunk, Group, Result, new_id
 from fsclone.fs import data, dirs, meta
-from fsclone.ops.context import Context, Outcome, is_temp_for, temp_name
+from fsclone.ops.context import (
+    Context,
+    Outcome,
+    file_of,
+    file_path,
+    is_temp_for,
+    on_both_dirs,
+    temp_name,
+)
 from fsclone.ops.delete import plan_deletes
 from fsclone.ops.dirmeta import apply_dir_meta, created
 from fsclone.stats import counters as C
@@ -457,53 +465,41 @@ class DirCopier:
             raise
 
 
-
-def run_range(ctx: Context, chunk: Chunk) -> Result:
+def _copy_range(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     """Copy one byte range of a large file into its shared temp file. A source that changed is
     left to ``finalize``, which checks the identity once all ranges are done."""
-    out = Outcome(ctx, chunk)
-    a = chunk.args
-    name = chunk.names[0] if chunk.names else ""
+    a = out.chunk.args
+    src = dirs.open_file(file_of(out.chunk), sfd)
     try:
-        with ctx.open_dirs(chunk.path) as (sfd, dfd):
-            assert dfd is not None
-            src = dirs.open_file(name, sfd)
-            try:
-                dst = os.open(a["tmp"], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-                try:
-                    out.count(C.BYTES, data.copy_range(src, dst, a["start"], a["end"], a["sparse"]))
-                finally:
-                    os.close(dst)
-            finally:
-                os.close(src)
-    except OSError as exc:
-        out.fail(out.path(name), exc)
-    return out.result
+        dst = os.open(a["tmp"], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            out.count(C.BYTES, data.copy_range(src, dst, a["start"], a["end"], a["sparse"]))
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
 
 
-def run_finalize(ctx: Context, chunk: Chunk) -> Result:
+def _finalize(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     """All ranges of a large file are in: stamp metadata and rename, unless the source changed."""
-    out = Outcome(ctx, chunk)
-    a = chunk.args
-    name = chunk.names[0] if chunk.names else ""
-    rel = out.path(name)
+    a = out.chunk.args
+    name = file_of(out.chunk)
+    st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
+    if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
+            a["ino"], a["size"], a["mtime_ns"], a["ctime_ns"]):
+        discard(dfd, a["tmp"])
+        out.count(C.CHANGED)
+        out.act("changed", out.path(name), "(during copy; next pass takes it)")
+        return
+    fd = os.open(a["tmp"], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
     try:
-        with ctx.open_dirs(chunk.path) as (sfd, dfd):
-            assert dfd is not None
-            st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
-            if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
-                    a["ino"], a["size"], a["mtime_ns"], a["ctime_ns"]):
-                discard(dfd, a["tmp"])
-                out.count(C.CHANGED)
-                out.act("changed", rel, "(during copy; next pass takes it)")
-                return out.result
-            fd = os.open(a["tmp"], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            try:
-                meta.apply_all(fd, st, meta.read_xattrs(name, sfd), meta.read_xattrs(fd))
-            finally:
-                os.close(fd)
-            replace_entry(dfd, a["tmp"], name, dirs.lstat_at(name, dfd))
-            out.count(C.COPIED)
-    except OSError as exc:
-        out.fail(rel, exc)
-    return out.result
+        meta.apply_all(fd, st, meta.read_xattrs(name, sfd), meta.read_xattrs(fd))
+    finally:
+        os.close(fd)
+    replace_entry(dfd, a["tmp"], name, dirs.lstat_at(name, dfd))
+    out.count(C.COPIED)
+
+
+# a large file's chunks: an error is the file's, not its directory's
+run_range = on_both_dirs(_copy_range, where=file_path)
+run_finalize = on_both_dirs(_finalize, where=file_path)

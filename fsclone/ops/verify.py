@@ -21,9 +21,9 @@ from collections import defaultdict
 
 import xxhash
 
-from fsclone.chunk import Chunk, ItemError, join
+from fsclone.chunk import ItemError
 from fsclone.fs import data, dirs, meta
-from fsclone.ops.context import Context, Outcome, on_both_dirs, printable
+from fsclone.ops.context import Context, Outcome, file_of, file_path, on_both_dirs, printable
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 
@@ -54,12 +54,8 @@ def report(out: Outcome, relpath: str, differences: list[str]) -> None:
 run_verify = on_both_dirs(lambda ctx, out, sfd, dfd: DirVerifier(ctx, out, sfd, dfd).run())
 # one byte range of a large file on both sides; an error is the file's, not its directory's
 run_verify_range = on_both_dirs(
-    lambda ctx, out, sfd, dfd: _compare_range(out, sfd, dfd, _name(out.chunk)),
-    where=lambda chunk: join(chunk.path, _name(chunk)))
-
-
-def _name(chunk: Chunk) -> str:
-    return chunk.names[0] if chunk.names else ""
+    lambda ctx, out, sfd, dfd: _compare_range(out, sfd, dfd, file_of(out.chunk)),
+    where=file_path)
 
 
 def _compare_range(out: Outcome, sfd: int, dfd: int, name: str) -> None:
