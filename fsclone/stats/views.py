@@ -9,7 +9,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from fsclone.stats import counters as C
 from fsclone.stats.graphite import split_worker
 from fsclone.stats.memcache import DEFAULT_PORT, LiveReader
 from fsclone.stats.sinks import SinkError, parse_address
-from fsclone.stats.snapshot import RATE_KEYS, Snapshot
+from fsclone.stats.snapshot import Snapshot
 from fsclone.stats.trees import tree_total
 
 Note = Callable[[str], None]
@@ -102,14 +102,7 @@ class PassView:
 def _averaged(view: PassView) -> PassView:
     """Rates as averages since the start (the record has no last-interval rates; an ended
     pass's last interval says little)."""
-    secs = max(view.elapsed, 1e-3)
-
-    def average(counters: dict[str, int]) -> dict[str, float]:
-        return {k: round(counters.get(k, 0) / secs, 3) for k in RATE_KEYS}
-
-    rates = {w: average(c) for w, c in view.snap.workers.items()}
-    rates[""] = average(view.snap.counters)
-    return PassView(replace(view.snap, rates=rates), view.source)
+    return PassView(view.snap.with_rates(None), view.source)
 
 
 def from_record(rec: PassRecord, state_dir: Path, with_workers: bool) -> PassView:
