@@ -54,10 +54,6 @@ class Config:
         return Path(self.state_dir or _default_state_dir())
 
 
-def _int(v: Any) -> int:
-    return int(v)
-
-
 def _age(v: Any) -> int | None:
     return parse_age(v if isinstance(v, int) else str(v))
 
@@ -68,7 +64,7 @@ def _globs(v: Any) -> tuple[str, ...]:
 
 #: setting name in config.py → (Config field, parser)
 SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "WORKERS": ("workers", _int),
+    "WORKERS": ("workers", int),
     "STATE_DIR": ("state_dir", str),
     "REPORT_INTERVAL": ("report_interval", float),
     "OLDEST_DATE": ("oldest", _age),
@@ -85,12 +81,12 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "MEMCACHED": ("memcached", str),
     "GRAPHITE": ("graphite", str),
     "GRAPHITE_PREFIX": ("graphite_prefix", str),
-    "MAX_DELETE": ("max_delete", _int),
+    "MAX_DELETE": ("max_delete", int),
     "SENTINEL": ("sentinel", str),
     "EXCLUDES": ("excludes", _globs),
-    "LARGE_FILE_SIZE": ("large_file_size", _int),
-    "RANGE_SIZE": ("range_size", _int),
-    "DIR_SLICE": ("dir_slice", _int),
+    "LARGE_FILE_SIZE": ("large_file_size", int),
+    "RANGE_SIZE": ("range_size", int),
+    "DIR_SLICE": ("dir_slice", int),
 }
 
 

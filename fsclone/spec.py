@@ -8,9 +8,6 @@ from typing import Any
 
 from fsclone.errors import MessageError
 
-#: ops that walk the tree; each pass runs one of them from the root
-WALK_OPS = ("copy", "delete", "mtime", "sync", "verify")
-
 
 @dataclass(frozen=True)
 class PassSpec:

@@ -34,6 +34,8 @@ PHASES: dict[str, tuple[str, ...]] = {
 }
 #: seconds between commits of applied results (see Coordinator._drain)
 COMMIT_EVERY = 0.05
+#: tries of a chunk whose op raised (or whose worker died) before it is listed as failed
+MAX_ATTEMPTS = 3
 #: phases that change the target, skipped by a dry run
 _WRITING_PHASES = {"unlink", "cleanup"}
 #: whom the counters of a chunk that failed as a whole (its worker unknown) are credited to
@@ -66,13 +68,11 @@ class Summary:
 
 class Coordinator:
     def __init__(self, store: PassStore, transport: Transport, hooks: Hooks | None = None,
-                 max_delete: int | None = None, max_attempts: int = 3,
-                 seed: Seed | None = None) -> None:
+                 max_delete: int | None = None, seed: Seed | None = None) -> None:
         self.store = store
         self.transport = transport
         self.hooks = hooks or Hooks()
         self.max_delete = max_delete
-        self.max_attempts = max_attempts
         self.seed = seed
         self._next_stats = 0.0
 
@@ -178,7 +178,7 @@ class Coordinator:
         if not store.finish_chunk(chunk.id):
             return []  # a duplicate delivery: its first result was applied already
         if result.failed:
-            if chunk.attempt + 1 < self.max_attempts:
+            if chunk.attempt + 1 < MAX_ATTEMPTS:
                 retry = chunk.retry()
                 store.add_chunks([retry])
                 self.hooks.note(f"retrying chunk {chunk.op} {chunk.path!r}: {result.failed}")

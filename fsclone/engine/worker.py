@@ -21,7 +21,6 @@ class ChunkRunner:
     """Holds a pass's Context (roots opened once) and runs chunks against it."""
 
     def __init__(self, spec: PassSpec, name: str) -> None:
-        self.spec = spec
         self.name = name
         self.ctx = Context(spec)
 

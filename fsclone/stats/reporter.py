@@ -28,7 +28,6 @@ class Feed:
     def __init__(self, sink: Sink, note: Note) -> None:
         self.sink = sink
         self.note = note
-        self.sent = 0
         self.failed = 0
         self.dropped = 0  # superseded by a newer snapshot before they could be sent
         self._cond = threading.Condition()
@@ -69,7 +68,6 @@ class Feed:
                 self.note(f"stats: {self.sink.name} is down ({exc}); the pass goes on, "
                           "retrying at each report")
             return
-        self.sent += 1
         self._hung = False
         if self._down_since is not None:
             gap = time.monotonic() - self._down_since

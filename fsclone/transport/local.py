@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
-import os
 import pickle
 import queue
 import selectors
@@ -48,7 +47,6 @@ class LocalTransport(Transport):
         self.in_flight = InFlight(prefetch)
         self.workers: list[_Worker] = []
         self.spec: PassSpec | None = None
-        self.respawned = 0
         self.selector = selectors.DefaultSelector()
 
     def start(self, spec: PassSpec) -> None:
@@ -122,7 +120,6 @@ class LocalTransport(Transport):
         self.selector.unregister(dead.process.sentinel)
         dead.chunks.close()
         dead.results.close()
-        self.respawned += 1
         self.workers[self.workers.index(dead)] = self._spawn(dead.index)
         return results
 
@@ -144,8 +141,6 @@ class LocalTransport(Transport):
             worker.results.close()
         self.workers = []
 
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in self.workers if w.process.pid]
 
 
 def _worker_main(spec: PassSpec, index: int, chunks: Connection, results: Connection,
@@ -168,7 +163,7 @@ def _worker_main(spec: PassSpec, index: int, chunks: Connection, results: Connec
             inbox.put(_STOP)
 
     threading.Thread(target=read, daemon=True).start()
-    runner = ChunkRunner(spec, worker_name(os.getpid() if index < 0 else index))
+    runner = ChunkRunner(spec, worker_name(index))
     try:
         while (chunk := inbox.get()) is not _STOP:
             results.send_bytes(pickle.dumps(runner.run(chunk), pickle.HIGHEST_PROTOCOL))
