@@ -224,6 +224,14 @@ def read_workers(path: Path) -> dict[str, dict[str, int]]:
         db.close()
 
 
+def pass_dir(state_dir: Path, pass_id: str) -> Path:
+    """The directory of pass ``pass_id``, refusing ids that are not one (a path, a dot name)."""
+    path = state_dir / pass_id
+    if "/" in pass_id or pass_id.startswith(".") or not (path / "pass.db").is_file():
+        raise UsageError(f"no pass {pass_id} in {state_dir}")
+    return path
+
+
 def read_record(path: Path) -> PassRecord:
     """Read a pass record without taking part in it (for status)."""
     db = _read_only(path)

@@ -16,9 +16,8 @@ from fsclone.cli import EXIT_ITEMS_FAILED, EXIT_OK, cli
 from fsclone.config import Config, load
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.scan import run_scan
-from fsclone.errors import UsageError
 from fsclone.ops.context import printable
-from fsclone.state import read_errors
+from fsclone.state import pass_dir, read_errors
 from fsclone.stats import render
 from fsclone.stats.progress import Console, error_json
 from fsclone.stats.reporter import reporter_for
@@ -102,10 +101,7 @@ def errors(pass_id: str, limit: int | None, config_file: str | None, state_dir: 
     """Each item pass ID failed on: path, operation, errno, message (from its pass record).
     `fsclone pass copy --retry-errors ID` re-runs just these."""
     cfg = _config(config_file, state_dir=state_dir)
-    path = cfg.state_path / pass_id
-    if not (path / "pass.db").is_file():
-        raise UsageError(f"no pass {pass_id} in {cfg.state_path}")
-    items = read_errors(path, limit)
+    items = read_errors(pass_dir(cfg.state_path, pass_id), limit)
     if as_json:
         print(json.dumps([error_json(e) for e in items], indent=1))
         return

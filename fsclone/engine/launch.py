@@ -20,6 +20,7 @@ from fsclone.state import (
     TargetLock,
     find_unfinished,
     new_pass_id,
+    pass_dir,
     read_record,
 )
 from fsclone.stats.trees import record_tree
@@ -62,10 +63,7 @@ def build_spec(cfg: Config, req: PassRequest, src: str, dst: str) -> PassSpec:
 
 def resumable(state: Path, pass_id: str) -> PassSpec:
     """The spec of the unfinished pass ``pass_id`` (for ``fsclone pass resume``)."""
-    path = state / pass_id
-    if "/" in pass_id or pass_id.startswith(".") or not (path / "pass.db").is_file():
-        raise UsageError(f"no pass {pass_id!r} in {state}")
-    record = read_record(path)
+    record = read_record(pass_dir(state, pass_id))
     if record.status not in (RUNNING, INTERRUPTED):
         raise UsageError(f"pass {pass_id} is {record.status}: nothing to resume")
     return record.spec

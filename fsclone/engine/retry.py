@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fsclone.chunk import Chunk, Group, ItemError, new_id, validate_name, validate_relpath
 from fsclone.errors import MessageError, UsageError
-from fsclone.state import read_errors, read_record
+from fsclone.state import pass_dir, read_errors, read_record
 
 #: ops whose errors a copy pass cannot redo: the cleanup phase runs again anyway, and deletions
 #: belong to delete and sync passes
@@ -33,10 +33,7 @@ class Seed:
 
 def retry_roots(state_dir: Path, pass_id: str, src: str | None, dst: str | None) -> tuple[str, str]:
     """The roots of pass ``pass_id``; roots given on the command line must be the same."""
-    path = state_dir / pass_id
-    if not (path / "pass.db").is_file():
-        raise UsageError(f"no pass {pass_id} in {state_dir}")
-    spec = read_record(path).spec
+    spec = read_record(pass_dir(state_dir, pass_id)).spec
     for given, kept in ((src, spec.src), (dst, spec.dst)):
         if given is not None and Path(given).resolve() != Path(kept):
             raise UsageError(f"--retry-errors {pass_id} runs on that pass's roots "
