@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
 
@@ -14,6 +16,19 @@ from fsclone import __version__
 from fsclone.errors import FscloneError
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+Decorator = Callable[[Any], Any]  # a click option or argument
+#: options several commands share
+CONFIG_OPTION = click.option("--config", "config_file", metavar="FILE",
+                             help="Site config (config.py); also FSCLONE_CONFIG.")
+STATE_DIR_OPTION = click.option("--state-dir", metavar="DIR", help="Where pass records live.")
+
+
+def decorate(f: Callable[..., Any], options: Sequence[Decorator]) -> Callable[..., Any]:
+    """Apply click options in the order they are listed (and --help shows them)."""
+    for option in reversed(options):
+        f = option(f)
+    return f
 
 
 #: command name -> the module that registers it on :data:`cli`

@@ -10,7 +10,15 @@ from typing import Any, NoReturn
 
 import click
 
-from fsclone.cli import EXIT_ITEMS_FAILED, EXIT_OK, cli
+from fsclone.cli import (
+    CONFIG_OPTION,
+    EXIT_ITEMS_FAILED,
+    EXIT_OK,
+    STATE_DIR_OPTION,
+    Decorator,
+    cli,
+    decorate,
+)
 from fsclone.config import Config, load
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.launch import PassRequest, resumable, run_pass
@@ -26,8 +34,6 @@ from fsclone.transport.base import Transport
 from fsclone.transport.mpi import MpiJob
 from fsclone.transport.select import TRANSPORTS
 
-Decorator = Callable[[Any], Any]  # a click option
-
 
 @cli.group("pass")
 def pass_group() -> None:
@@ -36,8 +42,7 @@ def pass_group() -> None:
 
 #: the options of every command that runs a pass, ``pass resume`` included
 _RUN_OPTIONS: list[Decorator] = [
-    click.option("--config", "config_file", metavar="FILE",
-                 help="Site config (config.py); also FSCLONE_CONFIG."),
+    CONFIG_OPTION,
     click.option("--workers", "-w", type=int, help="Worker processes [default: cores]."),
     click.option("--transport", type=click.Choice(TRANSPORTS), default="auto",
                  show_default=True,
@@ -47,7 +52,7 @@ _RUN_OPTIONS: list[Decorator] = [
     click.option("--broker", metavar="URL",
                  help="amqp://USER@HOST[:PORT]/VHOST for `fsclone worker`s (no password: "
                       "see PASSWORD_FILE). BROKER."),
-    click.option("--state-dir", metavar="DIR", help="Where pass records live."),
+    STATE_DIR_OPTION,
     click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
     click.option("--quiet", "-q", is_flag=True, help="Print only errors."),
 ]
@@ -78,13 +83,7 @@ def _pass_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--restart", is_flag=True, help="Start anew instead of resuming."),
         click.option("--verbose", "-v", is_flag=True, help="Print every change made."),
     ]
-    return _decorate(f, options)
-
-
-def _decorate(f: Callable[..., Any], options: Sequence[Decorator]) -> Callable[..., Any]:
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return decorate(f, options)
 
 
 def _run_flags(kw: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +124,7 @@ def _resume(pass_id: str, **kw: Any) -> None:
 
 
 pass_group.command("resume")(
-    _decorate(_resume, [click.argument("pass_id", metavar="ID"), *_RUN_OPTIONS]))
+    decorate(_resume, [click.argument("pass_id", metavar="ID"), *_RUN_OPTIONS]))
 
 
 def _start(cfg: Config, req: PassRequest, kw: dict[str, Any]) -> NoReturn:
@@ -215,7 +214,7 @@ def _make_pass_command(op: str, doc: str, extra: Sequence[Decorator] = ()) -> No
         _run(op, **kw)
 
     command.__doc__ = doc
-    pass_group.command(op)(_decorate(_pass_options(command), extra))
+    pass_group.command(op)(decorate(_pass_options(command), extra))
 
 
 _make_pass_command("copy", "Copy what differs from SRC to DST (early passes, while users work).",

@@ -12,7 +12,14 @@ from typing import Any
 
 import click
 
-from fsclone.cli import EXIT_ITEMS_FAILED, EXIT_OK, cli
+from fsclone.cli import (
+    CONFIG_OPTION,
+    EXIT_ITEMS_FAILED,
+    EXIT_OK,
+    STATE_DIR_OPTION,
+    cli,
+    decorate,
+)
 from fsclone.config import Config, load
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.scan import run_scan
@@ -27,14 +34,8 @@ _CLEAR = "\x1b[H\x1b[2J"
 
 
 def _common(f: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed([
-        click.option("--config", "config_file", metavar="FILE",
-                     help="Site config (config.py); also FSCLONE_CONFIG."),
-        click.option("--state-dir", metavar="DIR", help="Where pass records live."),
-        click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts."),
-    ]):
-        f = option(f)
-    return f
+    return decorate(f, [CONFIG_OPTION, STATE_DIR_OPTION, click.option(
+        "--json", "as_json", is_flag=True, help="Print JSON, for scripts.")])
 
 
 def _config(config_file: str | None, **flags: Any) -> Config:

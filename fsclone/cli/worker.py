@@ -8,15 +8,14 @@ import sys
 
 import click
 
-from fsclone.cli import cli
+from fsclone.cli import CONFIG_OPTION, cli
 from fsclone.config import load
 
 
 @cli.command("worker")
 @click.option("--broker", metavar="URL",
               help="amqp://USER@HOST[:PORT]/VHOST (no password: see PASSWORD_FILE); BROKER.")
-@click.option("--config", "config_file", metavar="FILE",
-              help="Site config (config.py); also FSCLONE_CONFIG.")
+@CONFIG_OPTION
 @click.option("--workers", "-w", type=click.IntRange(min=1),
               help="Worker processes [default: cores].")
 @click.option("--quiet", "-q", is_flag=True, help="Log only warnings and errors.")
