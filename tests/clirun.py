@@ -55,3 +55,9 @@ def reap_spawned() -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=30)
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (a pass's workers)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]

@@ -537,3 +537,12 @@ def build_hostile_tree(root: PathArg) -> None:
     os.chmod(r + b"/ro", 0o555)
     os.chmod(r, 0o755)
     _set_times(r)
+
+
+def leftovers(root: str | os.PathLike[str]) -> list[str]:
+    """fsclone's own names (temp files, hard-link staging) left anywhere below ``root``."""
+    found: list[str] = []
+    with preserving_atimes(root):
+        for _dir, subdirs, files in os.walk(os.fspath(root)):
+            found += [n for n in subdirs + files if n.startswith(".fsclone-")]
+    return found

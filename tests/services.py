@@ -64,8 +64,9 @@ def require(tool: str) -> str:
     return path
 
 
-def wait_for(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll `probe` until it returns a truthy value, or raise TimeoutError after `timeout` s."""
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, poll: float = 0.1) -> T:
+    """Poll `probe` every `poll` s until it returns a truthy value, or raise TimeoutError after
+    `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
         result = probe()
@@ -73,7 +74,7 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str) -> T:
             return result
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(poll)
 
 
 def free_ports(count: int) -> list[int]:

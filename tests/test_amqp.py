@@ -24,7 +24,7 @@ import pytest
 from fsclone.state import PassRecord, list_passes
 from fsclone.transport.amqp.coordinator import DELIVERY_LIMIT
 from fsclone.transport.amqp.wire import Queues
-from tests.clirun import fsclone, fsclone_env, spawn
+from tests.clirun import children, fsclone, fsclone_env, spawn
 from tests.fstree import assert_rsync_clean, assert_same_tree, build_hostile_tree
 from tests.services import RABBITMQ_BIN, RabbitMQServer, free_port, wait_for
 
@@ -109,11 +109,6 @@ def workers(broker: Broker, tmp_path: Path) -> Iterator[Workers]:
     pool = Workers(broker, logs)
     yield pool
     pool.stop()
-
-
-def children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
 
 
 def busy_child(proc: subprocess.Popen[bytes]) -> int | None:

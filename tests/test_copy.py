@@ -22,6 +22,7 @@ from tests.fstree import (
     assert_same_tree,
     atime_map,
     build_hostile_tree,
+    leftovers,
     preserving_atimes,
     snapshot,
     tree_diffs,
@@ -50,11 +51,6 @@ def hostile(where: Path) -> tuple[Path, Path, Path]:
     return src, dst, state
 
 
-def no_temp_files(root: Path) -> list[str]:
-    return [os.path.join(d, n) for d, ds, fs in os.walk(root) for n in ds + fs
-            if n.startswith(".fsclone-")]
-
-
 def test_hostile_tree_is_copied_exactly_and_source_untouched(where: Path) -> None:
     src, dst, state = hostile(where)
     before = snapshot(src, atime=False)
@@ -71,7 +67,7 @@ def test_hostile_tree_is_copied_exactly_and_source_untouched(where: Path) -> Non
     assert tree_diffs(before, snapshot(src, atime=False)) == []
     assert_same_tree(src, dst)
     assert_rsync_clean(src, dst)
-    assert no_temp_files(dst) == []
+    assert leftovers(dst) == []
 
 
 def test_second_pass_does_nothing(where: Path) -> None:
@@ -177,7 +173,7 @@ def test_huge_directory_and_large_files_are_split(tmp_path: Path) -> None:
     assert out["counters"]["chunks_done"] > 20  # 5 slices + 12 + 21 ranges + barriers
     assert_same_tree(src, dst)
     assert os.stat(dst / "sparse.bin").st_blocks * 512 < (1 << 20)
-    assert no_temp_files(dst) == []
+    assert leftovers(dst) == []
 
 
 def test_checksum_finds_same_size_same_mtime_change(tmp_path: Path) -> None:
@@ -258,7 +254,7 @@ def test_name_that_appears_in_the_target_during_a_copy_is_replaced(
     result = _copy_in_process(src, dst)
     assert not result.errors and result.counters.get("files_copied") == 1
     assert (dst / "f").read_bytes() == b"from the source"
-    assert no_temp_files(dst) == []
+    assert leftovers(dst) == []
 
 
 def test_targets_without_unnamed_files_get_temp_names_and_rename(
@@ -273,7 +269,7 @@ def test_targets_without_unnamed_files_get_temp_names_and_rename(
     _, summary = run_pass(cfg, PassRequest(op="copy", src=str(src), dst=str(dst)), Hooks())
     assert summary.error_count == 0 and summary.counters["files_copied"] > 0
     assert_same_tree(src, dst)
-    assert no_temp_files(dst) == []
+    assert leftovers(dst) == []
 
 
 def test_read_only_directory_is_filled_then_closed(tmp_path: Path) -> None:

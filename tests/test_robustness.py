@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.clirun import fsclone, fsclone_json, spawn
-from tests.fstree import assert_rsync_clean, assert_same_tree, preserving_atimes
+from tests.clirun import children, fsclone, fsclone_json, spawn
+from tests.fstree import assert_rsync_clean, assert_same_tree, leftovers
+from tests.services import wait_for
 
 
 def many_files(root: Path, dirs: int = 40, files: int = 60, size: int = 48 << 10) -> Path:
@@ -22,21 +22,6 @@ def many_files(root: Path, dirs: int = 40, files: int = 60, size: int = 48 << 10
         for f in range(files):
             (sub / f"f{f:03}").write_bytes(block[f:])
     return root
-
-
-def children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
-def wait_until(probe, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def copied_count(dst: Path) -> int:
@@ -65,15 +50,14 @@ def copied_count(dst: Path) -> int:
         os.close(root)
 
 
-def leftovers(root: Path) -> list[str]:
-    with preserving_atimes(root):
-        return [n for _, ds, fs in os.walk(root) for n in ds + fs if n.startswith(".fsclone-")]
-
-
 def test_worker_killed_mid_pass(tmp_path: Path) -> None:
     src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
     proc = spawn("pass", "copy", "--workers", "2", "--json", src, dst, state=state)
-    workers = wait_until(lambda: copied_count(dst) > 100 and children(proc.pid), 60, "progress")
+
+    def workers_mid_pass() -> list[int] | None:
+        return children(proc.pid) if copied_count(dst) > 100 else None
+
+    workers = wait_for(workers_mid_pass, 60, "progress", poll=0.01)
     os.kill(workers[0], signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -84,12 +68,17 @@ def test_worker_killed_mid_pass(tmp_path: Path) -> None:
 def test_coordinator_killed_then_resumed(tmp_path: Path) -> None:
     src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
     proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)
-    wait_until(lambda: copied_count(dst) > 300, 60, "progress")
+    wait_for(lambda: copied_count(dst) > 300, 60, "progress", poll=0.01)
     proc.kill()
     proc.wait()
     assert copied_count(dst) < 2400, "the pass ended before it could be interrupted"
-    resumed = wait_until(lambda: (p := fsclone("pass", "copy", "--workers", "2", src, dst,
-                                               state=state)).returncode != 2 and p, 30, "lock")
+
+    def resume() -> subprocess.CompletedProcess[bytes] | None:
+        """The same pass again, once the killed coordinator's lock is free."""
+        p = fsclone("pass", "copy", "--workers", "2", src, dst, state=state)
+        return p if p.returncode != 2 else None
+
+    resumed = wait_for(resume, 30, "lock", poll=0.01)
     assert resumed.returncode == 0, resumed.stderr
     assert b"resuming pass" in resumed.stderr
     assert_same_tree(src, dst)
@@ -153,7 +142,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, case: s
 def test_ctrl_c_stops_the_pass_and_says_how_to_resume(tmp_path: Path) -> None:
     src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
     proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)
-    wait_until(lambda: copied_count(dst) > 200, 60, "progress")
+    wait_for(lambda: copied_count(dst) > 200, 60, "progress", poll=0.01)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130

@@ -19,10 +19,10 @@ from typing import Any
 
 from fsclone.state import list_passes, read_workers
 from fsclone.stats import counters as C
-from tests.clirun import fsclone, fsclone_env, fsclone_json, spawn
+from tests.clirun import children, fsclone, fsclone_env, fsclone_json, spawn
 from tests.fstree import assert_rsync_clean, assert_same_tree
 from tests.services import skip_or_fail, wait_for
-from tests.test_robustness import children, many_files
+from tests.test_robustness import many_files
 
 HOST = socket.gethostname().split(".")[0]
 
