@@ -26,6 +26,7 @@ from fsclone.transport.amqp.coordinator import DELIVERY_LIMIT
 from fsclone.transport.amqp.wire import Queues
 from tests.clirun import children, fsclone, fsclone_env, spawn
 from tests.fstree import assert_rsync_clean, assert_same_tree, build_hostile_tree
+from tests.midpass import held
 from tests.services import RABBITMQ_BIN, RabbitMQServer, free_port, wait_for
 
 pytestmark = pytest.mark.service
@@ -126,7 +127,7 @@ def when_busy(worker: subprocess.Popen[bytes], coordinator: subprocess.Popen[byt
     """Wait until ``worker`` holds a chunk, while the pass still runs."""
     wait_for(lambda: busy_child(worker) or coordinator.poll() is not None, 60,
              "the worker to hold a chunk")
-    assert coordinator.poll() is None, "the pass ended too soon: make the tree bigger"
+    assert coordinator.poll() is None, "the pass ended too soon"
 
 
 def bulk_tree(root: Path, dirs: int, files: int, seed: int = 7) -> int:
@@ -223,6 +224,10 @@ def test_broker_from_config_and_a_rerun_finds_nothing_to_do(broker: Broker, work
 # -- deaths mid-pass --------------------------------------------------------------------------
 
 
+#: a file of ``big_tree`` that tests hold (tests.midpass.held) so that a pass is surely mid-way
+LAST_FILE = "g9/d0299/f099"
+
+
 @pytest.fixture(scope="module")
 def big_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     """A source big enough to be mid-pass when something dies (only read: shared)."""
@@ -235,11 +240,12 @@ def test_worker_killed_mid_pass_loses_nothing(
     (src, entries), dst, state = big_tree, tmp_path / "dst", tmp_path / "state"
     victim = workers.start(1)
     workers.start(1)
-    coordinator = spawn(*copy_cmd(broker, src, dst), state=state,
-                        password_file=broker.password_file)
-    wait_progress(state, 5)
-    when_busy(victim, coordinator)
-    os.killpg(victim.pid, signal.SIGKILL)  # the whole node: supervisor and worker
+    with held(src / LAST_FILE):
+        coordinator = spawn(*copy_cmd(broker, src, dst), state=state,
+                            password_file=broker.password_file)
+        wait_progress(state, 5)
+        when_busy(victim, coordinator)
+        os.killpg(victim.pid, signal.SIGKILL)  # the whole node: supervisor and worker
     out = coordinator.communicate(timeout=300)
     assert coordinator.returncode == 0, out[1].decode()
     assert_complete(summary(out), entries)
@@ -250,13 +256,14 @@ def test_sigterm_drains_a_worker_and_the_rest_finish_the_pass(
         broker: Broker, workers: Workers, big_tree: tuple[Path, int], tmp_path: Path) -> None:
     (src, entries), dst, state = big_tree, tmp_path / "dst", tmp_path / "state"
     leaving = workers.start(2)
-    coordinator = spawn(*copy_cmd(broker, src, dst), state=state,
-                        password_file=broker.password_file)
-    wait_progress(state, 5)
-    when_busy(leaving, coordinator)
-    os.killpg(leaving.pid, signal.SIGTERM)
+    with held(src / LAST_FILE):
+        coordinator = spawn(*copy_cmd(broker, src, dst), state=state,
+                            password_file=broker.password_file)
+        wait_progress(state, 5)
+        when_busy(leaving, coordinator)
+        os.killpg(leaving.pid, signal.SIGTERM)
     assert leaving.wait(60) == 0, workers.log(leaving)
-    assert coordinator.poll() is None, "the pass ended before SIGTERM: make the tree bigger"
+    assert coordinator.poll() is None, "the pass ended before SIGTERM"
     workers.start(1)
     out = coordinator.communicate(timeout=300)
     assert coordinator.returncode == 0, out[1].decode()
@@ -271,10 +278,11 @@ def test_coordinator_killed_mid_pass_resumes(broker: Broker, workers: Workers,
     (src, entries), dst, state = big_tree, tmp_path / "dst", tmp_path / "state"
     workers.start(2)
     cmd = copy_cmd(broker, src, dst)
-    first = spawn(*cmd, state=state, password_file=broker.password_file)
-    before = wait_progress(state, 10)
-    first.kill()
-    first.wait()
+    with held(src / LAST_FILE):
+        first = spawn(*cmd, state=state, password_file=broker.password_file)
+        before = wait_progress(state, 10)
+        first.kill()
+        first.wait()
     if how == "pass resume ID":
         cmd = ["pass", "resume", before.spec.id, "--json", "--broker", broker.url]
     again = fsclone(*cmd, state=state, password_file=broker.password_file)
@@ -290,11 +298,12 @@ def test_broker_restart_mid_pass_loses_nothing(
         broker: Broker, workers: Workers, big_tree: tuple[Path, int], tmp_path: Path) -> None:
     (src, entries), dst, state = big_tree, tmp_path / "dst", tmp_path / "state"
     workers.start(1)
-    coordinator = spawn(*copy_cmd(broker, src, dst), state=state,
-                        password_file=broker.password_file)
-    wait_progress(state, 5)
-    broker.server.stop()
-    assert coordinator.poll() is None, "the pass ended before the restart: make the tree bigger"
+    with held(src / LAST_FILE):
+        coordinator = spawn(*copy_cmd(broker, src, dst), state=state,
+                            password_file=broker.password_file)
+        wait_progress(state, 5)
+        broker.server.stop()
+        assert coordinator.poll() is None, "the pass ended before the restart"
     broker.server.start()
     out = coordinator.communicate(timeout=300)
     assert coordinator.returncode == 0, out[1].decode()

@@ -8,22 +8,23 @@ from pathlib import Path
 
 from fsclone.state import list_passes
 from tests.clirun import spawn
+from tests.midpass import held, many_files
 from tests.services import wait_for
 from tests.test_mpi import descendants
-from tests.test_robustness import many_files
 
 
 def test_workers_leave_when_the_coordinator_is_killed(tmp_path: Path) -> None:
     """Each forked worker used to inherit the coordinator's ends of the pipes, its own chunk
     pipe's write end among them, so it never saw EOF and lived on after a SIGKILL."""
-    src, state = many_files(tmp_path / "src", dirs=80), tmp_path / "state"
-    coordinator = spawn("pass", "copy", "--workers", "2", src, tmp_path / "dst", state=state)
-    wait_for(lambda: any(r.counters.get("files_copied", 0) for r in list_passes(state)), 60,
-             "the pass to make progress")
-    workers = descendants(coordinator.pid)
-    assert len(workers) == 2
-    coordinator.send_signal(signal.SIGKILL)
-    coordinator.wait()  # not communicate(): live workers would hold its output pipes open
+    src, state = many_files(tmp_path / "src"), tmp_path / "state"
+    with held(src / "d039/f059"):  # the pass cannot end before the kill
+        coordinator = spawn("pass", "copy", "--workers", "2", src, tmp_path / "dst", state=state)
+        wait_for(lambda: any(r.counters.get("files_copied", 0) for r in list_passes(state)), 60,
+                 "the pass to make progress")
+        workers = descendants(coordinator.pid)
+        assert len(workers) == 2
+        coordinator.send_signal(signal.SIGKILL)
+        coordinator.wait()  # not communicate(): live workers would hold its output pipes open
     for pipe in (coordinator.stdout, coordinator.stderr):
         if pipe is not None:
             pipe.close()

@@ -20,10 +20,9 @@ from fsclone.stats import counters as C
 from fsclone.stats.memcache import INDEX_KEY, MemcachedSink, total_key, worker_key
 from tests.clirun import fsclone, fsclone_env, fsclone_json
 from tests.fstree import assert_same_tree
+from tests.midpass import held, many_files
 from tests.services import CarbonServer, MemcachedServer, wait_for
-from tests.test_robustness import many_files
 from tests.test_sinks import snap
-from tests.test_status import frozen_workers
 
 pytestmark = pytest.mark.service
 
@@ -137,17 +136,17 @@ def test_a_pass_outlives_its_stats_services(tmp_path: Path, memcached_server: Me
                                             carbon_server: CarbonServer) -> None:
     src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
     log = tmp_path / "stderr"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fsclone", "pass", "copy", "--workers", "2", "--json",
-             str(src), str(dst)], stdout=subprocess.PIPE, stderr=err,
-            env=fsclone_env(state, **sinks(memcached_server, carbon_server)))
 
     def logged(what: str, count: int) -> bool:
         return log.read_text().count(what) >= count
 
     try:
-        with frozen_workers(proc.pid):  # the pass is running while the services go and come
+        with held(src / "d039/f059"):  # the pass runs while the services go and come
+            with open(log, "wb") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "fsclone", "pass", "copy", "--workers", "2", "--json",
+                     str(src), str(dst)], stdout=subprocess.PIPE, stderr=err,
+                    env=fsclone_env(state, **sinks(memcached_server, carbon_server)))
             wait_for(lambda: memcached_doc(memcached_server, INDEX_KEY), 30, "a first report")
             memcached_server.stop()
             carbon_server.stop()

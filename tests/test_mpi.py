@@ -23,8 +23,8 @@ from fsclone.state import RUNNING, list_passes, read_workers
 from fsclone.transport.mpi import in_mpi_job, launcher_size
 from tests.clirun import PathLike, fsclone_env
 from tests.fstree import assert_rsync_clean, assert_same_tree, build_hostile_tree, snapshot
+from tests.midpass import held, many_files
 from tests.services import RabbitMQServer, wait_for
-from tests.test_robustness import many_files
 
 #: real mpirun jobs on trees that need root (chown, mknod, chattr)
 job = pytest.mark.service(pytest.mark.skipif(os.geteuid() != 0, reason="needs root"))
@@ -120,20 +120,21 @@ def test_job_killed_mid_pass_is_resumed_by_the_same_command(require_mpi: MpiRun,
     """The end of a job's time (Slurm sends SIGTERM to every task) or a crash (SIGKILL to
     every process at once, as when a node dies): the pass record survives either, and the same
     command resumes the same pass to a faithful end."""
-    src, dst = many_files(tmp_path / "src", dirs=80), tmp_path / "dst"
+    src, dst = many_files(tmp_path / "src"), tmp_path / "dst"
     state = tmp_path / "state"
     args = ("pass", "copy", "--json", src, dst)
-    job = subprocess.Popen(command(require_mpi, *args), env=fsclone_env(state),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        first = wait_for(lambda: next((r for r in list_passes(state)
-                                       if r.counters.get("files_copied", 0) >= 60), None),
-                         60, "the pass to make progress")
-    finally:
-        ranks = descendants(job.pid)
-        for pid in [job.pid, *ranks]:
-            os.kill(pid, signal.SIGTERM if how == "walltime" else signal.SIGKILL)
-        job.wait(60)
+    with held(src / "d039/f059"):  # the pass cannot end before the kill
+        job = subprocess.Popen(command(require_mpi, *args), env=fsclone_env(state),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            first = wait_for(lambda: next((r for r in list_passes(state)
+                                           if r.counters.get("files_copied", 0) >= 60), None),
+                             60, "the pass to make progress")
+        finally:
+            ranks = descendants(job.pid)
+            for pid in [job.pid, *ranks]:
+                os.kill(pid, signal.SIGTERM if how == "walltime" else signal.SIGKILL)
+            job.wait(60)
     wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in ranks), 60,
              "every rank to be gone")
     killed = next(r for r in list_passes(state) if r.spec.id == first.spec.id)
@@ -162,14 +163,16 @@ def test_ctrl_c_on_rank_0_interrupts_the_pass_on_every_rank(require_mpi: MpiRun,
                                                             tmp_path: Path) -> None:
     """As srun passes on a first Ctrl-C: rank 0 stops the pass, records it as interrupted, and
     every rank exits 130."""
-    src, dst, state = many_files(tmp_path / "src", dirs=80), tmp_path / "dst", tmp_path / "state"
-    job = subprocess.Popen(command(require_mpi, "pass", "copy", src, dst), env=fsclone_env(state),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wait_for(lambda: any(r.counters.get("files_copied", 0) >= 60 for r in list_passes(state)),
-             60, "the pass to make progress")
-    (rank0,) = [pid for pid in descendants(job.pid)
-                if b"OMPI_COMM_WORLD_RANK=0\0" in Path(f"/proc/{pid}/environ").read_bytes()]
-    os.kill(rank0, signal.SIGINT)
+    src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
+    with held(src / "d039/f059"):  # the pass cannot end before Ctrl-C
+        job = subprocess.Popen(command(require_mpi, "pass", "copy", src, dst),
+                               env=fsclone_env(state), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+        wait_for(lambda: any(r.counters.get("files_copied", 0) >= 60 for r in list_passes(state)),
+                 60, "the pass to make progress")
+        (rank0,) = [pid for pid in descendants(job.pid)
+                    if b"OMPI_COMM_WORLD_RANK=0\0" in Path(f"/proc/{pid}/environ").read_bytes()]
+        os.kill(rank0, signal.SIGINT)
     _, err = job.communicate(timeout=120)
     assert job.returncode == 130, err.decode()
     (interrupted,) = list_passes(state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,17 +12,8 @@ import pytest
 
 from tests.clirun import children, fsclone, fsclone_json, spawn
 from tests.fstree import assert_rsync_clean, assert_same_tree, leftovers
+from tests.midpass import held, many_files
 from tests.services import wait_for
-
-
-def many_files(root: Path, dirs: int = 40, files: int = 60, size: int = 48 << 10) -> Path:
-    block = os.urandom(size)
-    for d in range(dirs):
-        sub = root / f"d{d:03}"
-        sub.mkdir(parents=True)
-        for f in range(files):
-            (sub / f"f{f:03}").write_bytes(block[f:])
-    return root
 
 
 def copied_count(dst: Path) -> int:
@@ -52,13 +44,15 @@ def copied_count(dst: Path) -> int:
 
 def test_worker_killed_mid_pass(tmp_path: Path) -> None:
     src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
-    proc = spawn("pass", "copy", "--workers", "2", "--json", src, dst, state=state)
+    with held(src / "d039/f059"):
+        proc = spawn("pass", "copy", "--workers", "2", "--json", src, dst, state=state)
 
-    def workers_mid_pass() -> list[int] | None:
-        return children(proc.pid) if copied_count(dst) > 100 else None
+        def workers_mid_pass() -> list[int] | None:
+            return children(proc.pid) if copied_count(dst) > 100 else None
 
-    workers = wait_for(workers_mid_pass, 60, "progress", poll=0.01)
-    os.kill(workers[0], signal.SIGKILL)
+        workers = wait_for(workers_mid_pass, 60, "progress", poll=0.01)
+        os.kill(workers[0], signal.SIGKILL)
+        assert proc.poll() is None, "the pass ended before the kill"
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert_same_tree(src, dst)
@@ -67,10 +61,11 @@ def test_worker_killed_mid_pass(tmp_path: Path) -> None:
 
 def test_coordinator_killed_then_resumed(tmp_path: Path) -> None:
     src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
-    proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)
-    wait_for(lambda: copied_count(dst) > 300, 60, "progress", poll=0.01)
-    proc.kill()
-    proc.wait()
+    with held(src / "d039/f059"):
+        proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)
+        wait_for(lambda: copied_count(dst) > 300, 60, "progress", poll=0.01)
+        proc.kill()
+        proc.wait()
     assert copied_count(dst) < 2400, "the pass ended before it could be interrupted"
 
     def resume() -> subprocess.CompletedProcess[bytes] | None:
@@ -83,6 +78,25 @@ def test_coordinator_killed_then_resumed(tmp_path: Path) -> None:
     assert b"resuming pass" in resumed.stderr
     assert_same_tree(src, dst)
     assert leftovers(dst) == []
+
+
+def test_a_source_file_in_use_under_a_lease_is_copied_once_its_holder_lets_go(
+        tmp_path: Path) -> None:
+    """As a file an NFS client holds a delegation on, or a Samba client an oplock: the pass
+    waits for it rather than listing it as failed."""
+    src, dst, state = many_files(tmp_path / "src", dirs=2, files=3, size=1024), \
+        tmp_path / "dst", tmp_path / "state"
+    (src / "busy").mkdir()
+    (src / "busy/in-use").write_bytes(b"being written elsewhere")
+    with held(src / "busy/in-use"):
+        proc = spawn("pass", "copy", "--workers", "2", "--json", src, dst, state=state)
+        wait_for(lambda: copied_count(dst) == 3 + 6, 60, "every other file copied", poll=0.01)
+        assert proc.poll() is None, "the pass did not wait for the file in use"
+    out, err = proc.communicate(timeout=60)
+    summary = json.loads(out)
+    assert proc.returncode == 0, err
+    assert summary["error_count"] == 0 and summary["counters"]["files_copied"] == 7
+    assert_same_tree(src, dst)
 
 
 def test_item_errors_are_listed_and_exit_1(tmp_path: Path) -> None:
@@ -141,9 +155,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, case: s
 
 def test_ctrl_c_stops_the_pass_and_says_how_to_resume(tmp_path: Path) -> None:
     src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
-    proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)
-    wait_for(lambda: copied_count(dst) > 200, 60, "progress", poll=0.01)
-    proc.send_signal(signal.SIGINT)
+    with held(src / "d039/f059"):
+        proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)
+        wait_for(lambda: copied_count(dst) > 200, 60, "progress", poll=0.01)
+        proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert err.decode().strip().endswith("interrupted; run the same command again to resume")

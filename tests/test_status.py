@@ -8,7 +8,6 @@ import fcntl
 import json
 import os
 import pty
-import signal
 import socket
 import subprocess
 import sys
@@ -19,10 +18,10 @@ from typing import Any
 
 from fsclone.state import list_passes, read_workers
 from fsclone.stats import counters as C
-from tests.clirun import children, fsclone, fsclone_env, fsclone_json, spawn
+from tests.clirun import fsclone, fsclone_env, fsclone_json, spawn
 from tests.fstree import assert_rsync_clean, assert_same_tree
+from tests.midpass import held, many_files
 from tests.services import skip_or_fail, wait_for
-from tests.test_robustness import many_files
 
 HOST = socket.gethostname().split(".")[0]
 
@@ -31,19 +30,6 @@ def status_json(*args: str | Path, state: Path) -> Any:
     proc = fsclone("status", *args, "--json", state=state)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
-
-
-@contextlib.contextmanager
-def frozen_workers(pid: int) -> Iterator[list[int]]:
-    """SIGSTOP a coordinator's workers, so its pass stays running for as long as we look."""
-    workers = wait_for(lambda: children(pid), 60, "workers")
-    for w in workers:
-        os.kill(w, signal.SIGSTOP)
-    try:
-        yield workers
-    finally:
-        for w in workers:
-            os.kill(w, signal.SIGCONT)
 
 
 @contextlib.contextmanager
@@ -76,20 +62,16 @@ def test_status_lists_passes_and_one_pass_by_worker(tmp_path: Path) -> None:
     assert summary["pass"] in text and "copy  done" in text and "160 files" in text
 
 
-#: a tree big enough that a pass is still running when a test looks (or kills) mid-pass
-BIG = {"dirs": 160, "files": 100, "size": 2 << 10}
-
-
 def test_a_resumed_coordinator_continues_the_worker_totals(tmp_path: Path) -> None:
-    src, dst, state = many_files(tmp_path / "src", **BIG), tmp_path / "dst", tmp_path / "state"
-    proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)
-    wait_for(lambda: any(r.counters.get("files_copied", 0) > 300 for r in list_passes(state)),
-             60, "progress")
-    proc.kill()
-    proc.wait()
+    src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
+    with held(src / "d039/f059"):
+        proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)
+        wait_for(lambda: any(r.counters.get("files_copied", 0) > 300 for r in list_passes(state)),
+                 60, "progress")
+        proc.kill()
+        proc.wait()
     [killed] = list_passes(state)
-    assert killed.counters["files_copied"] < BIG["dirs"] * BIG["files"], \
-        "the pass ended before it could be killed"
+    assert killed.counters["files_copied"] < 2400, "the pass ended before it could be killed"
     rc, summary = fsclone_json("pass", "copy", "--workers", "2", src, dst, state=state)
     assert rc == 0 and summary["pass"] == killed.spec.id
     workers = read_workers(state / summary["pass"])
@@ -102,8 +84,8 @@ def test_a_resumed_coordinator_continues_the_worker_totals(tmp_path: Path) -> No
 
 def test_status_watch_on_a_terminal(tmp_path: Path) -> None:
     src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
-    proc = spawn("pass", "copy", "--workers", "2", "--json", src, dst, state=state)
-    with frozen_workers(proc.pid):
+    with held(src / "d039/f059"):
+        proc = spawn("pass", "copy", "--workers", "2", "--json", src, dst, state=state)
         [running] = wait_for(lambda: status_json(state=state), 30, "the pass record")
         screen = watch_screen(state, running["pass"], ["running (walk)"])
     _, err = proc.communicate(timeout=120)
@@ -213,18 +195,19 @@ def test_scan_counts_like_dwalk(tmp_path: Path) -> None:
 
 
 def test_scan_total_gives_a_later_pass_its_eta(tmp_path: Path) -> None:
-    src, dst, state = many_files(tmp_path / "src", **BIG), tmp_path / "dst", tmp_path / "state"
+    src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
     assert fsclone("scan", src, "-q", state=state).returncode == 0
-    proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)
+    with held(src / "d039/f059"):
+        proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)
 
-    def started() -> bool:  # read in-process: quick enough to catch the pass running
-        return any(r.spec.op == "copy" and r.counters.get("scanned") for r in list_passes(state))
+        def started() -> bool:
+            return any(r.spec.op == "copy" and r.counters.get("scanned")
+                       for r in list_passes(state))
 
-    wait_for(started, 60, "the copy to make progress")
-    with frozen_workers(proc.pid):
+        wait_for(started, 60, "the copy to make progress")
         [view] = [v for v in status_json(state=state) if v["op"] == "copy"]
     proc.communicate(timeout=120)
     assert proc.returncode == 0
     assert view["status"] == "running"
-    assert view["expected_entries"] == BIG["dirs"] * BIG["files"] + BIG["dirs"]
+    assert view["expected_entries"] == 40 * 60 + 40
     assert 0 < view["fraction"] < 1 and view["eta"] is not None and view["eta"] >= 0

@@ -4,8 +4,10 @@ touching atimes (``O_NOATIME`` where permitted)."""
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -32,8 +34,35 @@ def open_dir(name: str, dir_fd: int | None = None) -> int:
 
 def open_file(name: str, dir_fd: int) -> int:
     """Open a regular file for reading. O_NONBLOCK keeps a fifo swapped in after lstat from
-    blocking; the caller checks the fd's type and identity with fstat."""
-    return _open_noatime(name, _FILE_FLAGS, dir_fd)
+    blocking; the caller checks the fd's type and identity with fstat.
+
+    O_NONBLOCK also makes the open of a file under a lease (an NFS server's delegation, a Samba
+    oplock) fail with EWOULDBLOCK instead of waiting while the kernel recalls the lease. Such a
+    file is in use, not unreadable: the open is retried, as a blocking open would wait, until
+    the holder lets go or the kernel breaks the lease after fs.lease-break-time."""
+    deadline = 0.0
+    pause = 0.001
+    while True:
+        try:
+            return _open_noatime(name, _FILE_FLAGS, dir_fd)
+        except BlockingIOError:
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + _lease_break_time() + 5.0
+            elif now > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+
+@functools.cache
+def _lease_break_time() -> float:
+    """Seconds the kernel gives a lease holder to let go before it breaks the lease."""
+    try:
+        with open("/proc/sys/fs/lease-break-time") as f:
+            return float(f.read())
+    except (OSError, ValueError):
+        return 45.0  # the kernel's default
 
 
 def open_root(path: str) -> int:
