@@ -3,6 +3,7 @@ logged once each way; metric names; the retry seed."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -50,10 +51,13 @@ def test_a_down_sink_is_logged_once_when_it_goes_and_once_when_it_comes_back() -
     reporter.offer(snap(1))
     wait_for(lambda: sink.got, 5, "the first report")
     sink.down.set()
-    for n in range(2, 50):
-        reporter.offer(snap(n))
-        time.sleep(0.001)
-    wait_for(lambda: reporter.feeds[0].failed >= 2, 5, "failed reports")
+    offered = itertools.count(2)
+
+    def failed_twice() -> bool:  # new reports keep coming while the sink is down
+        reporter.offer(snap(next(offered)))
+        return reporter.feeds[0].failed >= 2
+
+    wait_for(failed_twice, 5, "failed reports", poll=0.001)
     sink.down.clear()
     reporter.offer(snap(50, "done"))
     reporter.close()
