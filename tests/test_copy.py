@@ -100,6 +100,40 @@ def test_incremental_pass_takes_edits_and_metadata_changes(tmp_path: Path) -> No
     assert_rsync_clean(src, dst)
 
 
+def test_new_files_get_owner_and_mode_however_the_target_directory_makes_them(
+        tmp_path: Path) -> None:
+    """New files are made with their final permission bits and chown/chmod only where that
+    did not come out right: under a narrow umask, in a setgid target directory (whose new
+    files take its group), for set-id bits and for owners other than the worker's."""
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    (src / "grp").mkdir(parents=True)
+    os.chown(src / "grp", 0, 5678)
+    os.chmod(src / "grp", 0o2775)
+    assert fsclone("pass", "copy", src, dst, state=state).returncode == 0
+    cases = {"root-644": (0, 0, 0o644), "dir-group": (0, 5678, 0o640),
+             "user-664": (1000, 1000, 0o664), "setuid": (0, 0, 0o4755),
+             "private": (0, 0, 0o600), "read-only": (2000, 0, 0o444)}
+    for name, (uid, gid, mode) in cases.items():
+        for parent in (src, src / "grp"):
+            path = parent / name
+            path.write_text(name)
+            os.chown(path, uid, gid)
+            os.chmod(path, mode)
+    umask = os.umask(0o077)  # the pass's processes inherit it
+    try:
+        rc, out = fsclone_json("pass", "copy", src, dst, state=state)
+    finally:
+        os.umask(umask)
+    assert rc == 0 and out["counters"]["files_copied"] == 2 * len(cases)
+    for name, (uid, gid, mode) in cases.items():
+        for parent in (dst, dst / "grp"):
+            st = os.stat(parent / name)
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, gid, mode), \
+                parent / name
+    assert_same_tree(src, dst)
+    assert_rsync_clean(src, dst)
+
+
 def test_type_swaps_on_either_side(tmp_path: Path) -> None:
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     (src / "x").mkdir(parents=True)

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -90,11 +91,12 @@ def test_unnamed_file_is_invisible_until_linked_and_never_replaces(tmp_path: Pat
     unnamed = UnnamedFiles()
     dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fd = unnamed.open(dfd)
+        fd = unnamed.open(dfd, 0o444)  # its final mode: the fd still writes
         assert fd is not None
         os.write(fd, b"complete")
         assert os.listdir(tmp_path) == []
         unnamed.link(fd, dfd, "name")
+        assert stat.S_IMODE(os.stat(tmp_path / "name").st_mode) == 0o444
         with pytest.raises(FileExistsError):
             unnamed.link(fd, dfd, "name")
         os.close(fd)
@@ -116,7 +118,7 @@ def test_unnamed_file_is_linked_through_proc_without_the_capability(tmp_path: Pa
     dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for name in ("first", "second"):
-            fd = unnamed.open(dfd)
+            fd = unnamed.open(dfd, 0o600)
             assert fd is not None
             os.write(fd, name.encode())
             unnamed.link(fd, dfd, name)

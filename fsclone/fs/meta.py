@@ -65,6 +65,45 @@ def _at(name: str, dir_fd: int | None) -> str:
     return name
 
 
+def _read_umask() -> int:
+    """This process's file-creation mask; /proc tells it without setting it (os.umask must)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+
+
+def creation_mode(st: os.stat_result) -> int:
+    """The mode to create a copy of ``st`` with: its permission bits (set-id and sticky bits
+    wait for chmod, after chown). The umask may still narrow it (see :func:`apply_to_new`)."""
+    return stat.S_IMODE(st.st_mode) & 0o777
+
+
+def apply_to_new(fd: int, st: os.stat_result, want: dict[str, bytes],
+                 born: tuple[int, int]) -> None:
+    """The metadata of a file this process just made with ``creation_mode(st)``, owned by
+    ``born`` (uid, gid), in a directory without a default ACL: owner and mode are applied only
+    where creating it did not already get them right. In a migration as root that spares the
+    chmod of nearly every file, and the chown of files owned as their directory's new files."""
+    if IS_ROOT and (st.st_uid, st.st_gid) != born:
+        os.fchown(fd, st.st_uid, st.st_gid)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode != creation_mode(st) & ~UMASK:
+        os.fchmod(fd, mode)
+    if want:
+        apply_xattrs(fd, want, {})
+    apply_times(fd, st)
+
+
 def apply_owner(target: Target, st: os.stat_result, dir_fd: int | None = None) -> None:
     """chown, numeric; only root can give files away, so others keep their own ids."""
     if IS_ROOT:

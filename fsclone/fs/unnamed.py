@@ -26,12 +26,13 @@ class UnnamedFiles:
         self._get_errno: Any = None
         self._empty_path = True  # linkat(fd, "") needs CAP_DAC_READ_SEARCH; else via /proc
 
-    def open(self, dir_fd: int) -> int | None:
-        """An unnamed file for writing in ``dir_fd``, mode 0600; None where unsupported."""
+    def open(self, dir_fd: int, mode: int) -> int | None:
+        """An unnamed file for writing in ``dir_fd`` (``mode``: nobody can open it by name
+        before it is complete anyway); None where unsupported."""
         if not self.supported:
             return None
         try:
-            return os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+            return os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, mode, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno not in _UNSUPPORTED:
                 raise

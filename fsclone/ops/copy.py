@@ -85,6 +85,10 @@ class DirCopier:
         self.tag = f"{out.chunk.id[:12]}.{out.chunk.attempt}"
         self.waiting = 0  # slices and large files that must finish before the directory's meta
         self.inherits = False  # the target directory has a default ACL new files inherit
+        #: the (uid, gid) new files get in the target directory, learnt from the first one
+        #: (setgid directories, grpid mounts, squashed root); False: creation is not predictable
+        #: here, metadata is applied in full
+        self.born: tuple[int, int] | bool | None = None
         #: the target directory's names, when the chunk lists it anyway (sync) or this pass made
         #: it (most names absent): a listing costs less than a failed lookup per name (None:
         #: look each name up)
@@ -298,11 +302,11 @@ class DirCopier:
         target filesystem has no unnamed files (the caller then uses :meth:`copy_to_temp`)."""
         assert self.dfd is not None
         unnamed = self.ctx.unnamed
-        dst = unnamed.open(self.dfd)
+        dst = unnamed.open(self.dfd, meta.creation_mode(st))
         if dst is None:
             return None
         try:
-            written = self._fill(name, st, dst)
+            written = self._fill(name, st, dst, fresh=True)
             try:
                 unnamed.link(dst, self.dfd, name)
             except FileExistsError:  # the name appeared since the listing: replace it
@@ -328,22 +332,35 @@ class DirCopier:
         os.close(dst)
         return tmp, written
 
-    def _fill(self, name: str, st: os.stat_result, dst: int) -> int:
-        """Copy the source file's data and metadata into ``dst``; returns the bytes written.
-        Raises SourceChanged when the source was replaced or written since ``st`` was taken:
-        one fstat after the copy proves the fd is the listed file, unchanged, so none is
-        needed before it."""
+    def _fill(self, name: str, st: os.stat_result, dst: int, fresh: bool = False) -> int:
+        """Copy the source file's data and metadata into ``dst`` (``fresh``: just made with
+        ``meta.creation_mode(st)``); returns the bytes written. Raises SourceChanged when the
+        source was replaced or written since ``st`` was taken: one fstat after the copy proves
+        the fd is the listed file, unchanged, so none is needed before it."""
         src = dirs.open_file(name, self.sfd)
         try:
             written = data.copy_whole(src, dst, st.st_size, data.is_sparse(st),
                                       (st.st_dev, self.ctx.dst_dev))
             if changed(st, os.fstat(src)):
                 raise SourceChanged()
-            have = meta.read_xattrs(dst) if self.inherits else {}
-            meta.apply_all(dst, st, meta.read_xattrs(src), have)
+            want = meta.read_xattrs(src)
+            born = self._born(dst, st) if fresh and not self.inherits else None
+            if born is not None:
+                meta.apply_to_new(dst, st, want, born)
+            else:
+                meta.apply_all(dst, st, want, meta.read_xattrs(dst) if self.inherits else {})
         finally:
             os.close(src)
         return written
+
+    def _born(self, dst: int, st: os.stat_result) -> tuple[int, int] | None:
+        """The owner new files get in this directory, from the first one's fstat, which also
+        proves that its mode came out as requested (None if not: no shortcut here)."""
+        if self.born is None:
+            got = os.fstat(dst)
+            predictable = stat.S_IMODE(got.st_mode) == meta.creation_mode(st) & ~meta.UMASK
+            self.born = (got.st_uid, got.st_gid) if predictable else False
+        return self.born if isinstance(self.born, tuple) else None
 
     def hard_linked(self, name: str, st: os.stat_result, current: os.stat_result | None,
                     dst: os.stat_result | None) -> None:
