@@ -61,3 +61,14 @@ def children(pid: int) -> list[int]:
     """The child processes of ``pid`` (a pass's workers)."""
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return [int(p) for p in f.read().split()]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``. (Open MPI puts ranks in process groups of their own, and
+    they run on when mpirun alone is SIGKILLed; mpirun takes about a second to act on SIGTERM.)
+    """
+    try:
+        found = children(pid)
+    except FileNotFoundError:
+        return []
+    return [p for child in found for p in (child, *descendants(child))]

@@ -7,10 +7,9 @@ import signal
 from pathlib import Path
 
 from fsclone.state import list_passes
-from tests.clirun import spawn
+from tests.clirun import descendants, spawn
 from tests.midpass import held, many_files
 from tests.services import wait_for
-from tests.test_mpi import descendants
 
 
 def test_workers_leave_when_the_coordinator_is_killed(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from tests.clirun import fsclone, fsclone_env, fsclone_json
 from tests.fstree import assert_same_tree
 from tests.midpass import held, many_files
 from tests.services import CarbonServer, MemcachedServer, wait_for
-from tests.test_sinks import snap
+from tests.snapshots import snap
 
 pytestmark = pytest.mark.service
 

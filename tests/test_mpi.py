@@ -21,7 +21,7 @@ import pytest
 from fsclone.engine.worker import worker_name
 from fsclone.state import RUNNING, list_passes, read_workers
 from fsclone.transport.mpi import in_mpi_job, launcher_size
-from tests.clirun import PathLike, fsclone_env
+from tests.clirun import PathLike, descendants, fsclone_env
 from tests.fstree import assert_rsync_clean, assert_same_tree, build_hostile_tree, snapshot
 from tests.midpass import held, many_files
 from tests.services import RabbitMQServer, wait_for
@@ -269,18 +269,6 @@ def ranks_that_worked(state: Path, out: dict[str, object]) -> set[int]:
     ranks = {rank for rank in range(RANKS) if worker_name(rank) in names}
     assert len(ranks) == len(names), names
     return ranks
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``. (Open MPI puts ranks in process groups of their own, and
-    they run on when mpirun alone is SIGKILLed; mpirun takes about a second to act on SIGTERM.)
-    """
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            children = [int(p) for p in f.read().split()]
-    except FileNotFoundError:
-        return []
-    return [p for child in children for p in (child, *descendants(child))]
 
 
 def test_a_plain_run_never_loads_mpi(tmp_path: Path) -> None:

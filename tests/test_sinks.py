@@ -17,14 +17,7 @@ from fsclone.stats.reporter import Reporter
 from fsclone.stats.sinks import Sink, SinkError, parse_address
 from fsclone.stats.snapshot import Snapshot
 from tests.services import wait_for
-
-
-def snap(n: int, status: str = "running") -> Snapshot:
-    return Snapshot(pass_id="20260101-000000-copy-abcdef", op="copy", src="/s", dst="/d",
-                    status=status, phase="walk", started=1000.0, time=1000.0 + n,
-                    counters={"files_copied": 2 * n}, workers={"node1.ib0.0": {"files_copied": n},
-                                                               "node1.ib0.1": {"files_copied": n}},
-                    outstanding=5, depth=3)
+from tests.snapshots import snap
 
 
 class FlakySink(Sink):

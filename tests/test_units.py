@@ -15,7 +15,7 @@ from fsclone.chunk import Chunk, Group, ItemError, Result, dumps, loads_chunk, l
 from fsclone.config import load, read_site_file
 from fsclone.errors import ConfigError, MessageError, UsageError
 from fsclone.filters import Filters, parse_age
-from fsclone.fs import data
+from fsclone.fs import data, dirs
 from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.spec import PassSpec
 
@@ -151,3 +151,26 @@ def test_kernel_copy_refused_for_a_filesystem_pair_is_not_retried_per_file(
                 len(payload)
         assert (tmp_path / f"d{i}").read_bytes() == (tmp_path / f"s{i}").read_bytes()
     assert len(tried) == calls
+
+
+def test_an_open_refused_past_any_lease_fails_and_later_ones_fail_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """EWOULDBLOCK that outlasts fs.lease-break-time is not a lease being broken: the worker
+    lists the file and stops waiting for others (files out on tape must not cost 50 s each)."""
+    tried: list[str] = []
+
+    def refuse(name: str, flags: int, dir_fd: int | None) -> int:
+        tried.append(name)
+        raise BlockingIOError(errno.EWOULDBLOCK, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(dirs, "_open_noatime", refuse)
+    monkeypatch.setattr(dirs, "_lease_break_time", lambda: 0.0)
+    monkeypatch.setattr(dirs, "_LEASE_MARGIN", 0.05)
+    monkeypatch.setattr(dirs, "_waits_for_leases", True)
+    with pytest.raises(BlockingIOError):
+        dirs.open_file("first", 0)
+    assert len(tried) > 2 and set(tried) == {"first"}  # retried while a lease could be breaking
+    tried.clear()
+    with pytest.raises(BlockingIOError):
+        dirs.open_file("second", 0)
+    assert tried == ["second"]

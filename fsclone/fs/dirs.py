@@ -39,20 +39,32 @@ def open_file(name: str, dir_fd: int) -> int:
     O_NONBLOCK also makes the open of a file under a lease (an NFS server's delegation, a Samba
     oplock) fail with EWOULDBLOCK instead of waiting while the kernel recalls the lease. Such a
     file is in use, not unreadable: the open is retried, as a blocking open would wait, until
-    the holder lets go or the kernel breaks the lease after fs.lease-break-time."""
+    the holder lets go or the kernel breaks the lease after fs.lease-break-time. A file still
+    refused after that is not under a lease (a filesystem of its own mind, such as one with
+    files out on tape): this process then stops waiting, and such files fail at once."""
+    global _waits_for_leases
     deadline = 0.0
     pause = 0.001
     while True:
         try:
             return _open_noatime(name, _FILE_FLAGS, dir_fd)
         except BlockingIOError:
+            if not _waits_for_leases:
+                raise
             now = time.monotonic()
             if not deadline:
-                deadline = now + _lease_break_time() + 5.0
+                deadline = now + _lease_break_time() + _LEASE_MARGIN
             elif now > deadline:
+                _waits_for_leases = False
                 raise
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
+
+
+#: cleared once an EWOULDBLOCK outlasted any lease (see :func:`open_file`)
+_waits_for_leases = True
+#: seconds waited past fs.lease-break-time, for the kernel to get round to breaking the lease
+_LEASE_MARGIN = 5.0
 
 
 @functools.cache
