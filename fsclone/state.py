@@ -261,12 +261,27 @@ def list_passes(state_dir: Path) -> list[PassRecord]:
 
 def find_unfinished(state_dir: Path, op: str, src: str, dst: str) -> str | None:
     """The newest pass with the same op and roots that did not finish, to be resumed. A
-    ``--retry-errors`` pass is never resumed by a plain pass: it covers only a few items."""
-    for rec in reversed(list_passes(state_dir)):
-        s = rec.spec
-        if (s.op, s.src, s.dst) == (op, src, dst) and rec.status in (RUNNING, INTERRUPTED) \
-                and not s.retry_of:
-            return s.id
+    ``--retry-errors`` pass is never resumed by a plain pass: it covers only a few items.
+
+    Every pass command asks this at start, and a long migration piles up records: passes of
+    other ops are skipped by their id alone, and of the rest only the pass row is read."""
+    if not state_dir.is_dir():
+        return None
+    for path in sorted(state_dir.iterdir(), reverse=True):
+        if path.name.rsplit("-", 2)[-2:-1] != [op] or not (path / "pass.db").is_file():
+            continue
+        try:
+            db = _read_only(path)
+            try:
+                spec_json, status = db.execute("SELECT spec, status FROM pass").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            continue
+        if status in (RUNNING, INTERRUPTED):
+            spec = PassSpec.from_wire(json.loads(spec_json))
+            if (spec.src, spec.dst) == (src, dst) and not spec.retry_of:
+                return spec.id
     return None
 
 

@@ -18,6 +18,7 @@ from fsclone.filters import Filters, parse_age
 from fsclone.fs import data, dirs
 from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.spec import PassSpec
+from fsclone.state import DONE, PassStore, find_unfinished
 
 HOSTILE = os.fsdecode(b"bad \xff\xfe name\nwith newline")
 
@@ -174,3 +175,31 @@ def test_an_open_refused_past_any_lease_fails_and_later_ones_fail_at_once(
     with pytest.raises(BlockingIOError):
         dirs.open_file("second", 0)
     assert tried == ["second"]
+
+
+def test_the_pass_to_resume_is_the_newest_unfinished_one_of_the_same_op_and_roots(
+        tmp_path: Path) -> None:
+    state = tmp_path / "state"
+
+    def record(stamp: str, op: str, dst: str = "/d", done: bool = False,
+               retry_of: str = "") -> str:
+        spec = PassSpec(id=f"20260101-{stamp}-{op}-abcdef", op=op, src="/s", dst=dst,
+                        started=0.0, retry_of=retry_of)
+        store = PassStore.create(state, spec)
+        if done:
+            store.set_status(DONE)
+        store.close()
+        return spec.id
+
+    older = record("000001", "copy")
+    record("000002", "copy", done=True)
+    record("000003", "delete")
+    record("000004", "copy", dst="/elsewhere")
+    record("000005", "copy", retry_of=older)
+    broken = state / "20260101-000006-copy-abcdef"
+    broken.mkdir()
+    (broken / "pass.db").write_bytes(b"not a database")
+    assert find_unfinished(state, "copy", "/s", "/d") == older
+    assert find_unfinished(state, "delete", "/s", "/d") == "20260101-000003-delete-abcdef"
+    assert find_unfinished(state, "sync", "/s", "/d") is None
+    assert find_unfinished(tmp_path / "none", "copy", "/s", "/d") is None
