@@ -224,7 +224,9 @@ def test_with_a_broker_rank_0_coordinates_it_and_the_ranks_consume_it(
     assert proc.returncode == 0, proc.stderr.decode()
     out = summary(proc)
     assert isinstance(out["counters"], dict) and out["counters"]["files_copied"] == 80
-    assert ranks_that_worked(state, out) == {1, 2}
+    # rank 0 only coordinates; which ranks work is the broker's choice: up to 32 chunks go in
+    # one message, and a rank that connects first can take this whole tree
+    assert ranks_that_worked(state, out) in ({1}, {2}, {1, 2})
     assert_rsync_clean(src, dst)
 
 
