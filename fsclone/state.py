@@ -246,17 +246,24 @@ def read_record(path: Path) -> PassRecord:
                       json.loads(counters), outstanding, errors, host, pid)
 
 
-def list_passes(state_dir: Path) -> list[PassRecord]:
+def pass_ids(state_dir: Path) -> list[str]:
+    """The ids of the passes recorded in ``state_dir``, oldest first (ids begin with the time)."""
     if not state_dir.is_dir():
         return []
-    records = []
-    for path in sorted(state_dir.iterdir()):
-        if (path / "pass.db").is_file():
-            try:
-                records.append(read_record(path))
-            except sqlite3.Error:
-                continue
-    return records
+    return sorted(p.name for p in state_dir.iterdir() if (p / "pass.db").is_file())
+
+
+def try_read_record(state_dir: Path, pass_id: str) -> PassRecord | None:
+    """A pass's record, None when it cannot be read (a record being written, a broken file)."""
+    try:
+        return read_record(state_dir / pass_id)
+    except sqlite3.Error:
+        return None
+
+
+def list_passes(state_dir: Path) -> list[PassRecord]:
+    records = (try_read_record(state_dir, i) for i in pass_ids(state_dir))
+    return [r for r in records if r is not None]
 
 
 def find_unfinished(state_dir: Path, op: str, src: str, dst: str) -> str | None:
@@ -265,13 +272,11 @@ def find_unfinished(state_dir: Path, op: str, src: str, dst: str) -> str | None:
 
     Every pass command asks this at start, and a long migration piles up records: passes of
     other ops are skipped by their id alone, and of the rest only the pass row is read."""
-    if not state_dir.is_dir():
-        return None
-    for path in sorted(state_dir.iterdir(), reverse=True):
-        if path.name.rsplit("-", 2)[-2:-1] != [op] or not (path / "pass.db").is_file():
+    for pass_id in reversed(pass_ids(state_dir)):
+        if pass_id.rsplit("-", 2)[-2:-1] != [op]:
             continue
         try:
-            db = _read_only(path)
+            db = _read_only(state_dir / pass_id)
             try:
                 spec_json, status = db.execute("SELECT spec, status FROM pass").fetchone()
             finally:

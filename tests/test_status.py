@@ -62,6 +62,20 @@ def test_status_lists_passes_and_one_pass_by_worker(tmp_path: Path) -> None:
     assert summary["pass"] in text and "copy  done" in text and "160 files" in text
 
 
+def test_a_broken_record_spoils_neither_the_list_nor_another_pass(tmp_path: Path) -> None:
+    src, state = many_files(tmp_path / "src", dirs=1, files=1, size=10), tmp_path / "state"
+    _, done = fsclone_json("pass", "copy", src, tmp_path / "dst", state=state)
+    broken = state / "20990101-000000-copy-ffffff"
+    broken.mkdir()
+    (broken / "pass.db").write_bytes(b"not a database")
+    assert [v["pass"] for v in status_json(state=state)] == [done["pass"]]
+    assert status_json(done["pass"], state=state)["status"] == "done"
+    proc = fsclone("status", broken.name, state=state)
+    assert proc.returncode == 2
+    said = proc.stderr.decode().strip()
+    assert said == f"fsclone: the record of pass {broken.name} cannot be read"
+
+
 def test_a_resumed_coordinator_continues_the_worker_totals(tmp_path: Path) -> None:
     src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
     with held(src / "d039/f059"):

@@ -16,7 +16,14 @@ from typing import Any
 from fsclone.config import Config
 from fsclone.engine.coordinator import PHASES
 from fsclone.errors import UsageError
-from fsclone.state import RUNNING, PassRecord, list_passes, read_workers
+from fsclone.state import (
+    RUNNING,
+    PassRecord,
+    list_passes,
+    pass_ids,
+    read_workers,
+    try_read_record,
+)
 from fsclone.stats import counters as C
 from fsclone.stats.graphite import split_worker
 from fsclone.stats.memcache import DEFAULT_PORT, LiveReader
@@ -176,15 +183,21 @@ class Views:
         return sorted(views, key=lambda v: (v.snap.started, v.snap.pass_id))
 
     def one(self, pass_id: str) -> PassView:
-        records = {r.spec.id: r for r in list_passes(self.state_dir)}
+        """One pass, by its id or a unique prefix of it; only its own record is read (``--watch``
+        asks again every interval, and a long migration piles up records)."""
+        recorded = pass_ids(self.state_dir)
         docs = self._docs()
-        match = [i for i in set(records) | set(docs) if i.startswith(pass_id)]
+        match = [i for i in set(recorded) | set(docs) if i.startswith(pass_id)]
         if pass_id in match:
             match = [pass_id]
         if len(match) != 1:
             known = "several passes" if match else "no pass"
             raise UsageError(f"{known} match {pass_id!r} (see `fsclone status`)")
-        return self._pick(records.get(match[0]), docs.get(match[0]), True)
+        [found] = match
+        rec = try_read_record(self.state_dir, found) if found in recorded else None
+        if rec is None and found not in docs:
+            raise UsageError(f"the record of pass {found} cannot be read")
+        return self._pick(rec, docs.get(found), True)
 
     def _pick(self, rec: PassRecord | None, doc: dict[str, Any] | None,
               with_workers: bool) -> PassView:
