@@ -31,8 +31,21 @@ def many_files(root: Path, dirs: int = 40, files: int = 60, size: int = 48 << 10
     return root
 
 
+class Lease:
+    """A write lease the test holds on a file (see :func:`held`)."""
+
+    def __init__(self, fd: int) -> None:
+        self.inode = str(os.fstat(fd).st_ino)
+
+    def breaking(self) -> bool:
+        """Whether someone's open was refused and the kernel is recalling the lease."""
+        with open("/proc/locks") as locks:  # "1: LEASE  BREAKING  READ 15128 fe:00:2621545 0 EOF"
+            return any(f[1:3] == ["LEASE", "BREAKING"] and f[5].endswith(":" + self.inode)
+                       for f in (line.split() for line in locks) if len(f) > 5)
+
+
 @contextlib.contextmanager
-def held(path: Path) -> Iterator[None]:
+def held(path: Path) -> Iterator[Lease]:
     """Hold a write lease on the regular file ``path``: whoever opens it waits until the
     context ends (or the kernel's lease-break-time runs out, 45 s by default). The lease only
     stalls opens; the test's own open reads nothing, so no atime moves."""
@@ -41,10 +54,12 @@ def held(path: Path) -> Iterator[None]:
     # The kernel tells a lease holder of an opener with SIGIO, whose default action kills. A
     # handler, unlike SIG_IGN, is not inherited by the commands the test starts meanwhile.
     previous = signal.signal(signal.SIGIO, lambda *_: None)
-    fd = os.open(path, os.O_RDONLY | os.O_NOATIME)
     try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-        yield
+        fd = os.open(path, os.O_RDONLY | os.O_NOATIME)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+            yield Lease(fd)
+        finally:
+            os.close(fd)  # closing the only descriptor lets go of the lease
     finally:
-        os.close(fd)  # closing the only descriptor lets go of the lease
         signal.signal(signal.SIGIO, previous)

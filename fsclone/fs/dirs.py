@@ -38,43 +38,61 @@ def open_file(name: str, dir_fd: int) -> int:
 
     O_NONBLOCK also makes the open of a file under a lease (an NFS server's delegation, a Samba
     oplock) fail with EWOULDBLOCK instead of waiting while the kernel recalls the lease. Such a
-    file is in use, not unreadable: the open is retried, as a blocking open would wait, until
-    the holder lets go or the kernel breaks the lease after fs.lease-break-time. A file still
-    refused after that is not under a lease (a filesystem of its own mind, such as one with
-    files out on tape): this process then stops waiting, and such files fail at once."""
-    global _waits_for_leases
+    file is in use, not unreadable: when the kernel lists a lease on it, the open is retried, as
+    a blocking open would wait, until the holder lets go or the lease is broken. EWOULDBLOCK
+    twice in a row with no lease listed (a filesystem's own reasons, such as a file out on
+    tape) fails at once."""
     deadline = 0.0
     pause = 0.001
+    unleased = 0  # refusals in a row with no lease listed (one may be a lease let go since)
     while True:
         try:
             return _open_noatime(name, _FILE_FLAGS, dir_fd)
         except BlockingIOError:
-            if not _waits_for_leases:
-                raise
             now = time.monotonic()
-            if not deadline:
-                deadline = now + _lease_break_time() + _LEASE_MARGIN
-            elif now > deadline:
-                _waits_for_leases = False
+            deadline = deadline or now + _lease_wait()
+            unleased = 0 if _under_lease(name, dir_fd) else unleased + 1
+            if unleased == 2 or now > deadline:
                 raise
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
 
 
-#: cleared once an EWOULDBLOCK outlasted any lease (see :func:`open_file`)
-_waits_for_leases = True
-#: seconds waited past fs.lease-break-time, for the kernel to get round to breaking the lease
+def _under_lease(name: str, dir_fd: int) -> bool:
+    """Whether /proc/locks lists a lease or an NFS delegation on the file (by inode number: a
+    filesystem's st_dev need not be the one /proc/locks prints); True when it cannot tell."""
+    try:
+        inode = str(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino)
+        with open("/proc/locks") as locks:
+            for line in locks:  # "1: LEASE  BREAKING  READ 15128 fe:00:2621545 0 EOF"
+                fields = [f for f in line.split() if f != "->"]  # "->": a waiter's line
+                if len(fields) > 5 and fields[1] in ("LEASE", "DELEG") \
+                        and fields[5].rsplit(":", 1)[-1] == inode:
+                    return True
+    except OSError:
+        return True
+    return False
+
+
+def _lease_wait() -> float:
+    """How long a lease can hold up an open: the kernel breaks a lease after
+    fs.lease-break-time, but NFS delegations wait for the NFS server's own lease time."""
+    return max(_read_seconds(path, default) for path, default in _LEASE_TIMES) + _LEASE_MARGIN
+
+
+#: where the kernel keeps the times a lease may outlive a break, and their defaults
+_LEASE_TIMES = (("/proc/sys/fs/lease-break-time", 45.0), ("/proc/fs/nfsd/nfsv4leasetime", 0.0))
+#: seconds waited past them, for the kernel to get round to breaking the lease
 _LEASE_MARGIN = 5.0
 
 
 @functools.cache
-def _lease_break_time() -> float:
-    """Seconds the kernel gives a lease holder to let go before it breaks the lease."""
+def _read_seconds(path: str, default: float) -> float:
     try:
-        with open("/proc/sys/fs/lease-break-time") as f:
+        with open(path) as f:
             return float(f.read())
     except (OSError, ValueError):
-        return 45.0  # the kernel's default
+        return default
 
 
 def open_root(path: str) -> int:
