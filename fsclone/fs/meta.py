@@ -65,39 +65,23 @@ def _at(name: str, dir_fd: int | None) -> str:
     return name
 
 
-def _read_umask() -> int:
-    """This process's file-creation mask; /proc tells it without setting it (os.umask must)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-UMASK = _read_umask()
-
-
 def creation_mode(st: os.stat_result) -> int:
     """The mode to create a copy of ``st`` with: its permission bits (set-id and sticky bits
-    wait for chmod, after chown). The umask may still narrow it (see :func:`apply_to_new`)."""
+    wait for chmod, after chown)."""
     return stat.S_IMODE(st.st_mode) & 0o777
 
 
 def apply_to_new(fd: int, st: os.stat_result, want: dict[str, bytes],
-                 born: tuple[int, int]) -> None:
-    """The metadata of a file this process just made with ``creation_mode(st)``, owned by
-    ``born`` (uid, gid), in a directory without a default ACL: owner and mode are applied only
-    where creating it did not already get them right. In a migration as root that spares the
-    chmod of nearly every file, and the chown of files owned as their directory's new files."""
-    if IS_ROOT and (st.st_uid, st.st_gid) != born:
+                 got: os.stat_result) -> None:
+    """The metadata of a file this process just made with ``creation_mode(st)``, whose fstat is
+    ``got``, in a directory without a default ACL: owner and mode are applied only where the
+    filesystem did not already give the right ones (setgid directories, grpid mounts, umask,
+    filesystems with their own rules all show in ``got``). One fstat instead of a chown and a
+    chmod: as root in a migration most new files need neither, or only the chown."""
+    if IS_ROOT and (st.st_uid, st.st_gid) != (got.st_uid, got.st_gid):
         os.fchown(fd, st.st_uid, st.st_gid)
     mode = stat.S_IMODE(st.st_mode)
-    if mode != creation_mode(st) & ~UMASK:
+    if mode != stat.S_IMODE(got.st_mode):
         os.fchmod(fd, mode)
     if want:
         apply_xattrs(fd, want, {})

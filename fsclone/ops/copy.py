@@ -85,10 +85,6 @@ class DirCopier:
         self.tag = f"{out.chunk.id[:12]}.{out.chunk.attempt}"
         self.waiting = 0  # slices and large files that must finish before the directory's meta
         self.inherits = False  # the target directory has a default ACL new files inherit
-        #: the (uid, gid) new files get in the target directory, learnt from the first one
-        #: (setgid directories, grpid mounts, squashed root); False: creation is not predictable
-        #: here, metadata is applied in full
-        self.born: tuple[int, int] | bool | None = None
         #: the target directory's names, when the chunk lists it anyway (sync) or this pass made
         #: it (most names absent): a listing costs less than a failed lookup per name (None:
         #: look each name up)
@@ -344,23 +340,13 @@ class DirCopier:
             if changed(st, os.fstat(src)):
                 raise SourceChanged()
             want = meta.read_xattrs(src)
-            born = self._born(dst, st) if fresh and not self.inherits else None
-            if born is not None:
-                meta.apply_to_new(dst, st, want, born)
+            if fresh and not self.inherits:
+                meta.apply_to_new(dst, st, want, os.fstat(dst))
             else:
                 meta.apply_all(dst, st, want, meta.read_xattrs(dst) if self.inherits else {})
         finally:
             os.close(src)
         return written
-
-    def _born(self, dst: int, st: os.stat_result) -> tuple[int, int] | None:
-        """The owner new files get in this directory, from the first one's fstat, which also
-        proves that its mode came out as requested (None if not: no shortcut here)."""
-        if self.born is None:
-            got = os.fstat(dst)
-            predictable = stat.S_IMODE(got.st_mode) == meta.creation_mode(st) & ~meta.UMASK
-            self.born = (got.st_uid, got.st_gid) if predictable else False
-        return self.born if isinstance(self.born, tuple) else None
 
     def hard_linked(self, name: str, st: os.stat_result, current: os.stat_result | None,
                     dst: os.stat_result | None) -> None:
