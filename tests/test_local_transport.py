@@ -13,19 +13,20 @@ from tests.services import wait_for
 
 
 def test_workers_leave_when_the_coordinator_is_killed(tmp_path: Path) -> None:
-    """Each forked worker used to inherit the coordinator's ends of the pipes, its own chunk
-    pipe's write end among them, so it never saw EOF and lived on after a SIGKILL."""
+    """At once, even one in the middle of a chunk: a resumed pass must not race what a dead
+    pass's worker goes on doing. (Each forked worker also used to inherit the coordinator's
+    ends of the pipes, so it never saw EOF and lived on after a SIGKILL.)"""
     src, state = many_files(tmp_path / "src"), tmp_path / "state"
-    with held(src / "d039/f059"):  # the pass cannot end before the kill
+    with held(src / "d039/f059"):  # a worker waits in d039's chunk until the lease goes
         coordinator = spawn("pass", "copy", "--workers", "2", src, tmp_path / "dst", state=state)
-        wait_for(lambda: any(r.counters.get("files_copied", 0) for r in list_passes(state)), 60,
-                 "the pass to make progress")
+        wait_for(lambda: any(r.counters.get("files_copied", 0) >= 39 * 60
+                             for r in list_passes(state)), 60, "every other directory copied")
         workers = descendants(coordinator.pid)
         assert len(workers) == 2
         coordinator.send_signal(signal.SIGKILL)
         coordinator.wait()  # not communicate(): live workers would hold its output pipes open
-    for pipe in (coordinator.stdout, coordinator.stderr):
-        if pipe is not None:
-            pipe.close()
-    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers), 30,
-             "the workers to leave")
+        for pipe in (coordinator.stdout, coordinator.stderr):
+            if pipe is not None:
+                pipe.close()
+        wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers), 30,
+                 "the workers to leave, one of them mid-chunk")

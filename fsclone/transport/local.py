@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import pickle
 import queue
 import selectors
@@ -31,6 +32,7 @@ from fsclone.transport.base import Transport
 from fsclone.transport.inflight import InFlight
 
 _STOP = None
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass
@@ -61,7 +63,7 @@ class LocalTransport(Transport):
         results_r, results_w = ctx.Pipe(duplex=False)
         ours = [chunks_w, results_r, *(c for w in self.workers for c in (w.chunks, w.results))]
         proc = ctx.Process(target=_worker_main,
-                           args=(self.spec, index, chunks_r, results_w, ours),
+                           args=(self.spec, index, chunks_r, results_w, ours, os.getpid()),
                            name=f"fsclone-worker-{index}", daemon=True)
         proc.start()
         chunks_r.close()
@@ -144,12 +146,13 @@ class LocalTransport(Transport):
 
 
 def _worker_main(spec: PassSpec, index: int, chunks: Connection, results: Connection,
-                 inherited: list[Connection]) -> None:
+                 inherited: list[Connection], coordinator: int) -> None:
     """A worker process: run chunks until told to stop or the coordinator goes away.
 
     ``inherited`` are the coordinator's ends of every pipe, which fork copied here: while any
     worker held a write end of a chunk pipe, its reader never saw EOF when the coordinator
     died, and the workers lived on forever."""
+    _die_with(coordinator)
     for conn in inherited:
         conn.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
@@ -171,3 +174,15 @@ def _worker_main(spec: PassSpec, index: int, chunks: Connection, results: Connec
         pass
     finally:
         runner.close()
+
+
+def _die_with(coordinator: int) -> None:
+    """Have the kernel kill this worker when its coordinator dies, at once rather than after
+    its chunk: a resumed pass must not race the last chunk of a dead one (a file linked in, a
+    directory's times set after the new pass set them). Stopping mid-chunk is safe: unnamed
+    files vanish, and a redone chunk removes its temp names."""
+    import ctypes  # here, not at import: the coordinator never needs it
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != coordinator:  # it died before the kernel was asked
+        os._exit(0)
