@@ -6,7 +6,6 @@ import os
 import signal
 from pathlib import Path
 
-from fsclone.state import list_passes
 from tests.clirun import descendants, spawn
 from tests.midpass import held, many_files
 from tests.services import wait_for
@@ -17,10 +16,9 @@ def test_workers_leave_when_the_coordinator_is_killed(tmp_path: Path) -> None:
     pass's worker goes on doing. (Each forked worker also used to inherit the coordinator's
     ends of the pipes, so it never saw EOF and lived on after a SIGKILL.)"""
     src, state = many_files(tmp_path / "src"), tmp_path / "state"
-    with held(src / "d039/f059"):  # a worker waits in d039's chunk until the lease goes
+    with held(src / "d039/f059") as lease:
         coordinator = spawn("pass", "copy", "--workers", "2", src, tmp_path / "dst", state=state)
-        wait_for(lambda: any(r.counters.get("files_copied", 0) >= 39 * 60
-                             for r in list_passes(state)), 60, "every other directory copied")
+        wait_for(lease.breaking, 60, "a worker to wait for the held file, mid-chunk", poll=0.01)
         workers = descendants(coordinator.pid)
         assert len(workers) == 2
         coordinator.send_signal(signal.SIGKILL)
