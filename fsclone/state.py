@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,12 @@ RUNNING, DONE, INTERRUPTED, REFUSED, FAILED = "running", "done", "interrupted", 
 
 def new_pass_id(op: str) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{op}-{new_id()[:6]}"
+
+
+def op_of(pass_id: str) -> str:
+    """The op a pass id names (see :func:`new_pass_id`); "" for a name that is not one."""
+    parts = pass_id.rsplit("-", 2)
+    return parts[1] if len(parts) == 3 else ""
 
 
 @dataclass(frozen=True)
@@ -208,20 +215,14 @@ def _read_only(path: Path) -> sqlite3.Connection:
 
 def read_errors(path: Path, limit: int | None = None) -> list[ItemError]:
     """A pass's item errors, in the order they happened (for ``errors`` and ``--retry-errors``)."""
-    db = _read_only(path)
-    try:
+    with closing(_read_only(path)) as db:
         return _errors(db, limit)
-    finally:
-        db.close()
 
 
 def read_workers(path: Path) -> dict[str, dict[str, int]]:
     """A pass's counters per worker ("host.index"), for ``status ID``."""
-    db = _read_only(path)
-    try:
+    with closing(_read_only(path)) as db:
         return _workers(db)
-    finally:
-        db.close()
 
 
 def pass_dir(state_dir: Path, pass_id: str) -> Path:
@@ -234,14 +235,11 @@ def pass_dir(state_dir: Path, pass_id: str) -> Path:
 
 def read_record(path: Path) -> PassRecord:
     """Read a pass record without taking part in it (for status)."""
-    db = _read_only(path)
-    try:
+    with closing(_read_only(path)) as db:
         spec, status, phase, started, ended, counters, host, pid = db.execute(
             "SELECT spec, status, phase, started, ended, counters, host, pid FROM pass").fetchone()
         outstanding = db.execute("SELECT count(*) FROM outstanding").fetchone()[0]
         errors = db.execute("SELECT count(*) FROM errors").fetchone()[0]
-    finally:
-        db.close()
     return PassRecord(PassSpec.from_wire(json.loads(spec)), status, phase, started, ended,
                       json.loads(counters), outstanding, errors, host, pid)
 
@@ -273,14 +271,11 @@ def find_unfinished(state_dir: Path, op: str, src: str, dst: str) -> str | None:
     Every pass command asks this at start, and a long migration piles up records: passes of
     other ops are skipped by their id alone, and of the rest only the pass row is read."""
     for pass_id in reversed(pass_ids(state_dir)):
-        if pass_id.rsplit("-", 2)[-2:-1] != [op]:
+        if op_of(pass_id) != op:
             continue
         try:
-            db = _read_only(state_dir / pass_id)
-            try:
+            with closing(_read_only(state_dir / pass_id)) as db:
                 spec_json, status = db.execute("SELECT spec, status FROM pass").fetchone()
-            finally:
-                db.close()
         except sqlite3.Error:
             continue
         if status in (RUNNING, INTERRUPTED):

@@ -89,13 +89,15 @@ def test_incremental_pass_takes_edits_and_metadata_changes(tmp_path: Path) -> No
         (src / "files/small").write_bytes(b"new content, other size")
         os.chmod(src / "files/empty", 0o604)
         os.chown(src / "files/empty", 4321, 8765)
+        os.chown(src / "perms/setgid", 4000, 4001)  # a chown clears set-id bits: put them back
+        os.chmod(src / "perms/setgid", 0o2755)
         os.setxattr(src / "nest", "user.added", b"later")
     mtime = os.stat(src / "files/big").st_mtime_ns
     os.utime(src / "files/big", ns=(1_111_111_111_123_456_789, mtime))  # atime only
     rc, out = fsclone_json("pass", "copy", src, dst, state=state)
     assert rc == 0
     assert out["counters"]["files_copied"] == 1  # only the edited file's data is rewritten
-    assert out["counters"]["updated"] == 3  # mode+owner, the dir's xattr, an atime
+    assert out["counters"]["updated"] == 4  # mode+owner, owner (set-id kept), xattr, an atime
     assert_same_tree(src, dst)
     assert_rsync_clean(src, dst)
 

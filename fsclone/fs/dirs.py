@@ -34,28 +34,33 @@ def open_dir(name: str, dir_fd: int | None = None) -> int:
 
 def open_file(name: str, dir_fd: int) -> int:
     """Open a regular file for reading. O_NONBLOCK keeps a fifo swapped in after lstat from
-    blocking; the caller checks the fd's type and identity with fstat.
+    blocking; the caller checks the fd's type and identity with fstat."""
+    try:
+        return _open_noatime(name, _FILE_FLAGS, dir_fd)
+    except BlockingIOError as refused:
+        return _open_when_lease_lets_go(name, dir_fd, refused)
 
-    O_NONBLOCK also makes the open of a file under a lease (an NFS server's delegation, a Samba
-    oplock) fail with EWOULDBLOCK instead of waiting while the kernel recalls the lease. Such a
-    file is in use, not unreadable: when the kernel lists a lease on it, the open is retried, as
-    a blocking open would wait, until the holder lets go or the lease is broken. EWOULDBLOCK
-    twice in a row with no lease listed (a filesystem's own reasons, such as a file out on
-    tape) fails at once."""
-    deadline = 0.0
+
+def _open_when_lease_lets_go(name: str, dir_fd: int, refused: BlockingIOError) -> int:
+    """O_NONBLOCK also makes the open of a file under a lease (an NFS server's delegation, a
+    Samba oplock) fail with EWOULDBLOCK instead of waiting while the kernel recalls the lease.
+    Such a file is in use, not unreadable: while the kernel lists a lease on it, the open is
+    retried, as a blocking open would wait, until the holder lets go or the lease is broken.
+    EWOULDBLOCK twice in a row with no lease listed (a filesystem's own reasons, such as a file
+    out on tape) is raised: the first may come from a lease let go in between."""
+    deadline = time.monotonic() + _lease_wait()
     pause = 0.001
-    unleased = 0  # refusals in a row with no lease listed (one may be a lease let go since)
+    unleased = 0
     while True:
+        unleased = 0 if _under_lease(name, dir_fd) else unleased + 1
+        if unleased == 2 or time.monotonic() > deadline:
+            raise refused
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
         try:
             return _open_noatime(name, _FILE_FLAGS, dir_fd)
-        except BlockingIOError:
-            now = time.monotonic()
-            deadline = deadline or now + _lease_wait()
-            unleased = 0 if _under_lease(name, dir_fd) else unleased + 1
-            if unleased == 2 or now > deadline:
-                raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.1)
+        except BlockingIOError as again:
+            refused = again
 
 
 def _under_lease(name: str, dir_fd: int) -> bool:

@@ -71,37 +71,28 @@ def creation_mode(st: os.stat_result) -> int:
     return stat.S_IMODE(st.st_mode) & 0o777
 
 
-def apply_to_new(fd: int, st: os.stat_result, want: dict[str, bytes],
-                 got: os.stat_result) -> None:
-    """The metadata of a file this process just made with ``creation_mode(st)``, whose fstat is
-    ``got``, in a directory without a default ACL: owner and mode are applied only where the
-    filesystem did not already give the right ones (setgid directories, grpid mounts, umask,
-    filesystems with their own rules all show in ``got``). One fstat instead of a chown and a
-    chmod: as root in a migration most new files need neither, or only the chown."""
-    if IS_ROOT and (st.st_uid, st.st_gid) != (got.st_uid, got.st_gid):
-        os.fchown(fd, st.st_uid, st.st_gid)
+def apply_owner(target: Target, st: os.stat_result, dir_fd: int | None = None,
+                current: os.stat_result | None = None) -> bool:
+    """chown, numeric, unless ``current`` (the target's stat) shows the owner right already;
+    only root can give files away, so others keep their own ids. Returns whether it chowned."""
+    if not IS_ROOT or (current is not None
+                       and (current.st_uid, current.st_gid) == (st.st_uid, st.st_gid)):
+        return False
+    os.chown(target, st.st_uid, st.st_gid, dir_fd=dir_fd if isinstance(target, str) else None,
+             follow_symlinks=not isinstance(target, str))
+    return True
+
+
+def apply_mode(target: Target, st: os.stat_result, dir_fd: int | None = None,
+               current: os.stat_result | None = None) -> None:
+    """chmod, unless ``current`` (the target's stat) shows the mode right already."""
     mode = stat.S_IMODE(st.st_mode)
-    if mode != stat.S_IMODE(got.st_mode):
-        os.fchmod(fd, mode)
-    if want:
-        apply_xattrs(fd, want, {})
-    apply_times(fd, st)
-
-
-def apply_owner(target: Target, st: os.stat_result, dir_fd: int | None = None) -> None:
-    """chown, numeric; only root can give files away, so others keep their own ids."""
-    if IS_ROOT:
-        os.chown(target, st.st_uid, st.st_gid, dir_fd=dir_fd if isinstance(target, str) else None,
-                 follow_symlinks=not isinstance(target, str))
-
-
-def apply_mode(target: Target, st: os.stat_result, dir_fd: int | None = None) -> None:
-    if stat.S_ISLNK(st.st_mode):
+    if stat.S_ISLNK(st.st_mode) or (current is not None and stat.S_IMODE(current.st_mode) == mode):
         return  # Linux symlinks have no mode of their own
     if isinstance(target, int):
-        os.chmod(target, stat.S_IMODE(st.st_mode))
+        os.chmod(target, mode)
     else:
-        os.chmod(target, stat.S_IMODE(st.st_mode), dir_fd=dir_fd)
+        os.chmod(target, mode, dir_fd=dir_fd)
 
 
 def apply_xattrs(target: Target, want: dict[str, bytes], have: dict[str, bytes],
@@ -125,10 +116,14 @@ def apply_times(target: Target, st: os.stat_result, dir_fd: int | None = None) -
 
 
 def apply_all(target: Target, st: os.stat_result, want: dict[str, bytes],
-              have: dict[str, bytes], dir_fd: int | None = None) -> None:
-    """Owner → mode → ACLs/xattrs → times, as the module docstring explains."""
-    apply_owner(target, st, dir_fd)
-    apply_mode(target, st, dir_fd)
+              have: dict[str, bytes], dir_fd: int | None = None,
+              current: os.stat_result | None = None) -> None:
+    """Owner → mode → ACLs/xattrs → times, as the module docstring explains. With ``current``,
+    the target's stat, owner and mode are set only where they differ: a chown clears set-id
+    bits, so after one a mode that has them is set again."""
+    if apply_owner(target, st, dir_fd, current) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+        current = None
+    apply_mode(target, st, dir_fd, current)
     if want or have:
         apply_xattrs(target, want, have, dir_fd)
     apply_times(target, st, dir_fd)

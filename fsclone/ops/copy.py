@@ -289,7 +289,7 @@ class DirCopier:
         diff = meta.with_xattrs(meta.inode_diff(st, dst, self.spec.modify_window_ns), sx, dx)
         self.out.act("attrs", self.out.path(name), ",".join(diff.names()))
         if not self.dry:
-            meta.apply_all(name, st, sx, dx, self.dfd)
+            meta.apply_all(name, st, sx, dx, self.dfd, current=dst)
         self.out.count(C.UPDATED)
 
     def copy_unnamed(self, name: str, st: os.stat_result) -> int | None:
@@ -339,11 +339,12 @@ class DirCopier:
                                       (st.st_dev, self.ctx.dst_dev))
             if changed(st, os.fstat(src)):
                 raise SourceChanged()
-            want = meta.read_xattrs(src)
-            if fresh and not self.inherits:
-                meta.apply_to_new(dst, st, want, os.fstat(dst))
-            else:
-                meta.apply_all(dst, st, want, meta.read_xattrs(dst) if self.inherits else {})
+            # a new file got its owner and mode from the directory (setgid, grpid, umask): one
+            # fstat tells which of chown and chmod are still needed; under a default ACL the
+            # inherited ACL is replaced in full
+            have = meta.read_xattrs(dst) if self.inherits else {}
+            current = os.fstat(dst) if fresh and not self.inherits else None
+            meta.apply_all(dst, st, meta.read_xattrs(src), have, current=current)
         finally:
             os.close(src)
         return written
