@@ -4,6 +4,7 @@ Result builder that turns OS errors into listed item errors."""
 from __future__ import annotations
 
 import os
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -19,20 +20,35 @@ TMP_PREFIX = ".fsclone-tmp."
 LINKS_PREFIX = ".fsclone-links."
 
 
-def temp_name(name: str, tag: str) -> str:
-    """A temp name in the target directory: our prefix, a hash of the final name (so a redone
-    chunk can find its own leftovers), and a tag unique to this attempt."""
-    return f"{TMP_PREFIX}{zlib.crc32(os.fsencode(name)):08x}.{tag}"
+#: what fsclone's own temp names look like: prefix, pass id, crc32 of the final name, a tag
+#: unique to one run of a chunk. The pass id makes a user's ``.fsclone-tmp.x`` unmistakable
+#: for ours.
+_TEMP = re.compile(r"\.fsclone-tmp\.(\d{8}-\d{6}-[a-z]+-[0-9a-f]{6})\.([0-9a-f]{8})\.[0-9a-f]{12}")
 
 
-def is_temp_for(tmp: str, names: set[str] | None) -> bool:
-    """Whether ``tmp`` is one of our temp files, for one of ``names`` (None: for any name)."""
-    if not tmp.startswith(TMP_PREFIX):
+def temp_name(pass_id: str, name: str, tag: str) -> str:
+    """A temp name in the target directory: our prefix, the pass id, a hash of the final name
+    (so a redone chunk can find its own leftovers), and a tag unique to this run."""
+    return f"{TMP_PREFIX}{pass_id}.{_crc(name)}.{tag}"
+
+
+def _crc(name: str) -> str:
+    return f"{zlib.crc32(os.fsencode(name)):08x}"
+
+
+def temp_pass(name: str) -> str | None:
+    """The pass id in one of fsclone's temp names, None for any other name."""
+    match = _TEMP.fullmatch(name)
+    return match.group(1) if match else None
+
+
+def is_temp_for(tmp: str, pass_id: str, names: set[str] | None) -> bool:
+    """Whether ``tmp`` is a temp name of pass ``pass_id``, for one of ``names`` (None: for any
+    name)."""
+    match = _TEMP.fullmatch(tmp)
+    if match is None or match.group(1) != pass_id:
         return False
-    if names is None:
-        return True
-    digest = tmp[len(TMP_PREFIX): len(TMP_PREFIX) + 8]
-    return any(f"{zlib.crc32(os.fsencode(n)):08x}" == digest for n in names)
+    return names is None or any(_crc(n) == match.group(2) for n in names)
 
 
 class Context:

@@ -82,7 +82,7 @@ class DirCopier:
         self.ctx, self.out, self.sfd, self.dfd = ctx, out, sfd, dfd
         self.spec = ctx.spec
         self.dry = ctx.spec.dry_run
-        self.tag = f"{out.chunk.id[:12]}.{out.chunk.attempt}"
+        self.tag = new_id()[:12]  # unique to this run of the chunk
         self.waiting = 0  # slices and large files that must finish before the directory's meta
         self.inherits = False  # the target directory has a default ACL new files inherit
         #: the target directory's names, when the chunk lists it anyway (sync) or this pass made
@@ -159,7 +159,7 @@ class DirCopier:
         assert self.dfd is not None
         if self.out.chunk.attempt:
             for leftover in dirs.list_names(self.dfd):
-                if is_temp_for(leftover, names):
+                if is_temp_for(leftover, self.spec.id, names):
                     discard(self.dfd, leftover)
         try:
             self.inherits = bool(os.getxattr(self.dfd, "system.posix_acl_default"))
@@ -306,7 +306,7 @@ class DirCopier:
             try:
                 unnamed.link(dst, self.dfd, name)
             except FileExistsError:  # the name appeared since the listing: replace it
-                tmp = temp_name(name, self.tag)
+                tmp = temp_name(self.spec.id, name, self.tag)
                 unnamed.link(dst, self.dfd, tmp)
                 replace_entry(self.dfd, tmp, name, dirs.lstat_at(name, self.dfd))
         finally:
@@ -317,7 +317,7 @@ class DirCopier:
         """Copy data and metadata into a new temp file; returns its name and the bytes written
         (counted by the caller once the copy is kept). The temp is removed on any failure."""
         assert self.dfd is not None
-        tmp = temp_name(name, self.tag)
+        tmp = temp_name(self.spec.id, name, self.tag)
         dst = os.open(tmp, _NEW_FILE, 0o600, dir_fd=self.dfd)
         try:
             written = self._fill(name, st, dst)
@@ -380,7 +380,7 @@ class DirCopier:
                 self.out.count(C.BYTES, written)
                 return
         self.out.act("link", self.out.path(name))
-        tmp = temp_name(name, self.tag)
+        tmp = temp_name(self.spec.id, name, self.tag)
         os.link(key, tmp, src_dir_fd=stg, dst_dir_fd=self.dfd, follow_symlinks=False)
         replace_entry(self.dfd, tmp, name, dst)
         self.out.count(C.CREATED)
@@ -407,7 +407,7 @@ class DirCopier:
         assert self.dfd is not None
         self.out.act("copy", self.out.path(name), "(in ranges)")
         group = new_id()
-        tmp = temp_name(name, group[:12])
+        tmp = temp_name(self.spec.id, name, group[:12])
         fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=self.dfd)
         try:
             os.ftruncate(fd, st.st_size)
@@ -437,7 +437,7 @@ class DirCopier:
         if self.dry:
             return
         assert self.dfd is not None
-        tmp = temp_name(name, self.tag)
+        tmp = temp_name(self.spec.id, name, self.tag)
         os.symlink(os.readlink(name, dir_fd=self.sfd), tmp, dir_fd=self.dfd)
         # the kernel updates a link's atime on readlink (no O_NOATIME for links): stamp the
         # atime the source has now, so the copy still matches it
@@ -454,7 +454,7 @@ class DirCopier:
         if self.dry:
             return
         assert self.dfd is not None
-        tmp = temp_name(name, self.tag)
+        tmp = temp_name(self.spec.id, name, self.tag)
         os.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=self.dfd)
         self._place(name, tmp, st, dst)
 
