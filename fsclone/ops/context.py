@@ -36,9 +36,19 @@ def _crc(name: str) -> str:
     return f"{zlib.crc32(os.fsencode(name)):08x}"
 
 
+_STAGING = re.compile(r"\.fsclone-links\.(\d{8}-\d{6}-[a-z]+-[0-9a-f]{6})")
+
+
 def temp_pass(name: str) -> str | None:
     """The pass id in one of fsclone's temp names, None for any other name."""
     match = _TEMP.fullmatch(name)
+    return match.group(1) if match else None
+
+
+def staging_pass(name: str) -> str | None:
+    """The pass id in the name of a hard-link staging directory (at the target root), None
+    for any other name."""
+    match = _STAGING.fullmatch(name)
     return match.group(1) if match else None
 
 
