@@ -62,6 +62,13 @@ class Chunk:
     attempt: int = 0
     id: str = field(default_factory=new_id)
 
+    @property
+    def subject(self) -> str:
+        """Where a failure of the whole chunk is listed: the one entry of a chunk about one
+        name (a large file's range or finalize), else its directory ("" is the root)."""
+        return join(self.path, self.names[0]) if self.names and len(self.names) == 1 \
+            else self.path
+
     def retry(self) -> Chunk:
         return replace(self, attempt=self.attempt + 1)
 

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fsclone.chunk import Chunk, Group, ItemError, dumps, loads_chunk, new_id
@@ -28,7 +28,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pass (id TEXT PRIMARY KEY, spec TEXT, status TEXT, phase INTEGER,
     started REAL, ended REAL, counters TEXT, host TEXT, pid INTEGER);
 CREATE TABLE IF NOT EXISTS outstanding (id TEXT PRIMARY KEY, body BLOB);
-CREATE TABLE IF NOT EXISTS groups (id TEXT PRIMARY KEY, remaining INTEGER, then_chunk BLOB);
+CREATE TABLE IF NOT EXISTS groups (id TEXT PRIMARY KEY, remaining INTEGER, then_chunk BLOB,
+    failed INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS errors (seq INTEGER PRIMARY KEY, path BLOB, op TEXT, errno INTEGER,
     message TEXT);
 CREATE TABLE IF NOT EXISTS deletions (seq INTEGER PRIMARY KEY, path BLOB, names TEXT,
@@ -72,6 +73,7 @@ class PassStore:
         self.path = path
         self.db = sqlite3.connect(path / "pass.db", isolation_level="DEFERRED")
         self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" + _SCHEMA)
+        _add_missing_columns(self.db)
         row = self.db.execute("SELECT spec, status, phase, counters FROM pass").fetchone()
         if row is None:
             raise UsageError(f"{path} holds no pass record")
@@ -130,18 +132,25 @@ class PassStore:
             yield loads_chunk(body)
 
     def add_group(self, group: Group) -> None:
-        self.db.execute("INSERT OR IGNORE INTO groups VALUES (?,?,?)",
+        self.db.execute("INSERT OR IGNORE INTO groups VALUES (?,?,?,0)",
                         (group.id, group.size, dumps(group.then)))
 
+    def fail_member(self, group_id: str) -> None:
+        """A member of a barrier failed: its ``then`` chunk is released marked, so that what
+        the members built (a large file's temp) is discarded, never published."""
+        self.db.execute("UPDATE groups SET failed = 1 WHERE id=?", (group_id,))
+
     def complete_member(self, group_id: str) -> Chunk | None:
-        """One member of a barrier is done; returns its ``then`` chunk when it was the last."""
+        """One member of a barrier is done; returns its ``then`` chunk when it was the last,
+        with ``members_failed`` in its args when any member failed (see :meth:`fail_member`)."""
         self.db.execute("UPDATE groups SET remaining = remaining - 1 WHERE id=?", (group_id,))
-        row = self.db.execute("SELECT remaining, then_chunk FROM groups WHERE id=?",
+        row = self.db.execute("SELECT remaining, then_chunk, failed FROM groups WHERE id=?",
                               (group_id,)).fetchone()
         if row is None or row[0] > 0:
             return None
         self.db.execute("DELETE FROM groups WHERE id=?", (group_id,))
-        return loads_chunk(row[1])
+        then = loads_chunk(row[1])
+        return replace(then, args={**then.args, "members_failed": True}) if row[2] else then
 
     # -- results ------------------------------------------------------------------------------
     def add_counters(self, delta: dict[str, int], worker: str) -> None:
@@ -193,6 +202,15 @@ class PassStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a record written by an earlier version up to the schema (resumed across an
+    upgrade): barriers learnt to remember a failed member."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(groups)")}
+    if "failed" not in columns:
+        db.execute("ALTER TABLE groups ADD COLUMN failed INTEGER NOT NULL DEFAULT 0")
+        db.commit()
 
 
 def _errors(db: sqlite3.Connection, limit: int | None) -> list[ItemError]:

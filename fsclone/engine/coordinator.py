@@ -184,10 +184,12 @@ class Coordinator:
                 self.hooks.note(f"retrying chunk {chunk.op} {chunk.path!r}: {result.failed}")
                 return [retry]
             why = f"chunk failed {chunk.attempt + 1} times: {result.failed}"
-            store.add_errors([ItemError(chunk.path, chunk.op, 0, why)])
-            result = Result(chunk=chunk, counters={C.ERRORS: 1}, worker=result.worker)
+            result = Result(chunk=chunk, counters={C.ERRORS: 1}, worker=result.worker,
+                            errors=[ItemError(chunk.subject, chunk.op, 0, why)])
         store.add_counters(result.counters, result.worker or COORDINATOR)
         store.add_errors(result.errors)
+        if result.errors and chunk.group:
+            store.fail_member(chunk.group)
         store.add_deletions(result.deletions)
         for line in result.actions:
             self.hooks.action(line)

@@ -485,22 +485,31 @@ def _copy_range(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
 
 
 def _finalize(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
-    """All ranges of a large file are in: stamp metadata and rename, unless the source changed."""
+    """All ranges of a large file are done: stamp metadata and rename, unless a range failed
+    (its error is listed already) or the source changed. The temp is never left behind."""
     a = out.chunk.args
     name = file_of(out.chunk)
-    st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
-    if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
-            a["ino"], a["size"], a["mtime_ns"], a["ctime_ns"]):
-        discard(dfd, a["tmp"])
-        out.count(C.CHANGED)
-        out.act("changed", out.path(name), "(during copy; next pass takes it)")
-        return
-    fd = os.open(a["tmp"], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
     try:
-        meta.apply_all(fd, st, meta.read_xattrs(name, sfd), meta.read_xattrs(fd))
-    finally:
-        os.close(fd)
-    replace_entry(dfd, a["tmp"], name, dirs.lstat_at(name, dfd))
+        if a.get("members_failed"):
+            discard(dfd, a["tmp"])
+            out.act("not published", out.path(name), "(a range failed; next pass takes it)")
+            return
+        st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
+        if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
+                a["ino"], a["size"], a["mtime_ns"], a["ctime_ns"]):
+            discard(dfd, a["tmp"])
+            out.count(C.CHANGED)
+            out.act("changed", out.path(name), "(during copy; next pass takes it)")
+            return
+        fd = os.open(a["tmp"], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            meta.apply_all(fd, st, meta.read_xattrs(name, sfd), meta.read_xattrs(fd))
+        finally:
+            os.close(fd)
+        replace_entry(dfd, a["tmp"], name, dirs.lstat_at(name, dfd))
+    except BaseException:
+        discard(dfd, a["tmp"])
+        raise
     out.count(C.COPIED)
 
 

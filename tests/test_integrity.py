@@ -1,0 +1,88 @@
+"""Integrity under faults: nothing corrupt is ever published, and a later pass repairs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fsclone.chunk import Chunk
+from fsclone.config import Config
+from fsclone.engine.coordinator import Hooks
+from fsclone.engine.launch import PassRequest, run_pass
+from tests.clirun import fsclone_json
+from tests.fstree import assert_rsync_clean, assert_same_tree, leftovers, preserving_atimes
+from tests.inline import InlineTransport
+from tests.mounts import resize_tmpfs, tmpfs
+
+MIB = 1 << 20
+#: a "large" file is one of 1 MiB or more, copied in 1 MiB ranges
+RANGES = {"large_file_size": MIB, "range_size": MIB}
+
+
+def published_wrong(src: Path, dst: Path) -> list[str]:
+    """Target files that look done (the source's name, size and mtime) but hold other bytes:
+    the one outcome a pass must never leave behind, whatever failed."""
+    wrong: list[str] = []
+    with preserving_atimes(src, dst):
+        _compare_done(src, dst, wrong)
+    return wrong
+
+
+def _compare_done(src: Path, dst: Path, wrong: list[str]) -> None:
+    for dirpath, _dirs, files in os.walk(src):
+        for name in files:
+            s = Path(dirpath, name)
+            d = dst / s.relative_to(src)
+            try:
+                sst, dst_st = s.lstat(), d.lstat()
+            except FileNotFoundError:
+                continue
+            if (sst.st_size, sst.st_mtime_ns) == (dst_st.st_size, dst_st.st_mtime_ns) \
+                    and s.read_bytes() != d.read_bytes():
+                wrong.append(str(d))
+
+
+@pytest.mark.parametrize("remedy", ["plain pass", "retry errors"])
+def test_a_large_file_whose_range_ran_out_of_room_is_never_published(
+        tmp_path: Path, remedy: str) -> None:
+    src, state = tmp_path / "src", tmp_path / "state"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(4 * MIB))
+    (src / "small").write_bytes(b"fits")
+    with tmpfs(tmp_path / "dst", "2m") as dst:
+        rc, out = fsclone_json("pass", "copy", "--workers", "2", src, dst, state=state,
+                               **RANGES)
+        assert rc == 1, out
+        assert any(e["path"] == "big" and e["errno"] == 28 for e in out["errors"]), out
+        assert not (dst / "big").exists(), "a file with a failed range was published"
+        assert leftovers(dst) == []  # its temp is gone too
+        resize_tmpfs(dst, "64m")
+        again = ["--retry-errors", out["pass"]] if remedy == "retry errors" else [src, dst]
+        rc, out = fsclone_json("pass", "copy", *again, state=state, **RANGES)
+        assert rc == 0, out
+        assert out["counters"].get("files_copied") == 1, out
+        assert published_wrong(src, dst) == []
+        assert_same_tree(src, dst)
+        assert_rsync_clean(src, dst)
+
+
+def test_a_range_that_fails_all_its_attempts_is_never_published(tmp_path: Path) -> None:
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(3 * MIB))
+
+    def third_range(chunk: Chunk) -> str | None:
+        return "worker died" if chunk.op == "range" and chunk.args["start"] == 2 * MIB \
+            else None
+
+    transport = InlineTransport(third_range)
+    cfg = Config(workers=1, state_dir=str(state), large_file_size=MIB, range_size=MIB)
+    _, summary = run_pass(cfg, PassRequest(op="copy", src=str(src), dst=str(dst)), Hooks(),
+                          transport)
+    assert [c.attempt for c in transport.ran if c.op == "range" and c.args["start"] == 2 * MIB] \
+        == [0, 1, 2]
+    assert [(e.path, e.op) for e in summary.errors] == [("big", "range")]
+    assert not (dst / "big").exists(), "a file with a range given up on was published"
+    assert leftovers(dst) == []
