@@ -119,10 +119,14 @@ def apply_all(target: Target, st: os.stat_result, want: dict[str, bytes],
               have: dict[str, bytes], dir_fd: int | None = None,
               current: os.stat_result | None = None) -> None:
     """Owner → mode → ACLs/xattrs → times, as the module docstring explains. With ``current``,
-    the target's stat, owner and mode are set only where they differ: a chown clears set-id
-    bits, so after one a mode that has them is set again."""
-    if apply_owner(target, st, dir_fd, current) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
-        current = None
+    the target's stat, owner and mode are set only where they differ. A chown clears set-id
+    bits and the kernel drops ``security.capability`` with it, so after one a mode that has
+    them is set again, and the xattrs are compared with what the target holds after it."""
+    if apply_owner(target, st, dir_fd, current):
+        if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            current = None
+        if want:
+            have = read_xattrs(target, dir_fd)
     apply_mode(target, st, dir_fd, current)
     if want or have:
         apply_xattrs(target, want, have, dir_fd)
