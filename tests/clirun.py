@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,51 @@ def fsclone(*args: PathLike, state: Path, timeout: float = 300,
     cmd: list[str | bytes] = [sys.executable, "-m", "fsclone", *[os.fsencode(a) for a in args]]
     return subprocess.run(cmd, env=fsclone_env(state, **settings), capture_output=True,
                           timeout=timeout, check=False)
+
+
+#: what a local pass imports, loaded before :func:`fsclone_as` drops its privileges
+_LOADED_FIRST = ("fsclone.cli", "fsclone.cli.passes", "fsclone.engine.launch",
+                 "fsclone.transport.local", "fsclone.ops.registry",
+                 "multiprocessing.popen_fork", "multiprocessing.connection")
+
+
+def fsclone_as(uid: int, gid: int, *args: PathLike, state: Path,
+               **settings: object) -> subprocess.CompletedProcess[bytes]:
+    """Run the ``fsclone`` command as an unprivileged user. The interpreter may live where
+    that user cannot read (a root-only home), so the command runs in a fork of the test's
+    own process, with the CLI loaded beforehand, after setgid/setuid."""
+    for module in _LOADED_FIRST:  # before the user loses the right to read them
+        importlib.import_module(module)
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:
+            code = 99
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout, sys.stderr = os.fdopen(1, "w"), os.fdopen(2, "w")
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+                os.environ.clear()
+                os.environ.update(fsclone_env(state, **settings))
+                sys.argv = ["fsclone", *map(os.fsdecode, args)]
+                sys.modules["fsclone.cli"].main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(args, os.waitstatus_to_exitcode(status),
+                                           out.read(), err.read())
 
 
 def fsclone_json(*args: PathLike, state: Path, **settings: Any) -> tuple[int, dict[str, Any]]:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import stat
+import struct
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,10 +16,10 @@ from fsclone.chunk import Chunk
 from fsclone.config import Config
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.launch import PassRequest, run_pass
-from tests.clirun import fsclone_json
+from tests.clirun import fsclone_as, fsclone_json
 from tests.fstree import assert_rsync_clean, assert_same_tree, leftovers, preserving_atimes
 from tests.inline import InlineTransport
-from tests.mounts import resize_tmpfs, tmpfs
+from tests.mounts import require_root, resize_tmpfs, tmpfs
 
 MIB = 1 << 20
 #: a "large" file is one of 1 MiB or more, copied in 1 MiB ranges
@@ -86,3 +91,89 @@ def test_a_range_that_fails_all_its_attempts_is_never_published(tmp_path: Path) 
     assert [(e.path, e.op) for e in summary.errors] == [("big", "range")]
     assert not (dst / "big").exists(), "a file with a range given up on was published"
     assert leftovers(dst) == []
+
+
+def _caps_net_raw() -> bytes:
+    """security.capability for cap_net_raw+ep (vfs_cap_data revision 2, effective flag)."""
+    return struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)
+
+
+def test_capabilities_survive_an_owner_change(tmp_path: Path) -> None:
+    """The admin chowns a binary and sets its caps again; the target's chown drops its caps
+    (the kernel does that on every chown), so they must be set again after it."""
+    require_root()
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    src.mkdir()
+    ping = src / "ping"
+    ping.write_bytes(b"\x7fELF pretend")
+    os.setxattr(ping, "security.capability", _caps_net_raw())
+    rc, out = fsclone_json("pass", "copy", src, dst, state=state)
+    assert rc == 0, out
+    os.chown(ping, 1234, 1234)
+    os.setxattr(ping, "security.capability", _caps_net_raw())
+    rc, out = fsclone_json("pass", "sync", src, dst, state=state)
+    assert rc == 0, out
+    assert out["counters"]["updated"] == 1
+    assert os.getxattr(dst / "ping", "security.capability") == _caps_net_raw()
+    assert_same_tree(src, dst)
+    assert_rsync_clean(src, dst)
+
+
+def test_a_symlink_retargeted_to_the_same_length_and_mtime_is_updated(tmp_path: Path) -> None:
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    src.mkdir()
+    os.symlink("target-a", src / "link")
+    assert fsclone_json("pass", "copy", src, dst, state=state)[0] == 0
+    st = os.lstat(src / "link")
+    os.unlink(src / "link")
+    os.symlink("target-b", src / "link")
+    os.utime(src / "link", ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    rc, out = fsclone_json("pass", "sync", src, dst, state=state)
+    assert rc == 0, out
+    with preserving_atimes(dst):
+        assert os.readlink(dst / "link") == "target-b"
+    assert_same_tree(src, dst)
+    assert_rsync_clean(src, dst)
+    rc, out = fsclone_json("pass", "sync", src, dst, state=state)
+    assert (rc, out["counters"].get("created", 0)) == (0, 0), out  # and now it is current
+    assert_same_tree(src, dst)
+
+
+@pytest.fixture
+def nobody_tree() -> Iterator[Path]:
+    """A directory the unprivileged user ``nobody`` owns, for src, dst and state (pytest's
+    own temp directories are root's alone)."""
+    require_root()
+    base = Path(tempfile.mkdtemp(prefix="fsclone-nobody-"))
+    os.chmod(base, 0o755)
+    os.chown(base, NOBODY, NOGROUP)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+NOBODY, NOGROUP = 65534, 65534
+
+
+def test_a_user_syncs_into_their_own_read_only_directories(nobody_tree: Path) -> None:
+    """As rsync -a does: a directory without write permission is made writable for the
+    change, and its mode restored after."""
+    src, dst, state = nobody_tree / "src", nobody_tree / "dst", nobody_tree / "state"
+    (src / "ro").mkdir(parents=True)
+    (src / "ro/a").write_text("a")
+    for path in (src, src / "ro", src / "ro/a"):
+        os.chown(path, NOBODY, NOGROUP)
+    os.chmod(src / "ro", 0o555)
+    proc = fsclone_as(NOBODY, NOGROUP, "pass", "copy", src, dst, state=state)
+    assert proc.returncode == 0, proc.stderr
+    os.chmod(src / "ro", 0o755)
+    (src / "ro/b").write_text("b")
+    os.chown(src / "ro/b", NOBODY, NOGROUP)
+    (src / "ro/a").write_text("a, changed")
+    os.chmod(src / "ro", 0o555)
+    proc = fsclone_as(NOBODY, NOGROUP, "pass", "sync", src, dst, state=state)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert stat.S_IMODE(os.stat(dst / "ro").st_mode) == 0o555
+    assert_same_tree(src, dst)
+    assert_rsync_clean(src, dst)

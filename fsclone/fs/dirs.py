@@ -175,6 +175,21 @@ def remove_tree_at(dir_fd: int, name: str) -> int:
     return count + 1
 
 
+def make_writable(dir_fd: int) -> bool:
+    """Give the owner write and search permission on a directory it cannot write into, so a
+    non-root pass can change entries in its own read-only target directories (as rsync does);
+    the directory's own metadata, applied after its entries, puts the mode back. Returns
+    whether the mode was changed (never for root, who needs no permission bits)."""
+    uid = os.geteuid()
+    if uid == 0:
+        return False
+    st = os.fstat(dir_fd)
+    if st.st_uid != uid or st.st_mode & stat.S_IRWXU == stat.S_IRWXU:
+        return False
+    os.fchmod(dir_fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+    return True
+
+
 def list_kinds(dir_fd: int) -> dict[str, bool]:
     """Every name in a directory, mapped to whether it is a directory (from d_type, so no stat
     per entry where the filesystem reports types)."""

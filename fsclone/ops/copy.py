@@ -11,6 +11,7 @@ this chunk, or by a deferred ``dirmeta`` chunk when slices or large files are st
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import itertools
 import os
@@ -85,6 +86,7 @@ class DirCopier:
         self.tag = new_id()[:12]  # unique to this run of the chunk
         self.waiting = 0  # slices and large files that must finish before the directory's meta
         self.inherits = False  # the target directory has a default ACL new files inherit
+        self.unlocked = False  # a read-only target directory was made writable (non-root)
         #: the target directory's names, when the chunk lists it anyway (sync) or this pass made
         #: it (most names absent): a listing costs less than a failed lookup per name (None:
         #: look each name up)
@@ -119,7 +121,7 @@ class DirCopier:
         self.out.count(C.SCANNED, len(entries))
         for name, st in entries:
             try:
-                self.entry(name, st)
+                self._entry_in_own_dir(name, st)
             except SourceChanged:
                 self.out.count(C.CHANGED)
                 self.out.act("changed", self.out.path(name), "(during copy; next pass takes it)")
@@ -127,6 +129,17 @@ class DirCopier:
                 self.out.fail(self.out.path(name), exc)
         self._settle()
         self._finish()
+
+    def _entry_in_own_dir(self, name: str, st: os.stat_result) -> None:
+        """One entry; a non-root pass refused a change in its own read-only target directory
+        makes it writable and tries again (the directory's metadata restores the mode)."""
+        try:
+            self.entry(name, st)
+        except PermissionError:
+            if self.unlocked or self.dfd is None or self.dry or not dirs.make_writable(self.dfd):
+                raise
+            self.unlocked = True
+            self.entry(name, st)
 
     def _settle(self) -> None:
         """Compare (and mend) the metadata of the entries whose data is current. xattr calls
@@ -426,12 +439,16 @@ class DirCopier:
         self.waiting += 1
 
     def symlink(self, name: str, st: os.stat_result, dst: os.stat_result | None) -> None:
-        """A symlink is compared by length and mtime (it cannot change in place), so an
-        unchanged one costs no readlink."""
+        """A symlink cannot change in place: a target link of the same length and mtime is
+        current unless the source link was made (or touched) after it, as its ctime tells;
+        only then are both links read and compared. Readlink moves a link's atime (no
+        O_NOATIME for links), so what the copy is then compared with is taken after it."""
         if (dst is not None and stat.S_ISLNK(dst.st_mode) and dst.st_size == st.st_size
                 and meta.same_time(st.st_mtime_ns, dst.st_mtime_ns, self.spec.modify_window_ns)):
-            self.unsettled.append((name, st, dst))
-            return
+            current = self._same_link(name, st, dst)
+            if current is not None:
+                self.unsettled.append((name, *current))
+                return
         self.out.act("symlink", self.out.path(name))
         self.out.count(C.CREATED)
         if self.dry:
@@ -439,9 +456,22 @@ class DirCopier:
         assert self.dfd is not None
         tmp = temp_name(self.spec.id, name, self.tag)
         os.symlink(os.readlink(name, dir_fd=self.sfd), tmp, dir_fd=self.dfd)
-        # the kernel updates a link's atime on readlink (no O_NOATIME for links): stamp the
-        # atime the source has now, so the copy still matches it
+        # the kernel updates a link's atime on readlink: stamp the atime the source has now,
+        # so the copy still matches it
         self._place(name, tmp, os.stat(name, dir_fd=self.sfd, follow_symlinks=False), dst)
+
+    def _same_link(self, name: str, st: os.stat_result, dst: os.stat_result,
+                   ) -> tuple[os.stat_result, os.stat_result] | None:
+        """The (source, target) lstats to settle when the target link points where the
+        source's does, else None."""
+        if st.st_ctime_ns < dst.st_ctime_ns or self.dfd is None:
+            return st, dst
+        if os.readlink(name, dir_fd=self.sfd) != os.readlink(name, dir_fd=self.dfd):
+            return None
+        src_now, dst_now = dirs.lstat_at(name, self.sfd), dirs.lstat_at(name, self.dfd)
+        if src_now is None or dst_now is None:
+            raise FileNotFoundError(errno.ENOENT, "vanished while compared", name)
+        return src_now, dst_now
 
     def special(self, name: str, st: os.stat_result, dst: os.stat_result | None) -> None:
         """Fifos, sockets and device nodes: recreated by mknod, never opened."""
