@@ -7,6 +7,7 @@ The site file is Python, like the SDSC tool's: ``USERNAME``, ``OLDEST_DATE``, ``
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -58,15 +59,35 @@ def _age(v: Any) -> int | None:
     return parse_age(v if isinstance(v, int) else str(v))
 
 
+def _count(least: int) -> Callable[[Any], int]:
+    """A parser of whole numbers of at least ``least`` (bools are not numbers here)."""
+    def parse(v: Any) -> int:
+        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+            raise ValueError("not a whole number")
+        n = int(v)
+        if n < least:
+            raise ValueError(f"must be at least {least}")
+        return n
+    return parse
+
+
+def _seconds(v: Any) -> float:
+    """A finite number of seconds above zero."""
+    secs = float(v)
+    if not math.isfinite(secs) or secs <= 0:
+        raise ValueError("must be a finite number of seconds above 0")
+    return secs
+
+
 def _globs(v: Any) -> tuple[str, ...]:
     return tuple(v.split(",")) if isinstance(v, str) else tuple(str(x) for x in v)
 
 
 #: setting name in config.py → (Config field, parser)
 SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "WORKERS": ("workers", int),
+    "WORKERS": ("workers", _count(1)),
     "STATE_DIR": ("state_dir", str),
-    "REPORT_INTERVAL": ("report_interval", float),
+    "REPORT_INTERVAL": ("report_interval", _seconds),
     "OLDEST_DATE": ("oldest", _age),
     "NEWEST_DATE": ("newest", _age),
     "source_mount": ("source_mount", str),
@@ -81,12 +102,12 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "MEMCACHED": ("memcached", str),
     "GRAPHITE": ("graphite", str),
     "GRAPHITE_PREFIX": ("graphite_prefix", str),
-    "MAX_DELETE": ("max_delete", int),
+    "MAX_DELETE": ("max_delete", _count(0)),
     "SENTINEL": ("sentinel", str),
     "EXCLUDES": ("excludes", _globs),
-    "LARGE_FILE_SIZE": ("large_file_size", int),
-    "RANGE_SIZE": ("range_size", int),
-    "DIR_SLICE": ("dir_slice", int),
+    "LARGE_FILE_SIZE": ("large_file_size", _count(1)),
+    "RANGE_SIZE": ("range_size", _count(1)),
+    "DIR_SLICE": ("dir_slice", _count(1)),
 }
 
 

@@ -19,7 +19,9 @@ def parse_age(text: str | int | None) -> int | None:
     flag, overrides the config's setting), None means not set."""
     if text is None:
         return None
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise UsageError(f"bad age {text}: an age is not negative")
         return text
     m = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", str(text))
     if not m:

@@ -124,8 +124,12 @@ def test_item_errors_are_listed_and_exit_1(tmp_path: Path) -> None:
     assert_rsync_clean(src, dst)
 
 
-@pytest.mark.parametrize("case", ["missing", "inside", "contains", "same", "config-missing",
-                                  "config-broken", "config-bad-value", "option", "age"])
+@pytest.mark.parametrize("case", [
+    "missing", "inside", "contains", "same", "config-missing", "config-broken",
+    "config-bad-value", "option", "age", "window-nan", "window-inf", "window-negative",
+    "max-delete-negative", "workers-zero", "config-workers-zero", "config-negative-age",
+    "env-dir-slice-zero", "env-range-size-negative", "env-report-interval-nan",
+    "env-max-delete-negative"])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, case: str) -> None:
     src, state = tmp_path / "src", tmp_path / "state"
     (src / "sub").mkdir(parents=True)
@@ -134,6 +138,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, case: s
     broken.write_text("WORKERS = (\n")
     badvalue = tmp_path / "bad.py"
     badvalue.write_text("OLDEST_DATE = 'ninety days'\n")
+    noworkers = tmp_path / "noworkers.py"
+    noworkers.write_text("WORKERS = 0\n")
+    negage = tmp_path / "negage.py"
+    negage.write_text("OLDEST_DATE = -5\n")
     dst = tmp_path / "dst"
     cases: dict[str, list[str | Path]] = {
         "missing": ["pass", "copy", tmp_path / "nope", dst],
@@ -145,10 +153,21 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, case: s
         "config-bad-value": ["pass", "copy", "--config", badvalue, src, dst],
         "option": ["pass", "copy", "--no-such-option", src, dst],
         "age": ["pass", "copy", "--newest", "yesterday", src, dst],
+        "window-nan": ["pass", "copy", "--modify-window", "nan", src, dst],
+        "window-inf": ["pass", "copy", "--modify-window", "inf", src, dst],
+        "window-negative": ["pass", "copy", "--modify-window", "-5", src, dst],
+        "max-delete-negative": ["pass", "sync", "--max-delete", "-1", src, dst],
+        "workers-zero": ["pass", "copy", "-w", "0", src, dst],
+        "config-workers-zero": ["pass", "copy", "--config", noworkers, src, dst],
+        "config-negative-age": ["pass", "copy", "--config", negage, src, dst],
     }
-    args = cases[case]
+    settings = {"env-dir-slice-zero": {"dir_slice": "0"},
+                "env-range-size-negative": {"range_size": "-1"},
+                "env-report-interval-nan": {"report_interval": "nan"},
+                "env-max-delete-negative": {"max_delete": "-1"}}.get(case, {})
+    args = cases.get(case, ["pass", "sync", src, dst])
     before = sorted(p for p in tmp_path.rglob("*"))
-    proc = fsclone(*args, state=state)
+    proc = fsclone(*args, state=state, **settings)
     assert proc.returncode == 2
     lines = proc.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fsclone: "), lines

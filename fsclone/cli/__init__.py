@@ -6,6 +6,7 @@ One module per command family; each registers its commands on :data:`cli`.
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,7 +19,28 @@ from fsclone.errors import FscloneError
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 Decorator = Callable[[Any], Any]  # a click option or argument
+class Seconds(click.ParamType):
+    """A finite, non-negative number of seconds: click's FloatRange lets nan and inf through
+    (every comparison with nan is false)."""
+
+    name = "secs"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            secs = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(secs) or secs < 0:
+            self.fail(f"{value!r} is not a finite, non-negative number of seconds", param, ctx)
+        return secs
+
+
+#: a sane number of worker processes for one node
+WORKERS = click.IntRange(1, 4096)
 #: options several commands share
+WORKERS_OPTION = click.option("--workers", "-w", type=WORKERS,
+                              help="Worker processes [default: cores].")
 CONFIG_OPTION = click.option("--config", "config_file", metavar="FILE",
                              help="Site config (config.py); also FSCLONE_CONFIG.")
 STATE_DIR_OPTION = click.option("--state-dir", metavar="DIR", help="Where pass records live.")

@@ -15,7 +15,9 @@ from fsclone.cli import (
     EXIT_ITEMS_FAILED,
     EXIT_OK,
     STATE_DIR_OPTION,
+    WORKERS_OPTION,
     Decorator,
+    Seconds,
     cli,
     decorate,
 )
@@ -43,7 +45,7 @@ def pass_group() -> None:
 #: the options of every command that runs a pass, ``pass resume`` included
 _RUN_OPTIONS: list[Decorator] = [
     CONFIG_OPTION,
-    click.option("--workers", "-w", type=int, help="Worker processes [default: cores]."),
+    WORKERS_OPTION,
     click.option("--transport", type=click.Choice(TRANSPORTS), default="auto",
                  show_default=True,
                  help="How chunks reach workers; auto: amqp when a broker is set (under "
@@ -67,7 +69,7 @@ def _pass_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Show what would change; change nothing."),
         click.option("--checksum", "-c", is_flag=True,
                      help="Compare content by xxhash, not size and mtime."),
-        click.option("--modify-window", type=float, default=0.0, metavar="SECS",
+        click.option("--modify-window", type=Seconds(), default=0.0, metavar="SECS",
                      help="Times this close count as equal (coarse-time filesystems)."),
         click.option("--oldest", metavar="AGE",
                      help="Skip files not read for AGE (atime), e.g. 90d. OLDEST_DATE."),
@@ -76,7 +78,7 @@ def _pass_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--exclude", multiple=True, metavar="GLOB",
                      help="Leave matching entries alone."),
         click.option("--include", multiple=True, metavar="GLOB", help="Overrides --exclude."),
-        click.option("--max-delete", type=int, metavar="N",
+        click.option("--max-delete", type=click.IntRange(min=0), metavar="N",
                      help="Refuse to delete anything if more than N entries would go."),
         click.option("--sentinel", metavar="NAME",
                      help="Refuse to delete unless SRC/NAME exists."),

@@ -17,6 +17,7 @@ from fsclone.cli import (
     EXIT_ITEMS_FAILED,
     EXIT_OK,
     STATE_DIR_OPTION,
+    WORKERS_OPTION,
     cli,
     decorate,
 )
@@ -112,7 +113,7 @@ def errors(pass_id: str, limit: int | None, config_file: str | None, state_dir: 
 
 @cli.command("scan")
 @click.argument("src", required=False)
-@click.option("--workers", "-w", type=int, help="Worker processes [default: cores].")
+@WORKERS_OPTION
 @click.option("--restart", is_flag=True, help="Start anew instead of resuming.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the counts.")
 @_common

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from fsclone.cli import CONFIG_OPTION, cli
+from fsclone.cli import CONFIG_OPTION, WORKERS_OPTION, cli
 from fsclone.config import load
 
 
@@ -16,8 +16,7 @@ from fsclone.config import load
 @click.option("--broker", metavar="URL",
               help="amqp://USER@HOST[:PORT]/VHOST (no password: see PASSWORD_FILE); BROKER.")
 @CONFIG_OPTION
-@click.option("--workers", "-w", type=click.IntRange(min=1),
-              help="Worker processes [default: cores].")
+@WORKERS_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="Log only warnings and errors.")
 def worker(broker: str | None, config_file: str | None, workers: int | None,
            quiet: bool) -> None:
