@@ -16,10 +16,10 @@ from fsclone.chunk import Chunk
 from fsclone.config import Config
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.launch import PassRequest, run_pass
-from tests.clirun import fsclone_as, fsclone_json
+from tests.clirun import fsclone, fsclone_as, fsclone_json
 from tests.fstree import assert_rsync_clean, assert_same_tree, leftovers, preserving_atimes
 from tests.inline import InlineTransport
-from tests.mounts import require_root, resize_tmpfs, tmpfs
+from tests.mounts import loop_fs, require_root, resize_tmpfs, tmpfs
 
 MIB = 1 << 20
 #: a "large" file is one of 1 MiB or more, copied in 1 MiB ranges
@@ -177,3 +177,29 @@ def test_a_user_syncs_into_their_own_read_only_directories(nobody_tree: Path) ->
     assert stat.S_IMODE(os.stat(dst / "ro").st_mode) == 0o555
     assert_same_tree(src, dst)
     assert_rsync_clean(src, dst)
+
+
+def test_times_the_target_cannot_hold_are_reported_once_and_not_recopied(
+        tmp_path: Path) -> None:
+    """ext4 with 128-byte inodes stops in 2038: a source file of year 2300 is kept at that
+    limit, and the next pass must not take it for a change."""
+    src, state = tmp_path / "src", tmp_path / "state"
+    src.mkdir()
+    (src / "future").write_text("from 2300")
+    (src / "now").write_text("today")
+    year_2300 = 10_413_792_000.0
+    os.utime(src / "future", (year_2300, year_2300))
+    os.utime(src / "now", (1_700_000_000, 1_700_000_000))  # whole seconds, as this ext4 keeps
+    with loop_fs(tmp_path / "dst", "ext4", mkfs_args=["-I", "128"]) as dst:
+        rc, out = fsclone_json("pass", "copy", src, dst, state=state)
+        assert rc == 0, out
+        assert out["counters"]["times_beyond_target"] == 1
+        assert (dst / "future").read_text() == "from 2300"
+        proc = fsclone("pass", "sync", src, dst, state=state)
+        assert proc.returncode == 0, proc.stderr
+        warnings = [line for line in proc.stderr.decode().splitlines() if "cannot hold" in line]
+        assert len(warnings) == 1, proc.stderr
+        rc, out = fsclone_json("pass", "sync", src, dst, state=state)
+        assert rc == 0, out
+        assert out["counters"].get("files_copied", 0) == 0, out
+        assert out["counters"].get("updated", 0) == 0, out

@@ -166,6 +166,10 @@ def _coordinate(cfg: Config, req: PassRequest, kw: dict[str, Any],
             hooks.manifest = stack.enter_context(ManifestWriter(kw["manifest"])).write
         spec, summary = run_pass(cfg, req, hooks, transport)
     console.summary(spec.id, req.op, summary, spec.dry_run, _verify_notes(spec))
+    clamped = summary.counters.get(C.TIMES_CLAMPED)
+    if clamped:
+        console.warn(f"warning: {clamped} entries have times the target filesystem cannot hold; "
+                     "they are kept at its limit and not taken for changes")
     failed = summary.error_count or summary.counters.get(C.MISMATCHES)
     return EXIT_ITEMS_FAILED if failed else EXIT_OK
 

@@ -149,29 +149,58 @@ class MetaDiff:
         return [n for n in ("owner", "mode", "xattrs", "times") if getattr(self, n)]
 
 
-def same_time(a_ns: int, b_ns: int, window_ns: int) -> bool:
-    return abs(a_ns - b_ns) <= window_ns
+@dataclass(frozen=True)
+class TimeRule:
+    """When a target time counts as the source's: within ``window_ns`` (``--modify-window``),
+    after the source time is brought into what the target filesystem can hold (``low_ns`` ..
+    ``high_ns``, found by a probe; None: no limit seen). A year-2300 mtime on a filesystem that
+    stops in 2038 is kept there at its limit, and must not be taken for a change on every
+    pass."""
+
+    window_ns: int = 0
+    low_ns: int | None = None
+    high_ns: int | None = None
+
+    @property
+    def bounded(self) -> bool:
+        return self.low_ns is not None or self.high_ns is not None
+
+    def fit(self, ns: int) -> int:
+        """``ns`` as the target would store it."""
+        if self.high_ns is not None and ns > self.high_ns:
+            return self.high_ns
+        if self.low_ns is not None and ns < self.low_ns:
+            return self.low_ns
+        return ns
+
+    def same(self, src_ns: int, dst_ns: int) -> bool:
+        return src_ns == dst_ns or abs(self.fit(src_ns) - dst_ns) <= self.window_ns
+
+    def holds(self, st: os.stat_result) -> bool:
+        """Whether the target can hold ``st``'s atime and mtime as they are."""
+        return (self.fit(st.st_mtime_ns) == st.st_mtime_ns
+                and self.fit(st.st_atime_ns) == st.st_atime_ns)
 
 
-def inode_same(src: os.stat_result, dst: os.stat_result, window_ns: int,
+def inode_same(src: os.stat_result, dst: os.stat_result, times: TimeRule,
                check_owner: bool = IS_ROOT) -> bool:
     """The fast check of the no-change path: what :func:`inode_diff` tells, without building
     a diff."""
-    if window_ns == 0:
-        return (src.st_mtime_ns == dst.st_mtime_ns and src.st_atime_ns == dst.st_atime_ns
-                and (src.st_mode == dst.st_mode or stat.S_ISLNK(src.st_mode))
-                and (not check_owner or (src.st_uid, src.st_gid) == (dst.st_uid, dst.st_gid)))
-    return not inode_diff(src, dst, window_ns, check_owner)
+    return (((src.st_mtime_ns == dst.st_mtime_ns and src.st_atime_ns == dst.st_atime_ns)
+             or (times.same(src.st_mtime_ns, dst.st_mtime_ns)
+             and times.same(src.st_atime_ns, dst.st_atime_ns)))
+            and (src.st_mode == dst.st_mode or stat.S_ISLNK(src.st_mode))
+            and (not check_owner or (src.st_uid, src.st_gid) == (dst.st_uid, dst.st_gid)))
 
 
-def inode_diff(src: os.stat_result, dst: os.stat_result, window_ns: int,
+def inode_diff(src: os.stat_result, dst: os.stat_result, times: TimeRule,
                check_owner: bool = IS_ROOT) -> MetaDiff:
     """Compare what lstat tells (no xattrs). Symlink modes are not compared (always 0777)."""
     return MetaDiff(
         owner=check_owner and (src.st_uid != dst.st_uid or src.st_gid != dst.st_gid),
         mode=not stat.S_ISLNK(src.st_mode) and src.st_mode != dst.st_mode,
-        times=not (same_time(src.st_mtime_ns, dst.st_mtime_ns, window_ns)
-                   and same_time(src.st_atime_ns, dst.st_atime_ns, window_ns)),
+        times=not (times.same(src.st_mtime_ns, dst.st_mtime_ns)
+                   and times.same(src.st_atime_ns, dst.st_atime_ns)),
     )
 
 

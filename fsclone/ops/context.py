@@ -9,15 +9,17 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
-from fsclone.chunk import Chunk, ItemError, Result, join
+from fsclone.chunk import Chunk, ItemError, Result, join, new_id
 from fsclone.filters import Filters
-from fsclone.fs import dirs
+from fsclone.fs import dirs, meta, profile
 from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 
 TMP_PREFIX = ".fsclone-tmp."
 LINKS_PREFIX = ".fsclone-links."
+#: passes whose workers write times to the target
+_WRITING_OPS = {"copy", "sync", "mtime"}
 
 
 #: what fsclone's own temp names look like: prefix, pass id, crc32 of the final name, a tag
@@ -78,7 +80,21 @@ class Context:
         self.dst_dev = os.fstat(self.dst_root).st_dev if self.dst_root is not None else 0
         self.staging = LINKS_PREFIX + spec.id
         self.unnamed = UnnamedFiles()
+        #: when a target time counts as the source's (see fs.meta.TimeRule)
+        self.times = meta.TimeRule(spec.modify_window_ns, *self._time_limits())
         self._staging_fd: int | None = None
+
+    def _time_limits(self) -> tuple[int | None, int | None]:
+        """What times the target can hold, probed by passes that write to it (a verify
+        reports a time the target could not keep, rather than forgive it). A probe the target
+        refuses (a read-only root, for a non-root user) means no limits are known."""
+        if self.dst_root is None or self.spec.dry_run or self.spec.op not in _WRITING_OPS:
+            return None, None
+        probe = temp_name(self.spec.id, "", new_id()[:12])
+        try:
+            return profile.time_limits(self.dst_root, self.unnamed, probe)
+        except OSError:
+            return None, None
 
     def staging_fd(self) -> int:
         """The hard-link staging directory at the target root, made on first use."""

@@ -151,10 +151,10 @@ class DirCopier:
         names = [name for name, _, _ in self.unsettled]
         wanted = meta.read_xattrs_of(names, self.sfd)
         present = meta.read_xattrs_of(names, self.dfd)
-        window = self.spec.modify_window_ns
+        times = self.ctx.times
         same = 0
         for (name, st, dst), sx, dx in zip(self.unsettled, wanted, present, strict=True):
-            if sx == dx and meta.inode_same(st, dst, window):
+            if sx == dx and meta.inode_same(st, dst, times):
                 same += 1
                 continue
             try:
@@ -219,6 +219,8 @@ class DirCopier:
         if filters.globs and filters.excluded(self.out.path(name), name):
             self.out.count(C.SKIP_EXCLUDED)
             return
+        if self.ctx.times.bounded and not self.ctx.times.holds(st):
+            self.out.count(C.TIMES_CLAMPED)
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             self.directory(name, self.out.path(name))
@@ -288,7 +290,7 @@ class DirCopier:
         if st.st_size != dst.st_size:
             return False
         if not self.spec.checksum:
-            return meta.same_time(st.st_mtime_ns, dst.st_mtime_ns, self.spec.modify_window_ns)
+            return self.ctx.times.same(st.st_mtime_ns, dst.st_mtime_ns)
         assert self.dfd is not None
         with dirs.FilePair(name, self.sfd, self.dfd) as (src, dst_fd):
             size = st.st_size
@@ -299,7 +301,7 @@ class DirCopier:
         """Metadata-only changes are applied in place: no data is rewritten. ``sx`` and ``dx``
         are the source's and the target's xattrs."""
         assert self.dfd is not None
-        diff = meta.with_xattrs(meta.inode_diff(st, dst, self.spec.modify_window_ns), sx, dx)
+        diff = meta.with_xattrs(meta.inode_diff(st, dst, self.ctx.times), sx, dx)
         self.out.act("attrs", self.out.path(name), ",".join(diff.names()))
         if not self.dry:
             meta.apply_all(name, st, sx, dx, self.dfd, current=dst)
@@ -444,7 +446,7 @@ class DirCopier:
         only then are both links read and compared. Readlink moves a link's atime (no
         O_NOATIME for links), so what the copy is then compared with is taken after it."""
         if (dst is not None and stat.S_ISLNK(dst.st_mode) and dst.st_size == st.st_size
-                and meta.same_time(st.st_mtime_ns, dst.st_mtime_ns, self.spec.modify_window_ns)):
+                and self.ctx.times.same(st.st_mtime_ns, dst.st_mtime_ns)):
             current = self._same_link(name, st, dst)
             if current is not None:
                 self.unsettled.append((name, *current))

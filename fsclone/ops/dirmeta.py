@@ -20,7 +20,7 @@ def apply_dir_meta(ctx: Context, out: Outcome, relpath: str, sfd: int, dfd: int,
     (the mtime pass); with False nothing (a directory this pass created)."""
     try:
         sst, dst = os.fstat(sfd), os.fstat(dfd)
-        diff = meta.inode_diff(sst, dst, ctx.spec.modify_window_ns)
+        diff = meta.inode_diff(sst, dst, ctx.times)
         sx, dx = meta.read_xattrs(sfd), meta.read_xattrs(dfd)
         diff = meta.with_xattrs(diff, sx, dx)
         if not diff:

@@ -211,7 +211,7 @@ class DirVerifier:
             found.append(f"owner {st.st_uid}:{st.st_gid} != {dst.st_uid}:{dst.st_gid}")
         if st.st_mode != dst.st_mode and not stat.S_ISLNK(st.st_mode):  # a link's mode is fixed
             found.append(f"mode {st.st_mode:#o} != {dst.st_mode:#o}")
-        if not meta.same_time(st.st_mtime_ns, dst.st_mtime_ns, self.spec.modify_window_ns):
+        if not self.ctx.times.same(st.st_mtime_ns, dst.st_mtime_ns):
             found.append(f"mtime {_when(st.st_mtime_ns)} != {_when(dst.st_mtime_ns)}")
         for key in sorted(src_x.keys() | dst_x.keys()) if src_x != dst_x else ():
             label = f"{'ACL' if key.startswith('system.posix_acl_') else 'xattr'} {key!r}"

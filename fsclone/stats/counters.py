@@ -15,6 +15,8 @@ SKIP_NEWER = "skipped_newer"
 SKIP_OLDER = "skipped_older"
 SKIP_EXCLUDED = "skipped_excluded"
 CHANGED = "changed_during_copy"
+#: entries whose times the target filesystem cannot hold (kept at its limit; not a change)
+TIMES_CLAMPED = "times_beyond_target"
 DELETED = "deleted"
 PLANNED_DELETES = "delete_planned"
 ERRORS = "errors"

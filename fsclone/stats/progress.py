@@ -19,6 +19,7 @@ _SUMMARY = [
     (C.SAME, "unchanged"), (C.PLANNED_DELETES, "planned for deletion"), (C.DELETED, "deleted"),
     (C.SKIP_NEWER, "skipped: newer than --newest"), (C.SKIP_OLDER, "skipped: older than --oldest"),
     (C.SKIP_EXCLUDED, "skipped: excluded"), (C.CHANGED, "changed during copy (next pass)"),
+    (C.TIMES_CLAMPED, "times the target cannot hold"),
     (C.VERIFIED, "files verified"), (C.HASHED, "bytes hashed"), (C.MISMATCHES, "mismatches"),
     (C.ERRORS, "errors"),
 ]
