@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -102,6 +103,10 @@ def _escape(word: str | bytes) -> str:
     return "".join(chr(b) if 0x21 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in raw)
 
 
+def _unescape_mountinfo(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def _die_with_parent() -> None:
     """In the daemon before exec: if the test or benchmark dies, unmount (SIGTERM) and go."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -172,6 +177,14 @@ class FaultFS:
                                    f"{self.log()}")
             time.sleep(0.01)
 
+    def _mounted(self) -> bool:
+        """Whether a mount sits on the mountpoint, a dead daemon's too (whose mountpoint
+        os.path.ismount cannot stat: ENOTCONN)."""
+        target = os.path.realpath(self.mountpoint)
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            # field 5 is the mount point, with space, tab, newline and backslash octal-escaped
+            return any(_unescape_mountinfo(line.split()[4]) == target for line in f)
+
     def log(self) -> str:
         """What the daemon printed (errors at start, mostly)."""
         if self._workdir is None:
@@ -188,7 +201,7 @@ class FaultFS:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        if os.path.ismount(self.mountpoint):
+        if self._proc is not None and self._mounted():
             umount = subprocess.run(["fusermount3", "-u", str(self.mountpoint)],
                                     capture_output=True, check=False)
             if umount.returncode != 0:  # busy: detach now, the kernel ends it when unused

@@ -9,6 +9,7 @@ must leave a target that the comparator and rsync both call faithful.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -39,7 +40,7 @@ def output(proc: subprocess.CompletedProcess[bytes]) -> str:
     return proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
 
 
-def make_tree(root: Path, *, big: bool = False) -> dict[str, bytes]:
+def make_tree(root: Path, *, big: bool = False) -> None:
     """A few files that must go over whatever happens to ``victim/``, and the victims."""
     files = {"ok/a": b"a" * 100, "ok/b": os.urandom(5000), "victim/small": os.urandom(3000)}
     if big:
@@ -48,7 +49,6 @@ def make_tree(root: Path, *, big: bool = False) -> dict[str, bytes]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
     os.setxattr(root / "victim/small", "user.tag", b"kept")
-    return files
 
 
 def _regular_files(root: Path) -> Iterator[str]:
@@ -95,157 +95,129 @@ def assert_nothing_wrong_under_final_names(src: Path, dst: Path) -> None:
     assert not wrong, f"published with the source's size and mtime and wrong bytes: {wrong}"
 
 
-def assert_faithful_after_one_more_pass(fs: FaultFS, src: Path, dst: Path, state: Path,
-                                        op: str = "copy") -> None:
-    """Lift the fault; one plain pass must then leave dst exactly src, by both judges."""
-    fs.clear()
-    proc = run(op, fs_root(fs, src), fs_root(fs, dst), state=state)
-    assert proc.returncode == 0, output(proc)
-    assert_same_tree(src, dst)
-    assert_rsync_clean(src, dst)
-    assert_nothing_wrong_under_final_names(src, dst)
-    assert leftovers(dst) == []
+class Scene:
+    """A pass's two sides, one of them on faultfs: ``src`` and ``dst`` are the real trees
+    (the backing directory on the faulty side), ``roots`` what the pass is given."""
 
-
-def fs_root(fs: FaultFS, path: Path) -> Path:
-    """The path a pass is given: the mountpoint for the faulty side, else the path itself."""
-    return fs.mountpoint if path == fs.backing else path
-
-
-def listed(proc: subprocess.CompletedProcess[bytes], rel: str, code: int) -> bool:
-    """Whether the pass printed an error line for rel with this errno."""
-    return any(rel in line and f"[errno {code}]" in line for line in output(proc).splitlines())
-
-
-def test_eio_in_one_range_of_a_large_file_on_the_target(tmp_path: Path) -> None:
-    src, state = tmp_path / "src", tmp_path / "state"
-    src.mkdir()
-    make_tree(src, big=True)
-    with faulty(tmp_path, "dst") as (mnt, fs):
-        fs.fail("WRITE", "EIO", path="victim/*", offset=IN_RANGE_2)
-        proc = run("copy", src, mnt, state=state)
-        assert proc.returncode == 1, output(proc)
-        assert listed(proc, "victim/big", errno.EIO), output(proc)
-        assert (fs.backing / "ok/b").read_bytes() == (src / "ok/b").read_bytes()
-        assert_nothing_wrong_under_final_names(src, fs.backing)
-        assert_faithful_after_one_more_pass(fs, src, fs.backing, state)
-
-
-def test_eio_reading_one_range_of_a_large_source_file(tmp_path: Path) -> None:
-    dst, state = tmp_path / "dst", tmp_path / "state"
-    with faulty(tmp_path, "src") as (mnt, fs):
-        make_tree(fs.backing, big=True)
-        fs.fail("READ", "EIO", path="victim/big", offset=IN_RANGE_2)
-        proc = run("copy", mnt, dst, state=state)
-        assert proc.returncode == 1, output(proc)
-        assert listed(proc, "victim/big", errno.EIO), output(proc)
-        assert_nothing_wrong_under_final_names(fs.backing, dst)
-        assert_faithful_after_one_more_pass(fs, fs.backing, dst, state)
-
-
-@pytest.mark.parametrize("side", ["source-read", "target-write"])
-def test_eio_in_a_small_files_data(tmp_path: Path, side: str) -> None:
-    with faulty(tmp_path, "m") as (mnt, fs):
-        if side == "source-read":
-            src, dst, args = fs.backing, tmp_path / "dst", (mnt, tmp_path / "dst")
-            make_tree(src)
-            fs.fail("READ", "EIO", path="victim/small")
+    def __init__(self, tmp_path: Path, fs: FaultFS, faulty_side: str) -> None:
+        self.fs, self.state = fs, tmp_path / "state"
+        other = tmp_path / ("dst" if faulty_side == "src" else "src")
+        other.mkdir(exist_ok=True)
+        if faulty_side == "src":
+            self.src, self.dst, self.roots = fs.backing, other, (fs.mountpoint, other)
         else:
-            src, dst, args = tmp_path / "src", fs.backing, (tmp_path / "src", mnt)
-            src.mkdir()
-            make_tree(src)
-            fs.fail("WRITE", "EIO", path="victim/*")  # the file is written under a temp name
-        proc = run("copy", *args, state=tmp_path / "state")
+            self.src, self.dst, self.roots = other, fs.backing, (other, fs.mountpoint)
+
+    def run(self, op: str = "copy") -> subprocess.CompletedProcess[bytes]:
+        return run(op, *self.roots, state=self.state)
+
+    def faulted(self, op: str, err: str, path: str, pass_op: str = "copy", *,
+                offset: int | None = None,
+                start: int | None = None) -> subprocess.CompletedProcess[bytes]:
+        """Run a pass while requests of type op fail with err (rule as in FaultFS.fail)."""
+        self.fs.fail(op, err, path=path, offset=offset, start=start)
+        return self.run(pass_op)
+
+    def assert_failed(self, proc: subprocess.CompletedProcess[bytes], rel: str,
+                      code: int) -> None:
+        """The pass exited 1 (items failed), listed rel with this errno, and published no file
+        that looks current with wrong bytes."""
         assert proc.returncode == 1, output(proc)
-        assert listed(proc, "victim/small", errno.EIO), output(proc)
-        assert (dst / "ok/b").read_bytes() == (src / "ok/b").read_bytes()
-        assert_nothing_wrong_under_final_names(src, dst)
-        assert_faithful_after_one_more_pass(fs, src, dst, tmp_path / "state")
+        assert any(rel in line and f"[errno {code}]" in line
+                   for line in output(proc).splitlines()), output(proc)
+        wrong = wrong_under_final_names(self.src, self.dst)
+        assert not wrong, f"published with the source's size and mtime and wrong bytes: {wrong}"
+
+    def assert_converges(self, op: str = "copy") -> None:
+        """Lift the fault; one plain pass must then leave dst exactly src, by both judges."""
+        self.fs.clear()
+        proc = self.run(op)
+        assert proc.returncode == 0, output(proc)
+        assert_same_tree(self.src, self.dst)
+        assert_rsync_clean(self.src, self.dst)
+        assert wrong_under_final_names(self.src, self.dst) == []
+        assert leftovers(self.dst) == []
+
+
+@contextlib.contextmanager
+def scene(tmp_path: Path, faulty_side: str, *, big: bool = False) -> Iterator[Scene]:
+    """faultfs under SRC or DST, the source filled by make_tree."""
+    with faulty(tmp_path, faulty_side) as (_, fs):
+        sc = Scene(tmp_path, fs, faulty_side)
+        make_tree(sc.src, big=big)
+        yield sc
+
+
+@pytest.mark.parametrize(("side", "op"), [("dst", "WRITE"), ("src", "READ")])
+def test_eio_in_one_range_of_a_large_file(tmp_path: Path, side: str, op: str) -> None:
+    with scene(tmp_path, side, big=True) as sc:
+        proc = sc.faulted(op, "EIO", path="victim/*", offset=IN_RANGE_2)
+        assert (sc.dst / "ok/b").read_bytes() == (sc.src / "ok/b").read_bytes()
+        sc.assert_failed(proc, "victim/big", errno.EIO)
+        sc.assert_converges()
+
+
+@pytest.mark.parametrize(("side", "op"), [("src", "READ"), ("dst", "WRITE"),
+                                          ("dst", "SETXATTR")])
+def test_eio_in_a_small_files_data_or_xattrs(tmp_path: Path, side: str, op: str) -> None:
+    """On the target, the file is written (and its xattrs set) under a temp name in victim/."""
+    with scene(tmp_path, side) as sc:
+        proc = sc.faulted(op, "EIO", path="victim/*")
+        assert (sc.dst / "ok/b").read_bytes() == (sc.src / "ok/b").read_bytes()
+        sc.assert_failed(proc, "victim/small", errno.EIO)
+        sc.assert_converges()
 
 
 @pytest.mark.parametrize("op", ["RENAME", "LINK"])
 def test_eio_on_the_targets_link_or_rename_step(tmp_path: Path, op: str) -> None:
     """RENAME: a changed file's temp is renamed over the old one. LINK: a new name of a
     hard-linked file is linked from the pass's staging directory."""
-    src, state = tmp_path / "src", tmp_path / "state"
-    src.mkdir()
-    make_tree(src)
-    with faulty(tmp_path, "dst") as (mnt, fs):
-        assert run("copy", src, mnt, state=state).returncode == 0
+    with scene(tmp_path, "dst") as sc:
+        assert sc.run().returncode == 0
         if op == "RENAME":
-            (src / "victim/small").write_bytes(os.urandom(3001))  # a temp renamed over it
+            (sc.src / "victim/small").write_bytes(os.urandom(3001))
         else:
-            os.link(src / "victim/small", src / "victim/second-name")
-        fs.fail(op, "EIO", path="victim/*")
-        proc = run("copy", src, mnt, state=state)
-        assert proc.returncode == 1, output(proc)
-        assert listed(proc, "victim/", errno.EIO), output(proc)
-        assert_nothing_wrong_under_final_names(src, fs.backing)
-        assert_faithful_after_one_more_pass(fs, src, fs.backing, state)
-
-
-def test_eio_on_setxattr_on_the_target(tmp_path: Path) -> None:
-    src, state = tmp_path / "src", tmp_path / "state"
-    src.mkdir()
-    make_tree(src)
-    with faulty(tmp_path, "dst") as (mnt, fs):
-        fs.fail("SETXATTR", "EIO", path="victim/*")
-        proc = run("copy", src, mnt, state=state)
-        assert proc.returncode == 1, output(proc)
-        assert listed(proc, "victim/small", errno.EIO), output(proc)
-        assert_nothing_wrong_under_final_names(src, fs.backing)
-        assert_faithful_after_one_more_pass(fs, src, fs.backing, state)
+            os.link(sc.src / "victim/small", sc.src / "victim/second-name")
+        proc = sc.faulted(op, "EIO", path="victim/*")
+        sc.assert_failed(proc, "victim/", errno.EIO)
+        sc.assert_converges()
 
 
 @pytest.mark.parametrize("op", ["OPENDIR", "READDIR"])
 def test_eio_listing_a_source_directory_deletes_nothing_under_it(tmp_path: Path,
                                                                  op: str) -> None:
-    dst, state = tmp_path / "dst", tmp_path / "state"
-    with faulty(tmp_path, "src") as (mnt, fs):
-        make_tree(fs.backing)
-        (fs.backing / "victim/sub").mkdir()
-        (fs.backing / "victim/sub/deep").write_bytes(b"deep")
-        assert run("copy", mnt, dst, state=state).returncode == 0
-        target_only = ["victim/extra", "victim/sub/extra", "ok/extra"]
-        for rel in target_only:
-            (dst / rel).write_bytes(b"only in the target")
-        fs.fail(op, "EIO", path="victim")
-        proc = run("sync", mnt, dst, state=state)
-        assert proc.returncode != 0, output(proc)
-        assert listed(proc, "victim", errno.EIO), output(proc)
-        assert (dst / "victim/extra").exists() and (dst / "victim/sub/extra").exists()
-        assert (dst / "victim/sub/deep").exists()
-        assert_faithful_after_one_more_pass(fs, fs.backing, dst, state, op="sync")
+    with scene(tmp_path, "src") as sc:
+        (sc.src / "victim/sub").mkdir()
+        (sc.src / "victim/sub/deep").write_bytes(b"deep")
+        assert sc.run().returncode == 0
+        for rel in ("victim/extra", "victim/sub/extra", "ok/extra"):
+            (sc.dst / rel).write_bytes(b"only in the target")
+        proc = sc.faulted(op, "EIO", path="victim", pass_op="sync")
+        sc.assert_failed(proc, "victim", errno.EIO)
+        for rel in ("victim/extra", "victim/sub/extra", "victim/sub/deep"):
+            assert (sc.dst / rel).exists(), f"{rel} deleted under an unlisted directory"
+        sc.assert_converges("sync")
 
 
 def test_enospc_part_way_through_a_large_file(tmp_path: Path) -> None:
     """The target fills up inside the big file's third range: nothing partial under a final
     name, one line that names the error, and a pass with room converges."""
-    src, state = tmp_path / "src", tmp_path / "state"
-    src.mkdir()
-    make_tree(src, big=True)
-    with faulty(tmp_path, "dst") as (mnt, fs):
-        fs.fail("WRITE", "ENOSPC", path="victim/*", start=IN_RANGE_2)
-        proc = run("copy", src, mnt, state=state)
-        assert proc.returncode == 1, output(proc)
+    with scene(tmp_path, "dst", big=True) as sc:
+        proc = sc.faulted("WRITE", "ENOSPC", path="victim/*", start=IN_RANGE_2)
         lines = [line for line in output(proc).splitlines()
                  if f"[errno {errno.ENOSPC}]" in line or "No space left" in line]
         assert len(lines) == 1 and "victim/big" in lines[0], output(proc)
-        assert_nothing_wrong_under_final_names(src, fs.backing)
-        assert_faithful_after_one_more_pass(fs, src, fs.backing, state)
+        sc.assert_failed(proc, "victim/big", errno.ENOSPC)
+        sc.assert_converges()
 
 
 @pytest.mark.parametrize("err", ["ESTALE", "EACCES"])
 def test_a_source_file_that_cannot_be_opened_is_listed_not_fatal(tmp_path: Path,
                                                                   err: str) -> None:
-    dst, state = tmp_path / "dst", tmp_path / "state"
-    with faulty(tmp_path, "src") as (mnt, fs):
-        files = make_tree(fs.backing)
-        fs.fail("OPEN", err, path="victim/small")
-        proc = run("copy", mnt, dst, state=state)
-        assert proc.returncode == 1, output(proc)
-        assert listed(proc, "victim/small", getattr(errno, err)), output(proc)
+    with scene(tmp_path, "src") as sc:
+        proc = sc.faulted("OPEN", err, path="victim/small")
+        sc.assert_failed(proc, "victim/small", getattr(errno, err))
         for rel in ("ok/a", "ok/b"):
-            assert (dst / rel).read_bytes() == files[rel]
-        assert not (dst / "victim/small").exists()
-        assert_faithful_after_one_more_pass(fs, fs.backing, dst, state)
+            assert (sc.dst / rel).read_bytes() == (sc.src / rel).read_bytes()
+        assert not (sc.dst / "victim/small").exists()
+        sc.assert_converges()
