@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import time
 from pathlib import Path
 
@@ -16,9 +17,11 @@ from tests.faultmount import faulty
 from tests.fstree import atime_map, build_hostile_tree, snapshot, tree_diffs
 
 MIB = 1 << 20
+#: vfs_cap_data revision 2 granting cap_net_raw, as `setcap cap_net_raw+p` writes it
+CAPABILITY = struct.pack("<5I", 0x02000000, 1 << 13, 0, 0, 0)
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path | bytes) -> bytes:
     with open(path, "rb", buffering=0) as f:
         return f.read()
 
@@ -38,6 +41,7 @@ def test_the_mount_shows_the_backing_tree_exactly(tmp_path: Path) -> None:
     with faulty(tmp_path, "m") as (mnt, _):
         backing = tmp_path / "m.backing"
         build_hostile_tree(backing)
+        os.setxattr(backing / "files/big", "security.capability", CAPABILITY)
         before = snapshot(backing)
         through = snapshot(mnt)
         assert tree_diffs(before, through) == []
@@ -50,6 +54,7 @@ def test_a_copy_written_through_the_mount_is_faithful(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     build_hostile_tree(src)
+    os.setxattr(src / "files/big", "security.capability", CAPABILITY)
     with faulty(tmp_path, "dst") as (mnt, _):
         proc = fsclone("pass", "copy", src, mnt, state=tmp_path / "state")
         assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
@@ -83,10 +88,15 @@ def test_a_rule_fails_only_its_path_and_clear_lifts_it(tmp_path: Path) -> None:
         (mnt / "sub").mkdir()
         for name in ("a", "b", "sub/a"):
             (mnt / name).write_bytes(b"data")
+        odd = os.fsencode(mnt) + b"/sp ace\n\xff"
+        with open(odd, "wb") as f:
+            f.write(b"data")
         fs.fail("OPEN", "EACCES", path="a")
         fs.fail("OPEN", "ESTALE", path="sub/*")
+        fs.fail("OPEN", "EIO", path=b"sp ace\n\xff")
         assert _errno_of(lambda: _read(mnt / "a")) == errno.EACCES
         assert _errno_of(lambda: _read(mnt / "sub/a")) == errno.ESTALE
+        assert _errno_of(lambda: _read(odd)) == errno.EIO
         assert _read(mnt / "b") == b"data"
         fs.clear()
         assert _read(mnt / "a") == _read(mnt / "sub/a") == b"data"
@@ -150,6 +160,23 @@ def test_counters_count_each_request_type_and_reset_zeroes_them(tmp_path: Path) 
         fs.reset()
         counts = fs.counters()
         assert counts["SETXATTR"] == 0 and counts["injected"] == 0
+
+
+def test_entry_and_attr_timeouts_set_the_kernels_caches(tmp_path: Path) -> None:
+    """The latency benchmark's "dentries cached, attributes not": no LOOKUP again, a GETATTR
+    on every stat (and one on the mount root, whose permission the kernel checks)."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b/f").write_bytes(b"abc")
+    (tmp_path / "m").mkdir()
+    with faulty(tmp_path, "probe"):  # skips where faultfs cannot run
+        pass
+    with FaultFS(tmp_path / "b", tmp_path / "m", entry_timeout=60, attr_timeout=0) as fs:
+        os.stat(tmp_path / "m/f")
+        fs.reset()
+        for _ in range(3):
+            os.stat(tmp_path / "m/f")
+        counts = fs.counters()
+        assert counts["LOOKUP"] == 0 and counts["GETATTR"] >= 3
 
 
 def test_delay_slows_each_request_of_its_type(tmp_path: Path) -> None:
