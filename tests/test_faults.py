@@ -1,0 +1,223 @@
+"""Faults injected under real passes (issue 9's "fault injection that proves it").
+
+Each case puts SRC or DST on faultfs, makes one kind of request fail, and runs the real CLI.
+The pass must list the failure with its path and errno and exit non-zero; at no moment may
+the target hold a file under its final name with the source's size and mtime and other bytes
+(the next pass would take it for current); and once the fault is lifted, one more plain pass
+must leave a target that the comparator and rsync both call faithful.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from faultfs import FaultFS
+from tests.clirun import fsclone
+from tests.faultmount import faulty
+from tests.fstree import assert_rsync_clean, assert_same_tree, leftovers, preserving_atimes
+
+MIB = 1 << 20
+#: 4 MiB files go in four 1 MiB ranges
+SETTINGS = {"large_file_size": MIB, "range_size": MIB}
+BIG = 4 * MIB
+#: a byte inside the big file's third range (range 2, counting from 0)
+IN_RANGE_2 = 2 * MIB + 12345
+
+
+def run(*args: str | Path, state: Path) -> subprocess.CompletedProcess[bytes]:
+    return fsclone("pass", *args, state=state, **SETTINGS)
+
+
+def output(proc: subprocess.CompletedProcess[bytes]) -> str:
+    return proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+
+
+def make_tree(root: Path, *, big: bool = False) -> None:
+    """A few files that must go over whatever happens to ``victim/``, and the victims."""
+    files = {"ok/a": b"a" * 100, "ok/b": os.urandom(5000), "victim/small": os.urandom(3000)}
+    if big:
+        files["victim/big"] = os.urandom(BIG)
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    os.setxattr(root / "victim/small", "user.tag", b"kept")
+
+
+def _regular_files(root: Path) -> Iterator[str]:
+    """Relative paths of the regular files under root, fsclone's temp names left out."""
+    for top, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".fsclone-")]
+        for name in names:
+            path = Path(top, name)
+            if not name.startswith(".fsclone-") and stat.S_ISREG(path.lstat().st_mode):
+                yield str(path.relative_to(root))
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(MIB), fb.read(MIB)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def wrong_under_final_names(src: Path, dst: Path) -> list[str]:
+    """Target files that look current (a regular file of the source's size and mtime under
+    the same name) and hold other bytes: no later pass without --checksum would mend them.
+    Reads the backing trees, never moving an atime."""
+    wrong = []
+    with preserving_atimes(src, dst):
+        for rel in _regular_files(dst):
+            try:
+                s = (src / rel).lstat()
+            except FileNotFoundError:
+                continue
+            d = (dst / rel).lstat()
+            if (stat.S_ISREG(s.st_mode) and (s.st_size, s.st_mtime_ns) == (d.st_size,
+                                                                           d.st_mtime_ns)
+                    and not _same_bytes(src / rel, dst / rel)):
+                wrong.append(rel)
+    return wrong
+
+
+def assert_nothing_wrong_under_final_names(src: Path, dst: Path) -> None:
+    wrong = wrong_under_final_names(src, dst)
+    assert not wrong, f"published with the source's size and mtime and wrong bytes: {wrong}"
+
+
+class Scene:
+    """A pass's two sides, one of them on faultfs: ``src`` and ``dst`` are the real trees
+    (the backing directory on the faulty side), ``roots`` what the pass is given."""
+
+    def __init__(self, tmp_path: Path, fs: FaultFS, faulty_side: str) -> None:
+        self.fs, self.state = fs, tmp_path / "state"
+        other = tmp_path / ("dst" if faulty_side == "src" else "src")
+        other.mkdir(exist_ok=True)
+        if faulty_side == "src":
+            self.src, self.dst, self.roots = fs.backing, other, (fs.mountpoint, other)
+        else:
+            self.src, self.dst, self.roots = other, fs.backing, (other, fs.mountpoint)
+
+    def run(self, op: str = "copy") -> subprocess.CompletedProcess[bytes]:
+        return run(op, *self.roots, state=self.state)
+
+    def faulted(self, op: str, err: str, path: str, pass_op: str = "copy", *,
+                offset: int | None = None,
+                start: int | None = None) -> subprocess.CompletedProcess[bytes]:
+        """Run a pass while requests of type op fail with err (rule as in FaultFS.fail)."""
+        self.fs.fail(op, err, path=path, offset=offset, start=start)
+        return self.run(pass_op)
+
+    def assert_failed(self, proc: subprocess.CompletedProcess[bytes], rel: str,
+                      code: int) -> None:
+        """The pass exited 1 (items failed), listed rel with this errno, and published no file
+        that looks current with wrong bytes."""
+        assert proc.returncode == 1, output(proc)
+        assert any(rel in line and f"[errno {code}]" in line
+                   for line in output(proc).splitlines()), output(proc)
+        wrong = wrong_under_final_names(self.src, self.dst)
+        assert not wrong, f"published with the source's size and mtime and wrong bytes: {wrong}"
+
+    def assert_converges(self, op: str = "copy") -> None:
+        """Lift the fault; one plain pass must then leave dst exactly src, by both judges."""
+        self.fs.clear()
+        proc = self.run(op)
+        assert proc.returncode == 0, output(proc)
+        assert_same_tree(self.src, self.dst)
+        assert_rsync_clean(self.src, self.dst)
+        assert wrong_under_final_names(self.src, self.dst) == []
+        assert leftovers(self.dst) == []
+
+
+@contextlib.contextmanager
+def scene(tmp_path: Path, faulty_side: str, *, big: bool = False) -> Iterator[Scene]:
+    """faultfs under SRC or DST, the source filled by make_tree."""
+    with faulty(tmp_path, faulty_side) as (_, fs):
+        sc = Scene(tmp_path, fs, faulty_side)
+        make_tree(sc.src, big=big)
+        yield sc
+
+
+@pytest.mark.parametrize(("side", "op"), [("dst", "WRITE"), ("src", "READ")])
+def test_eio_in_one_range_of_a_large_file(tmp_path: Path, side: str, op: str) -> None:
+    with scene(tmp_path, side, big=True) as sc:
+        proc = sc.faulted(op, "EIO", path="victim/*", offset=IN_RANGE_2)
+        assert (sc.dst / "ok/b").read_bytes() == (sc.src / "ok/b").read_bytes()
+        sc.assert_failed(proc, "victim/big", errno.EIO)
+        sc.assert_converges()
+
+
+@pytest.mark.parametrize(("side", "op"), [("src", "READ"), ("dst", "WRITE"),
+                                          ("dst", "SETXATTR")])
+def test_eio_in_a_small_files_data_or_xattrs(tmp_path: Path, side: str, op: str) -> None:
+    """On the target, the file is written (and its xattrs set) under a temp name in victim/."""
+    with scene(tmp_path, side) as sc:
+        proc = sc.faulted(op, "EIO", path="victim/*")
+        assert (sc.dst / "ok/b").read_bytes() == (sc.src / "ok/b").read_bytes()
+        sc.assert_failed(proc, "victim/small", errno.EIO)
+        sc.assert_converges()
+
+
+@pytest.mark.parametrize("op", ["RENAME", "LINK"])
+def test_eio_on_the_targets_link_or_rename_step(tmp_path: Path, op: str) -> None:
+    """RENAME: a changed file's temp is renamed over the old one. LINK: a new name of a
+    hard-linked file is linked from the pass's staging directory."""
+    with scene(tmp_path, "dst") as sc:
+        assert sc.run().returncode == 0
+        if op == "RENAME":
+            (sc.src / "victim/small").write_bytes(os.urandom(3001))
+        else:
+            os.link(sc.src / "victim/small", sc.src / "victim/second-name")
+        proc = sc.faulted(op, "EIO", path="victim/*")
+        sc.assert_failed(proc, "victim/", errno.EIO)
+        sc.assert_converges()
+
+
+@pytest.mark.parametrize("op", ["OPENDIR", "READDIR"])
+def test_eio_listing_a_source_directory_deletes_nothing_under_it(tmp_path: Path,
+                                                                 op: str) -> None:
+    with scene(tmp_path, "src") as sc:
+        (sc.src / "victim/sub").mkdir()
+        (sc.src / "victim/sub/deep").write_bytes(b"deep")
+        assert sc.run().returncode == 0
+        for rel in ("victim/extra", "victim/sub/extra", "ok/extra"):
+            (sc.dst / rel).write_bytes(b"only in the target")
+        proc = sc.faulted(op, "EIO", path="victim", pass_op="sync")
+        sc.assert_failed(proc, "victim", errno.EIO)
+        for rel in ("victim/extra", "victim/sub/extra", "victim/sub/deep"):
+            assert (sc.dst / rel).exists(), f"{rel} deleted under an unlisted directory"
+        sc.assert_converges("sync")
+
+
+def test_enospc_part_way_through_a_large_file(tmp_path: Path) -> None:
+    """The target fills up inside the big file's third range: nothing partial under a final
+    name, one line that names the error, and a pass with room converges."""
+    with scene(tmp_path, "dst", big=True) as sc:
+        proc = sc.faulted("WRITE", "ENOSPC", path="victim/*", start=IN_RANGE_2)
+        sc.assert_failed(proc, "victim/big", errno.ENOSPC)
+        lines = [line for line in output(proc).splitlines()
+                 if f"[errno {errno.ENOSPC}]" in line or "No space left" in line]
+        assert len(lines) == 1, output(proc)
+        sc.assert_converges()
+
+
+@pytest.mark.parametrize("err", ["ESTALE", "EACCES"])
+def test_a_source_file_that_cannot_be_opened_is_listed_not_fatal(tmp_path: Path,
+                                                                  err: str) -> None:
+    with scene(tmp_path, "src") as sc:
+        proc = sc.faulted("OPEN", err, path="victim/small")
+        sc.assert_failed(proc, "victim/small", getattr(errno, err))
+        for rel in ("ok/a", "ok/b"):
+            assert (sc.dst / rel).read_bytes() == (sc.src / rel).read_bytes()
+        assert not (sc.dst / "victim/small").exists()
+        sc.assert_converges()
