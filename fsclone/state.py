@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS pass (id TEXT PRIMARY KEY, spec TEXT, status TEXT, ph
     started REAL, ended REAL, counters TEXT, host TEXT, pid INTEGER);
 CREATE TABLE IF NOT EXISTS outstanding (id TEXT PRIMARY KEY, body BLOB);
 CREATE TABLE IF NOT EXISTS groups (id TEXT PRIMARY KEY, remaining INTEGER, then_chunk BLOB,
-    failed INTEGER NOT NULL DEFAULT 0);
+    failed BLOB);
 CREATE TABLE IF NOT EXISTS errors (seq INTEGER PRIMARY KEY, path BLOB, op TEXT, errno INTEGER,
     message TEXT);
 CREATE TABLE IF NOT EXISTS deletions (seq INTEGER PRIMARY KEY, path BLOB, names TEXT,
@@ -132,13 +132,19 @@ class PassStore:
             yield loads_chunk(body)
 
     def add_group(self, group: Group) -> None:
-        self.db.execute("INSERT OR IGNORE INTO groups VALUES (?,?,?,0)",
+        self.db.execute("INSERT OR IGNORE INTO groups VALUES (?,?,?,NULL)",
                         (group.id, group.size, dumps(group.then)))
 
-    def fail_member(self, group_id: str) -> None:
-        """A member of a barrier failed: its ``then`` chunk is released marked, so that what
-        the members built (a large file's temp) is discarded, never published."""
-        self.db.execute("UPDATE groups SET failed = 1 WHERE id=?", (group_id,))
+    def fail_member(self, group_id: str, path: str) -> bool:
+        """A member of a barrier failed at ``path``: the barrier's ``then`` chunk is released
+        marked, so that what the members built (a large file's temp) is discarded, never
+        published. Returns whether ``path`` is the barrier's first failure (the pieces of one
+        file often fail alike, as every range after a target fills: it is listed once)."""
+        row = self.db.execute("SELECT failed FROM groups WHERE id=?", (group_id,)).fetchone()
+        if row is None or row[0] is not None:
+            return row is None or os.fsdecode(row[0]) != path
+        self.db.execute("UPDATE groups SET failed=? WHERE id=?", (os.fsencode(path), group_id))
+        return True
 
     def complete_member(self, group_id: str) -> Chunk | None:
         """One member of a barrier is done; returns its ``then`` chunk when it was the last,
@@ -150,7 +156,7 @@ class PassStore:
             return None
         self.db.execute("DELETE FROM groups WHERE id=?", (group_id,))
         then = loads_chunk(row[1])
-        return replace(then, args={**then.args, "members_failed": True}) if row[2] else then
+        return then if row[2] is None else replace(then, args={**then.args, "members_failed": True})
 
     # -- results ------------------------------------------------------------------------------
     def add_counters(self, delta: dict[str, int], worker: str) -> None:
@@ -209,7 +215,7 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
     upgrade): barriers learnt to remember a failed member."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(groups)")}
     if "failed" not in columns:
-        db.execute("ALTER TABLE groups ADD COLUMN failed INTEGER NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE groups ADD COLUMN failed BLOB")
         db.commit()
 
 

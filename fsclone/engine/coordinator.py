@@ -186,10 +186,10 @@ class Coordinator:
             why = f"chunk failed {chunk.attempt + 1} times: {result.failed}"
             result = Result(chunk=chunk, counters={C.ERRORS: 1}, worker=result.worker,
                             errors=[ItemError(chunk.subject, chunk.op, 0, why)])
+        if result.errors and chunk.group:
+            self._fail_member(result, chunk.group)
         store.add_counters(result.counters, result.worker or COORDINATOR)
         store.add_errors(result.errors)
-        if result.errors and chunk.group:
-            store.fail_member(chunk.group)
         store.add_deletions(result.deletions)
         for line in result.actions:
             self.hooks.action(line)
@@ -203,6 +203,16 @@ class Coordinator:
             released.extend(self._complete_member(chunk.group))
         store.add_chunks(released)
         return released
+
+    def _fail_member(self, result: Result, group_id: str) -> None:
+        """Mark the barrier failed; an error its first failure listed already (the same file,
+        failing in another piece) is dropped from ``result`` rather than listed again."""
+        first = result.errors[0].path
+        if self.store.fail_member(group_id, first):
+            return
+        repeated = [e for e in result.errors if e.path == first]
+        result.errors = [e for e in result.errors if e.path != first]
+        result.counters[C.ERRORS] = result.counters.get(C.ERRORS, 0) - len(repeated)
 
     def _complete_member(self, group_id: str) -> list[Chunk]:
         """The chunk a finished barrier releases, if any (the caller records it outstanding)."""

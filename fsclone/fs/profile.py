@@ -1,10 +1,9 @@
 """What the target filesystem can hold, found by probes fsclone makes itself, never guessed
-from names: a probe writes only to an unnamed file (or a temp name of the pass, removed at
-once) in the target root."""
+from names. A probe writes only to an unnamed file in the target root: nothing a user or a
+directory's mtime could see."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from fsclone.fs.unnamed import UnnamedFiles
@@ -14,23 +13,16 @@ from fsclone.fs.unnamed import UnnamedFiles
 _FAR = float(2**40)
 
 
-def time_limits(root_fd: int, unnamed: UnnamedFiles,
-                temp: str) -> tuple[int | None, int | None]:
+def time_limits(root_fd: int, unnamed: UnnamedFiles) -> tuple[int | None, int | None]:
     """The earliest and latest times (ns) files on the filesystem of ``root_fd`` can hold,
-    None where the probe saw no limit. ``temp`` is a name to probe with where the filesystem
-    has no unnamed files."""
+    None where the probe saw no limit, or could not probe (no unnamed files there)."""
     fd = unnamed.open(root_fd, 0o600)
-    named = fd is None
     if fd is None:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=root_fd)
+        return None, None
     try:
         return _stored(fd, -_FAR), _stored(fd, _FAR)
     finally:
         os.close(fd)
-        if named:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp, dir_fd=root_fd)
 
 
 def _stored(fd: int, seconds: float) -> int | None:

@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
-from fsclone.chunk import Chunk, ItemError, Result, join, new_id
+from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
 from fsclone.fs import dirs, meta, profile
 from fsclone.fs.unnamed import UnnamedFiles
@@ -90,9 +90,8 @@ class Context:
         refuses (a read-only root, for a non-root user) means no limits are known."""
         if self.dst_root is None or self.spec.dry_run or self.spec.op not in _WRITING_OPS:
             return None, None
-        probe = temp_name(self.spec.id, "", new_id()[:12])
         try:
-            return profile.time_limits(self.dst_root, self.unnamed, probe)
+            return profile.time_limits(self.dst_root, self.unnamed)
         except OSError:
             return None, None
 

@@ -46,10 +46,15 @@ def changed(before: os.stat_result, after: os.stat_result) -> bool:
 
 def replace_entry(dfd: int, tmp: str, name: str, old: os.stat_result | None) -> None:
     """Rename a finished temp over ``name``. rename() replaces anything but a directory, so a
-    directory that became a file (a type swap) is removed first."""
-    if old is not None and stat.S_ISDIR(old.st_mode):
-        dirs.remove_tree_at(dfd, name)
-    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    directory that became a file (a type swap) is removed first. A temp that cannot be put in
+    place is removed: nothing of a failed step stays in the target."""
+    try:
+        if old is not None and stat.S_ISDIR(old.st_mode):
+            dirs.remove_tree_at(dfd, name)
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except BaseException:
+        discard(dfd, tmp)
+        raise
 
 
 def discard(dfd: int, tmp: str) -> None:
@@ -389,6 +394,9 @@ class DirCopier:
                 os.link(tmp, key, src_dir_fd=self.dfd, dst_dir_fd=stg, follow_symlinks=False)
             except FileExistsError:
                 discard(self.dfd, tmp)  # another worker published this inode first
+            except BaseException:
+                discard(self.dfd, tmp)
+                raise
             else:
                 replace_entry(self.dfd, tmp, name, dst)
                 self.out.count(C.COPIED)
