@@ -17,6 +17,7 @@ SKIP_EXCLUDED = "skipped_excluded"
 CHANGED = "changed_during_copy"
 DELETED = "deleted"
 PLANNED_DELETES = "delete_planned"
+TYPE_CHANGED = "type_changed"  # a directory now a non-directory or the reverse (a copy leaves it)
 ERRORS = "errors"
 CHUNKS = "chunks_done"
 HASHED = "bytes_hashed"
