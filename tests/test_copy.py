@@ -155,8 +155,19 @@ def test_type_swaps_on_either_side(tmp_path: Path) -> None:
     os.symlink("f2d", src / "x/f2l")
     (src / "x/l2d").unlink()
     (src / "x/l2d").mkdir()
+    # a copy deletes nothing: a directory <-> non-directory swap is listed and left
+    proc = fsclone("pass", "copy", "-v", src, dst, state=state)
+    assert proc.returncode == 0, proc.stderr
+    assert b"type changed x/d2f (left for sync or delete)" in proc.stdout
+    assert (dst / "x/d2f/inner").read_text() == "deep"
+    assert (dst / "x/f2d").is_file() and (dst / "x/l2d").is_symlink()
+    assert (dst / "x/f2l").is_symlink()  # file -> symlink replaces one entry: carried out
     rc, out = fsclone_json("pass", "copy", src, dst, state=state)
+    assert rc == 0 and out["counters"]["type_changed"] == 3, out
+    rc, out = fsclone_json("pass", "sync", src, dst, state=state)
     assert rc == 0, out
+    assert out["counters"]["deleted"] == 4  # d2f and inner, f2d, l2d
+    assert out["counters"]["type_changed"] == 3
     assert_same_tree(src, dst)
     assert_rsync_clean(src, dst)
 

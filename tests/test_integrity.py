@@ -162,7 +162,8 @@ def test_a_user_syncs_into_their_own_read_only_directories(nobody_tree: Path) ->
     src, dst, state = nobody_tree / "src", nobody_tree / "dst", nobody_tree / "state"
     (src / "ro").mkdir(parents=True)
     (src / "ro/a").write_text("a")
-    for path in (src, src / "ro", src / "ro/a"):
+    (src / "ro/gone").write_text("deleted next")
+    for path in (src, src / "ro", src / "ro/a", src / "ro/gone"):
         os.chown(path, NOBODY, NOGROUP)
     os.chmod(src / "ro", 0o555)
     proc = fsclone_as(NOBODY, NOGROUP, "pass", "copy", src, dst, state=state)
@@ -171,10 +172,12 @@ def test_a_user_syncs_into_their_own_read_only_directories(nobody_tree: Path) ->
     (src / "ro/b").write_text("b")
     os.chown(src / "ro/b", NOBODY, NOGROUP)
     (src / "ro/a").write_text("a, changed")
+    (src / "ro/gone").unlink()
     os.chmod(src / "ro", 0o555)
     proc = fsclone_as(NOBODY, NOGROUP, "pass", "sync", src, dst, state=state)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert stat.S_IMODE(os.stat(dst / "ro").st_mode) == 0o555
+    assert not (dst / "ro/gone").exists()
     assert_same_tree(src, dst)
     assert_rsync_clean(src, dst)
 

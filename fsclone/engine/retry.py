@@ -19,7 +19,8 @@ from fsclone.state import pass_dir, read_errors, read_record
 
 #: ops whose errors a copy pass cannot redo: the cleanup phase runs again anyway, and deletions
 #: belong to delete and sync passes
-_NOT_RETRIED = {"cleanup", "unlink", "delete", "mtime", "verify", "scan"}
+_NOT_RETRIED = {"cleanup", "unlink", "delete", "count", "prune", "rmdir", "mtime", "verify",
+                "scan"}
 _ROOTS = {"", "."}
 
 

@@ -156,23 +156,19 @@ def lstat_at(name: str, dir_fd: int) -> os.stat_result | None:
 
 
 def remove_tree_at(dir_fd: int, name: str) -> int:
-    """Remove ``name`` below ``dir_fd`` (a whole subtree if a directory), without following
-    symlinks. Returns the number of entries removed."""
-    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dir_fd)
-        return 1
-    count = 0
+    """Remove the flat directory ``name`` below ``dir_fd``: the non-directories in it, then
+    itself. Only for directories of fsclone's own making (the hard-link staging directory), so
+    a subdirectory in it is an error; a user's subtree is removed by ``prune`` chunks, spread
+    over the workers (fsclone.ops.subtree). Returns the number of entries removed."""
     sub = open_dir(name, dir_fd)
     try:
-        if not st.st_mode & stat.S_IWUSR and os.geteuid() != 0:
-            os.chmod(sub, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
-        for child in list_names(sub):
-            count += remove_tree_at(sub, child)
+        names = list_names(sub)
+        for child in names:
+            os.unlink(child, dir_fd=sub)
     finally:
         os.close(sub)
     os.rmdir(name, dir_fd=dir_fd)
-    return count + 1
+    return len(names) + 1
 
 
 def make_writable(dir_fd: int) -> bool:
@@ -195,17 +191,6 @@ def list_kinds(dir_fd: int) -> dict[str, bool]:
     per entry where the filesystem reports types)."""
     with os.scandir(dir_fd) as it:
         return {entry.name: entry.is_dir(follow_symlinks=False) for entry in it}
-
-
-def count_tree(dir_fd: int, name: str, is_dir: bool) -> int:
-    """How many entries removing ``name`` would remove (itself and everything below)."""
-    if not is_dir:
-        return 1
-    sub = open_dir(name, dir_fd)
-    try:
-        return 1 + sum(count_tree(sub, child, kind) for child, kind in list_kinds(sub).items())
-    finally:
-        os.close(sub)
 
 
 class FilePair:

@@ -44,13 +44,11 @@ def changed(before: os.stat_result, after: os.stat_result) -> bool:
         after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns)
 
 
-def replace_entry(dfd: int, tmp: str, name: str, old: os.stat_result | None) -> None:
-    """Rename a finished temp over ``name``. rename() replaces anything but a directory, so a
-    directory that became a file (a type swap) is removed first. A temp that cannot be put in
-    place is removed: nothing of a failed step stays in the target."""
+def replace_entry(dfd: int, tmp: str, name: str) -> None:
+    """Rename a finished temp over ``name``, which replaces anything but a directory. A
+    directory is never removed here (it is a deletion, planned and guarded): one that appeared
+    since the listing makes the rename fail, an item error, and the temp is discarded."""
     try:
-        if old is not None and stat.S_ISDIR(old.st_mode):
-            dirs.remove_tree_at(dfd, name)
         os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     except BaseException:
         discard(dfd, tmp)
@@ -114,8 +112,8 @@ class DirCopier:
             entries = dirs.list_dir(self.sfd)
             if sync and self.dfd is not None:
                 # the complete target listing the plan needs also spares the lookups below
-                self.existing = set(plan_deletes(self.ctx, self.out, self.dfd,
-                                                 {n for n, _ in entries}))
+                kinds = {n: stat.S_ISDIR(st.st_mode) for n, st in entries}
+                self.existing = set(plan_deletes(self.ctx, self.out, self.dfd, kinds))
             entries = self._split(entries)
         else:
             entries = [(n, st) for n in chunk.names if (st := dirs.lstat_at(n, self.sfd))]
@@ -236,7 +234,9 @@ class DirCopier:
                 self.out.count(skipped)
                 return
         dst = self.target(name)
-        if stat.S_ISREG(mode):
+        if dst is not None and stat.S_ISDIR(dst.st_mode):
+            self.type_changed(name)
+        elif stat.S_ISREG(mode):
             self.regular(name, st, dst)
         elif stat.S_ISLNK(mode):
             self.symlink(name, st, dst)
@@ -249,14 +249,21 @@ class DirCopier:
             return None
         return dirs.lstat_at(name, self.dfd)
 
+    def type_changed(self, name: str) -> None:
+        """A directory now a non-directory, or the reverse. Replacing it deletes the old entry
+        (a whole subtree, perhaps), so the copy step never does: a sync planned it as a
+        deletion, under ``--max-delete``, and copies the name once it is gone; a copy lists it
+        and leaves it."""
+        if self.out.chunk.op == "sync":
+            return
+        self.out.count(C.TYPE_CHANGED)
+        self.out.act("type changed", self.out.path(name), "(left for sync or delete)")
+
     def directory(self, name: str, rel: str) -> None:
         dst = self.target(name)
         if dst is not None and not stat.S_ISDIR(dst.st_mode):
-            self.out.act("replace", rel, "(now a directory)")
-            if not self.dry:
-                assert self.dfd is not None
-                os.unlink(name, dir_fd=self.dfd)
-            dst = None
+            self.type_changed(name)
+            return
         if dst is None:
             self.out.act("mkdir", rel)
             if not self.dry:
@@ -268,7 +275,7 @@ class DirCopier:
     def regular(self, name: str, st: os.stat_result, dst: os.stat_result | None) -> None:
         current = dst is not None and stat.S_ISREG(dst.st_mode) and self._same_data(name, st, dst)
         if st.st_nlink > 1 and not self.dry:
-            self.hard_linked(name, st, dst if current else None, dst)
+            self.hard_linked(name, st, dst if current else None)
             return
         # a target still linked to other names is rewritten (links split in the source); a dry
         # run cannot tell a link group it would keep, so it trusts the data check alone
@@ -287,7 +294,7 @@ class DirCopier:
         if written is None:
             tmp, written = self.copy_to_temp(name, st)
             assert self.dfd is not None
-            replace_entry(self.dfd, tmp, name, dst)
+            replace_entry(self.dfd, tmp, name)
         self.out.count(C.COPIED)
         self.out.count(C.BYTES, written)
 
@@ -328,7 +335,7 @@ class DirCopier:
             except FileExistsError:  # the name appeared since the listing: replace it
                 tmp = temp_name(self.spec.id, name, self.tag)
                 unnamed.link(dst, self.dfd, tmp)
-                replace_entry(self.dfd, tmp, name, dirs.lstat_at(name, self.dfd))
+                replace_entry(self.dfd, tmp, name)
         finally:
             os.close(dst)
         return written
@@ -369,8 +376,8 @@ class DirCopier:
             os.close(src)
         return written
 
-    def hard_linked(self, name: str, st: os.stat_result, current: os.stat_result | None,
-                    dst: os.stat_result | None) -> None:
+    def hard_linked(self, name: str, st: os.stat_result,
+                    current: os.stat_result | None) -> None:
         """Keep hard links without a global map: the first worker to meet a source inode puts a
         link to its target copy in the staging directory under the source (dev, ino); every
         other name of that inode is linked from there."""
@@ -398,14 +405,14 @@ class DirCopier:
                 discard(self.dfd, tmp)
                 raise
             else:
-                replace_entry(self.dfd, tmp, name, dst)
+                replace_entry(self.dfd, tmp, name)
                 self.out.count(C.COPIED)
                 self.out.count(C.BYTES, written)
                 return
         self.out.act("link", self.out.path(name))
         tmp = temp_name(self.spec.id, name, self.tag)
         os.link(key, tmp, src_dir_fd=stg, dst_dir_fd=self.dfd, follow_symlinks=False)
-        replace_entry(self.dfd, tmp, name, dst)
+        replace_entry(self.dfd, tmp, name)
         self.out.count(C.CREATED)
 
     def _claim(self, name: str, key: str, current: os.stat_result, stg: int) -> bool:
@@ -466,9 +473,9 @@ class DirCopier:
         assert self.dfd is not None
         tmp = temp_name(self.spec.id, name, self.tag)
         os.symlink(os.readlink(name, dir_fd=self.sfd), tmp, dir_fd=self.dfd)
-        # the kernel updates a link's atime on readlink: stamp the atime the source has now,
-        # so the copy still matches it
-        self._place(name, tmp, os.stat(name, dir_fd=self.sfd, follow_symlinks=False), dst)
+        # the kernel updates a link's atime on readlink (no O_NOATIME for links): stamp the
+        # atime the source has now, so the copy still matches it
+        self._place(name, tmp, os.stat(name, dir_fd=self.sfd, follow_symlinks=False))
 
     def _same_link(self, name: str, st: os.stat_result, dst: os.stat_result,
                    ) -> tuple[os.stat_result, os.stat_result] | None:
@@ -496,14 +503,14 @@ class DirCopier:
         assert self.dfd is not None
         tmp = temp_name(self.spec.id, name, self.tag)
         os.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=self.dfd)
-        self._place(name, tmp, st, dst)
+        self._place(name, tmp, st)
 
-    def _place(self, name: str, tmp: str, st: os.stat_result, dst: os.stat_result | None) -> None:
+    def _place(self, name: str, tmp: str, st: os.stat_result) -> None:
         """Metadata onto a new non-regular temp entry, then rename it into place."""
         assert self.dfd is not None
         try:
             meta.apply_all(tmp, st, meta.read_xattrs(name, self.sfd), {}, self.dfd)
-            replace_entry(self.dfd, tmp, name, dst)
+            replace_entry(self.dfd, tmp, name)
         except BaseException:
             discard(self.dfd, tmp)
             raise
@@ -546,7 +553,7 @@ def _finalize(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
             meta.apply_all(fd, st, meta.read_xattrs(name, sfd), meta.read_xattrs(fd))
         finally:
             os.close(fd)
-        replace_entry(dfd, a["tmp"], name, dirs.lstat_at(name, dfd))
+        replace_entry(dfd, a["tmp"], name)
     except BaseException:
         discard(dfd, a["tmp"])
         raise

@@ -1,44 +1,71 @@
 """The delete pass, in two phases so that a guard can refuse before anything is removed.
 
 Phase 1 (``delete`` chunks, or the listing chunk of a ``sync``) compares a source directory that
-was listed completely with its target and plans the target entries missing from the source.
-Phase 2 (``unlink`` chunks, once the coordinator's guards passed) removes them, checking each
-name is still absent from the source, and restores the parent directory's times.
+was listed completely with its target and plans the target entries missing from the source, or
+whose kind (directory or not) the source changed: a type swap removes the old entry, a whole
+subtree perhaps, so it is a deletion like any other. Phase 2 (``unlink`` chunks, once the
+coordinator's guards passed) removes them, checking each name once more against the source, and
+restores the parent directory's times; a sync then copies a swapped name anew. Subtrees are
+counted and removed by chunks of their own (fsclone.ops.subtree).
 A source directory that cannot be listed plans nothing, and nothing below it is visited.
 """
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Mapping
+
+from fsclone.chunk import Chunk, Group, new_id
 from fsclone.fs import dirs
-from fsclone.ops.context import TMP_PREFIX, Context, Outcome, on_both_dirs
+from fsclone.ops.context import Context, Outcome, on_both_dirs, staging_pass, temp_pass
 from fsclone.ops.dirmeta import apply_dir_meta
+from fsclone.ops.subtree import prune
 from fsclone.stats import counters as C
 
 
-def plan_deletes(ctx: Context, out: Outcome, dfd: int, source_names: set[str]) -> dict[str, bool]:
-    """Plan removal of the target entries whose names the complete source listing lacks.
-    Excluded names and the pass's own staging directory are never planned. Returns the target
-    listing (name: is a directory), from d_type: no stat per target entry."""
+def plan_deletes(ctx: Context, out: Outcome, dfd: int,
+                 source: Mapping[str, bool]) -> dict[str, bool]:
+    """Plan removal of the target entries that the complete source listing ``source`` (name: is
+    a directory) lacks or has with the other kind; a planned directory's entries are counted by
+    ``count`` chunks. Excluded names and staging directories at the root (this pass's; another
+    pass's is swept at its start) are never planned; fsclone's own temp files are planned
+    uncounted. Returns the target listing (name: is a directory), from d_type: no stat per
+    target entry."""
     chunk = out.chunk
     target = dirs.list_kinds(dfd)
     planned: list[str] = []
     entries = 0
     for name, is_dir in target.items():
-        if name in source_names or (not chunk.path and name == ctx.staging):
+        was = source.get(name)
+        if was == is_dir:
+            continue
+        if not chunk.path and (name == ctx.staging or (is_dir and staging_pass(name))):
             continue
         rel = out.path(name)
         if ctx.filters.excluded(rel, name):
             continue
         planned.append(name)
-        if name.startswith(TMP_PREFIX):
-            continue  # our own leftovers: removed, but not news to anyone
-        n = dirs.count_tree(dfd, name, is_dir)
-        entries += n
-        out.act("delete", rel, f"({n} entries)" if n > 1 else "")
+        if ours(name, is_dir):
+            continue  # a temp file left by a dead run: removed, but not news to anyone
+        entries += 1
+        if was is None:
+            out.act("delete", rel)
+        else:
+            out.count(C.TYPE_CHANGED)
+            out.act("delete", rel, "(type changed)")
+        if is_dir:
+            out.child("count", rel)
     if planned:
         out.result.deletions.append((chunk.path, tuple(planned), entries))
         out.count(C.PLANNED_DELETES, entries)
     return target
+
+
+def ours(name: str, is_dir: bool) -> bool:
+    """Whether a target entry is one of fsclone's temp files (fsclone makes no temp
+    directories, and a user's name cannot carry a pass id by accident)."""
+    return not is_dir and temp_pass(name) is not None
 
 
 @on_both_dirs
@@ -46,7 +73,7 @@ def run_delete(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     """Phase 1: plan this directory's deletions, and walk on into directories on both sides."""
     kinds = dirs.list_kinds(sfd)  # raises unless the listing is complete
     out.count(C.SCANNED, len(kinds))
-    target = plan_deletes(ctx, out, dfd, set(kinds))
+    target = plan_deletes(ctx, out, dfd, kinds)
     for name, is_dir in target.items():
         rel = out.path(name)
         if kinds.get(name) and is_dir and not ctx.filters.excluded(rel, name):
@@ -55,19 +82,62 @@ def run_delete(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
 
 @on_both_dirs
 def run_unlink(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
-    """Phase 2: remove the planned names still absent from the source, restore the times."""
+    """Phase 2: remove the planned names still absent from the source or of the other kind
+    there (a directory by ``prune`` chunks), then restore the times: at once, or when the
+    subtrees are gone. In a sync, a swapped name is then copied anew."""
+    # a non-root pass removes entries from its own read-only directory (the times and mode
+    # are restored below, or by the subtrees' barrier)
+    changed = dirs.make_writable(dfd)
     removed = 0
+    subtrees: list[str] = []
+    swapped: list[str] = []
     for name in out.chunk.names or ():
         rel = out.path(name)
         try:
-            if dirs.lstat_at(name, sfd) is not None:
+            dst = dirs.lstat_at(name, dfd)
+            if dst is None:
+                continue
+            is_dir = stat.S_ISDIR(dst.st_mode)
+            src = None if ours(name, is_dir) else dirs.lstat_at(name, sfd)
+            if src is not None and stat.S_ISDIR(src.st_mode) == is_dir:
                 out.act("kept", rel, "(back in the source)")
                 continue
-            removed += dirs.remove_tree_at(dfd, name)
+            if src is not None:
+                swapped.append(name)
+            if is_dir:
+                subtrees.append(name)
+                continue
+            os.unlink(name, dir_fd=dfd)
+            changed = True
+            removed += not ours(name, is_dir)
         except FileNotFoundError:
             continue
         except OSError as exc:
             out.fail(rel, exc)
     out.count(C.DELETED, removed)
-    if removed:
+    resync = swapped if ctx.spec.op == "sync" else []
+    if subtrees or resync:
+        _after_removal(out, subtrees, resync)
+    elif changed:
         apply_dir_meta(ctx, out, out.chunk.path, sfd, dfd)
+
+
+def _after_removal(out: Outcome, subtrees: list[str], resync: list[str]) -> None:
+    """Prune the planned subtrees; copy the ``resync`` names (swapped in the source) anew once
+    the old entries are gone; restore the directory's times when all of it is done."""
+    path = out.chunk.path
+    top = new_id()
+    members: list[Chunk] = []
+    first = [name for name in subtrees if name in resync]
+    members += [prune(out.path(name), top) for name in subtrees if name not in resync]
+    if resync:
+        copy = Chunk(op="sync", path=path, names=tuple(resync), group=top)
+        if first:
+            group = new_id()
+            out.result.children.extend(prune(out.path(name), group) for name in first)
+            out.result.groups.append(Group(group, len(first), copy))
+        else:
+            members.append(copy)
+    out.result.children.extend(members)
+    size = len(members) + bool(first)
+    out.result.groups.append(Group(top, size, Chunk(op="dirmeta", path=path)))

@@ -11,6 +11,7 @@ from fsclone.ops.delete import run_delete, run_unlink
 from fsclone.ops.dirmeta import run_cleanup, run_dirmeta
 from fsclone.ops.mtime import run_mtime
 from fsclone.ops.scan import run_scan
+from fsclone.ops.subtree import run_count, run_prune, run_rmdir
 from fsclone.ops.verify import run_verify, run_verify_range
 
 Op = Callable[[Context, Chunk], Result]
@@ -24,6 +25,9 @@ OPS: dict[str, Op] = {
     "cleanup": run_cleanup,
     "delete": run_delete,
     "unlink": run_unlink,
+    "count": run_count,
+    "prune": run_prune,
+    "rmdir": run_rmdir,
     "mtime": run_mtime,
     "scan": run_scan,
     "verify": run_verify,

@@ -19,6 +19,7 @@ CHANGED = "changed_during_copy"
 TIMES_CLAMPED = "times_beyond_target"
 DELETED = "deleted"
 PLANNED_DELETES = "delete_planned"
+TYPE_CHANGED = "type_changed"  # a directory now a non-directory or the reverse (a copy leaves it)
 ERRORS = "errors"
 CHUNKS = "chunks_done"
 HASHED = "bytes_hashed"

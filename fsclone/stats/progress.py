@@ -17,6 +17,7 @@ _SUMMARY = [
     (C.SCANNED, "entries scanned"), (C.COPIED, "files copied"), (C.BYTES, "bytes copied"),
     (C.CREATED, "dirs, links and specials made"), (C.UPDATED, "metadata updated"),
     (C.SAME, "unchanged"), (C.PLANNED_DELETES, "planned for deletion"), (C.DELETED, "deleted"),
+    (C.TYPE_CHANGED, "type changed (directory <-> non-directory)"),
     (C.SKIP_NEWER, "skipped: newer than --newest"), (C.SKIP_OLDER, "skipped: older than --oldest"),
     (C.SKIP_EXCLUDED, "skipped: excluded"), (C.CHANGED, "changed during copy (next pass)"),
     (C.TIMES_CLAMPED, "times the target cannot hold"),
