@@ -275,7 +275,8 @@ class Consumer:
                 self._dead_letter(delivery, str(exc))
                 continue
             # A redelivered chunk runs as a later attempt: its dead try may have left temp files.
-            chunks = [dataclasses.replace(c, attempt=c.attempt + delivery.earlier)
+            chunks = [dataclasses.replace(c, attempt=c.attempt + delivery.earlier,
+                                          redo=c.redo or delivery.earlier > 0)
                       for c in chunks]
             self.job = job = _Job(delivery, chunks)
             threading.Thread(target=self._work, args=(job,), daemon=True,
