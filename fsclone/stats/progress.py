@@ -92,9 +92,12 @@ class Console:
                 "errors": [error_json(e) for e in summary.errors],
                 "error_count": summary.error_count, **({"notes": notes} if notes else {})}))
             return
+        c = summary.counters
+        if c.get(C.CHANGED):  # the pass did not get everything over: said even under -q
+            print(f"fsclone: {c[C.CHANGED]:,} files changed while they were copied: run the "
+                  "pass again", file=self.err, flush=True)
         if self.quiet and not (summary.error_count or summary.counters.get(C.MISMATCHES)):
             return
-        c = summary.counters
         head = f"pass {pass_id}: {op}{' (dry run)' if dry_run else ''} {summary.status} " \
                f"in {summary.elapsed:.1f}s"
         lines = [head] + [f"  {note}" for note in notes] + [
