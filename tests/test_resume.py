@@ -14,7 +14,7 @@ import pytest
 from fsclone.chunk import Chunk, ItemError, Result
 from fsclone.engine.coordinator import Coordinator
 from fsclone.spec import PassSpec, as_flags, differences
-from fsclone.state import UNFINISHED, PassStore, pass_ids, read_record
+from fsclone.state import UNFINISHED, PassStore, pass_ids, read_chunks, read_record
 from fsclone.transport.base import Transport
 from tests.clirun import fsclone, spawn
 from tests.fstree import assert_same_tree, leftovers
@@ -247,3 +247,34 @@ def test_a_resumed_chunk_keeps_its_attempt_and_is_marked_redone(tmp_path: Path) 
     assert [c.attempt for c in runs] == [0, 0, 0]
     assert [c.redo for c in runs] == [False, True, True]
     assert Chunk.from_wire(runs[-1].to_wire()).redo
+
+
+def test_a_pass_resumed_twice_gives_its_chunks_their_first_try_still(tmp_path: Path) -> None:
+    src, dst, state = many_files(tmp_path / "src", dirs=4, files=10), tmp_path / "dst", \
+        tmp_path / "state"
+    with held(src / "d003/f009") as lease:
+        pass_id = _interrupt(["copy", src, dst], lease, state)
+    for _ in range(2):
+        with held(src / "d003/f009") as lease:
+            def resumed() -> subprocess.Popen[bytes] | None:
+                proc = spawn("pass", "resume", pass_id, "--workers", "2", state=state)
+                try:
+                    wait_for(lambda: proc.poll() is not None or lease.breaking(), 30,
+                             "the resume to start or stop", poll=0.01)
+                except TimeoutError:
+                    proc.kill()
+                    raise
+                if proc.poll() is not None:  # the lock was still held by the dead run
+                    proc.communicate()
+                    return None
+                return proc
+
+            proc = wait_for(resumed, 30, "a resume to reach the held file")
+            proc.kill()
+            proc.communicate(timeout=30)
+    chunks = read_chunks(state / pass_id)
+    assert chunks and {c.attempt for c in chunks} == {0}
+    assert {c.redo for c in chunks} == {True}
+    final = _once_unlocked("pass", "resume", pass_id, state=state)
+    assert final.returncode == 0, final.stderr
+    assert_same_tree(src, dst)
