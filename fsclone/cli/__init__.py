@@ -16,7 +16,8 @@ from fsclone import __version__
 from fsclone.errors import FscloneError
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-#: every item went over but some files changed while they were copied: run the pass again
+#: no item failed, but some files changed while they were copied and did not go over: run the
+#: pass again
 EXIT_CHANGED = 3
 
 Decorator = Callable[[Any], Any]  # a click option or argument

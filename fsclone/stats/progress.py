@@ -94,8 +94,9 @@ class Console:
             return
         c = summary.counters
         if c.get(C.CHANGED):  # the pass did not get everything over: said even under -q
-            print(f"fsclone: {c[C.CHANGED]:,} files changed while they were copied: run the "
-                  "pass again", file=self.err, flush=True)
+            n = c[C.CHANGED]
+            print(f"fsclone: {n:,} {'file' if n == 1 else 'files'} changed while being copied "
+                  "and did not go over: run the pass again", file=self.err, flush=True)
         if self.quiet and not (summary.error_count or summary.counters.get(C.MISMATCHES)):
             return
         head = f"pass {pass_id}: {op}{' (dry run)' if dry_run else ''} {summary.status} " \
