@@ -173,7 +173,7 @@ class DirCopier:
 
     def _prepare_target(self, names: set[str] | None) -> None:
         assert self.dfd is not None
-        if self.out.chunk.attempt:
+        if self.out.chunk.redo:
             for leftover in dirs.list_names(self.dfd):
                 if is_temp_for(leftover, self.spec.id, names):
                     discard(self.dfd, leftover)
