@@ -81,7 +81,7 @@ class Context:
         self.staging = LINKS_PREFIX + spec.id
         self.unnamed = UnnamedFiles()
         #: when a target time counts as the source's (see fs.meta.TimeRule)
-        self.times = meta.TimeRule(spec.modify_window_ns, *self._time_limits())
+        self.times = meta.TimeRule.of(spec.modify_window_ns, *self._time_limits())
         self._staging_fd: int | None = None
 
     def _time_limits(self) -> tuple[int | None, int | None]:

@@ -222,7 +222,7 @@ class DirCopier:
         if filters.globs and filters.excluded(self.out.path(name), name):
             self.out.count(C.SKIP_EXCLUDED)
             return
-        if self.ctx.times.bounded and not self.ctx.times.holds(st):
+        if not self.ctx.times.holds(st):
             self.out.count(C.TIMES_CLAMPED)
         mode = st.st_mode
         if stat.S_ISDIR(mode):
