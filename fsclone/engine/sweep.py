@@ -78,7 +78,10 @@ def remove_staging(state: Path, dst: str, keep: str) -> list[str]:
             owner = staging_pass(name)
             if owner is None or owner == keep or _resumable(state, owner):
                 continue
-            dirs.remove_tree_at(root, name)
+            try:
+                dirs.remove_tree_at(root, name)
+            except OSError:  # not flat, so not of our making after all: left alone
+                continue
             removed.append(owner)
     return removed
 
