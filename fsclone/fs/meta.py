@@ -156,23 +156,26 @@ _NO_LIMIT = 1 << 128
 @dataclass(frozen=True)
 class TimeRule:
     """When a target time counts as the source's: within ``window_ns`` (``--modify-window``),
-    after the source time is brought into what the target filesystem can hold (``low_ns`` ..
-    ``high_ns``, found by a probe). A year-2300 mtime on a filesystem that stops in 2038 is
-    kept there at its limit, and must not be taken for a change on every pass."""
+    after the source time is brought into what the target filesystem keeps (``low_ns`` ..
+    ``high_ns``, in steps of ``step_ns``, found by a probe). A year-2300 mtime on a filesystem
+    that stops in 2038, or a nanosecond mtime on one that keeps whole seconds, is stored as the
+    nearest time it can hold, and must not be taken for a change on every pass."""
 
     window_ns: int = 0
     low_ns: int = -_NO_LIMIT
     high_ns: int = _NO_LIMIT
+    step_ns: int = 1
 
     @classmethod
-    def of(cls, window_ns: int, low_ns: int | None, high_ns: int | None) -> TimeRule:
+    def of(cls, window_ns: int, low_ns: int | None, high_ns: int | None,
+           step_ns: int = 1) -> TimeRule:
         """The rule for a probe's findings (None: no limit seen)."""
         return cls(window_ns, -_NO_LIMIT if low_ns is None else low_ns,
-                   _NO_LIMIT if high_ns is None else high_ns)
+                   _NO_LIMIT if high_ns is None else high_ns, step_ns)
 
     def fit(self, ns: int) -> int:
-        """``ns`` as the target would store it."""
-        return min(max(ns, self.low_ns), self.high_ns)
+        """``ns`` as the target would store it (the kernel truncates to its step)."""
+        return min(max(ns - ns % self.step_ns, self.low_ns), self.high_ns)
 
     def same(self, src_ns: int, dst_ns: int) -> bool:
         return src_ns == dst_ns or abs(self.fit(src_ns) - dst_ns) <= self.window_ns
