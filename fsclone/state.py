@@ -188,6 +188,10 @@ class PassStore:
     def planned_entries(self) -> int:
         return self.db.execute("SELECT coalesce(sum(entries), 0) FROM deletions").fetchone()[0]
 
+    def errors_of(self, op: str) -> int:
+        """How many item errors chunks of ``op`` listed."""
+        return self.db.execute("SELECT count(*) FROM errors WHERE op=?", (op,)).fetchone()[0]
+
     def errors(self, limit: int | None = None) -> list[ItemError]:
         return _errors(self.db, limit)
 

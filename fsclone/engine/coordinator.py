@@ -147,6 +147,11 @@ class Coordinator:
         if limit is not None and planned > limit:
             raise GuardError(f"the pass would delete {planned} entries, more than --max-delete "
                              f"{limit}: nothing was deleted")
+        uncounted = self.store.errors_of("count") if limit is not None else 0
+        if uncounted:
+            raise GuardError(f"{uncounted} directories planned for deletion could not be "
+                             f"counted, so --max-delete {limit} cannot be checked: nothing was "
+                             "deleted")
         step = spec.dir_slice
         return [Chunk(op="unlink", path=path, names=tuple(names[i:i + step]))
                 for path, names in self.store.planned_deletions()
