@@ -36,6 +36,11 @@ class PassSpec:
     verbose: bool = False
     #: the pass whose failed items this pass re-runs (``--retry-errors``), else ""
     retry_of: str = ""
+    #: ``--one-file-system``: directories on another device than SRC's root are skipped
+    one_file_system: bool = False
+    #: the source's mount points as the passes on it saw them (relative; "" is SRC itself):
+    #: a directory among them that is no mount point now plans no deletion (ops.mountguard)
+    source_mounts: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -47,6 +52,7 @@ class PassSpec:
             values = {k: v for k, v in dict(data).items() if k in fields}
             values["excludes"] = tuple(values.get("excludes", ()))
             values["includes"] = tuple(values.get("includes", ()))
+            values["source_mounts"] = tuple(values.get("source_mounts", ()))
             return cls(**values)
         except (TypeError, ValueError) as exc:
             raise MessageError(f"malformed pass spec: {exc}") from exc

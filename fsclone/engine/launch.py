@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fsclone.config import Config
 from fsclone.engine.coordinator import Coordinator, Hooks, Summary
+from fsclone.engine.layout import source_layout
 from fsclone.engine.retry import retry_seed
 from fsclone.engine.roots import check_delete_guards, check_roots
 from fsclone.errors import UsageError
@@ -47,6 +48,7 @@ class PassRequest:
     metadata_only: bool = False
     manifest: bool = False
     retry_of: str = ""  # re-run only the items this pass listed as failed
+    one_file_system: bool = False
     resume_id: str = ""  # resume this unfinished pass (``fsclone pass resume ID``)
 
 
@@ -58,7 +60,7 @@ def build_spec(cfg: Config, req: PassRequest, src: str, dst: str) -> PassSpec:
         excludes=tuple(cfg.excludes) + req.excludes, includes=req.includes,
         large_file_size=cfg.large_file_size, range_size=cfg.range_size, dir_slice=cfg.dir_slice,
         sample=req.sample, seed=req.seed, metadata_only=req.metadata_only, manifest=req.manifest,
-        verbose=req.verbose, retry_of=req.retry_of)
+        verbose=req.verbose, retry_of=req.retry_of, one_file_system=req.one_file_system)
 
 
 def resumable(state: Path, pass_id: str) -> PassSpec:
@@ -84,13 +86,13 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         # a pass with a manifest starts anew: an interrupted run's rows are not in the new file
         fresh = req.restart or req.dry_run or req.retry_of or req.manifest
         resume = req.resume_id or (None if fresh else find_unfinished(state, req.op, src, dst))
-        store = PassStore(state / resume) if resume else PassStore.create(
-            state, build_spec(cfg, req, src, dst))
+        store = PassStore(state / resume) if resume else PassStore.create(state, replace(
+            build_spec(cfg, req, src, dst), source_mounts=source_layout(state, src)))
         lock.describe(f"pass {store.spec.id}")
         if resume:
             hooks.note(f"resuming pass {resume} (its options apply; --restart starts anew)")
         if req.op in ("delete", "sync") and not req.dry_run:
-            check_delete_guards(src, dst, cfg.sentinel)
+            check_delete_guards(src, dst, cfg.sentinel, store.spec.source_mounts)
         if writes and not os.path.isdir(dst):
             os.mkdir(dst, 0o700)
         seed = retry_seed(state, req.retry_of, req.op, cfg.dir_slice) if req.retry_of else None
