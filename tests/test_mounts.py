@@ -158,6 +158,25 @@ def test_a_target_mount_point_is_not_deleted_through(tmp_path: Path) -> None:
         assert out["counters"]["deleted"] == 1
 
 
+def test_a_deletion_stops_at_a_mount_point_deep_in_its_subtree(tmp_path: Path) -> None:
+    src, dst, state = roots(tmp_path)
+    src.mkdir()
+    (src / SENTINEL).write_text("s")
+    subtree(src / "gone", 2, 2)
+    assert run("copy", src, dst, state)[0] == 0
+    shutil.rmtree(src / "gone")
+    with tmpfs(dst / "gone/d1/inner", "8m"):
+        subtree(dst / "gone/d1/inner/data", 3, 5)
+        rc, out = run("sync", src, dst, state)
+        assert rc == 1, out
+        assert out["errors"][0] == {"path": "gone/d1/inner", "op": "count", "errno": 0,
+                                    "message": "is a mount point on the target: not deleted "
+                                               "through"}
+        assert entries_below(dst / "gone/d1/inner") == 19
+        assert sorted(os.listdir(dst / "gone")) == ["d1"]  # the rest of the subtree went
+        assert sorted(os.listdir(dst / "gone/d1")) == ["inner"]
+
+
 def test_one_file_system_skips_nested_mounts_on_every_pass(tmp_path: Path) -> None:
     src, dst, state = roots(tmp_path)
     (src / "sub").mkdir(parents=True)

@@ -50,7 +50,7 @@ def plan_deletes(ctx: Context, out: Outcome, sfd: int, dfd: int,
             planned.append(name)  # a temp file left by a dead run: not news to anyone
             continue
         if is_dir and mountguard.target_mount(dfd, name, dst_dev):
-            out.fail(rel, "is a mount point on the target: not deleted through")
+            out.fail(rel, mountguard.TARGET_MOUNT)
             continue
         planned.append(name)
         entries += 1

@@ -14,9 +14,10 @@ copied or walked (:class:`NotTheSource`). It refuses when
   automount not triggered) or the target directory is one (the source's counterpart, not
   mounted, left its empty mount point).
 
-A directory emptied by its users is neither, and its deletions go ahead. A target directory
-planned for deletion that is a mount point is not deleted through: it is an item error of its
-own, and the rest of its directory's plan stands.
+A directory emptied by its users is neither, and its deletions go ahead. A deletion never
+crosses into another filesystem mounted in the target: a planned directory that is a mount
+point, or one met below a planned directory (fsclone.ops.subtree), is an item error of its
+own, and the rest of the plan stands.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from fsclone.chunk import join
 from fsclone.fs import dirs, mounts
 from fsclone.ops.context import Context, Outcome, printable
 from fsclone.stats import counters as C
@@ -54,6 +56,28 @@ def check_emptied(ctx: Context, out: Outcome, sfd: int, dfd: int,
         raise NotTheSource("the target directory is a mount point and its source an empty "
                            "directory (is the source's filesystem mounted?): nothing below it "
                            "deleted")
+
+
+#: the item error at a target mount point a deletion would have gone through
+TARGET_MOUNT = "is a mount point on the target: not deleted through"
+
+
+def subdirs_on_fs(out: Outcome, fd: int, path: str, kinds: Mapping[str, bool],
+                  report: bool) -> list[str]:
+    """The subdirectories (``kinds``: name: is a directory) of the target directory ``path``,
+    open at ``fd``, on its own filesystem; a mount point among them is an item error when
+    ``report``."""
+    dev = os.fstat(fd).st_dev
+    found = []
+    for name, is_dir in kinds.items():
+        if not is_dir:
+            continue
+        if target_mount(fd, name, dev):
+            if report:
+                out.fail(join(path, name), TARGET_MOUNT)
+            continue
+        found.append(name)
+    return found
 
 
 def target_mount(dfd: int, name: str, dst_dev: int) -> bool:
