@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from fsclone.engine import layout
+from fsclone.fs import mounts
 from tests.clirun import fsclone, fsclone_json
 from tests.fstree import assert_same_tree, snapshot
 from tests.mounts import tmpfs
@@ -28,6 +30,30 @@ def run(op: str, src: Path, dst: Path, state: Path, *flags: str) -> tuple[int, d
 
 def guarded_lines(out: dict[str, Any], path: str) -> list[dict[str, Any]]:
     return [e for e in out["errors"] if e["path"] == path]
+
+
+def test_mount_points_are_read_from_the_kernels_list(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_bytes(b"".join(
+        b"%d 1 0:%d / %s rw - tmpfs tmpfs rw\n" % (n, n, point) for n, point in enumerate([
+            b"/", b"/data/src", b"/data/src/a\\040b", b"/data/src/x/y", b"/data/srcx",
+            b"/data/src/\\303\\251"])))
+    monkeypatch.setattr(mounts, "MOUNTINFO", str(info))
+    assert mounts.mount_points_below("/data/src") == {"", "a b", "x/y", "\u00e9"}
+
+
+def test_the_layout_keeps_a_mount_point_that_is_gone(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass that finds a mount point missing must not teach the next one to forget it."""
+    seen = [{"", "sub"}, set(), {"other"}]
+    monkeypatch.setattr(mounts, "mount_points_below", lambda root: seen.pop(0))
+    assert layout.source_layout(tmp_path, "/src") == ("", "sub")
+    assert layout.source_layout(tmp_path, "/src") == ("", "sub")
+    assert layout.source_layout(tmp_path, "/src") == ("", "other", "sub")
+    record = layout.layout_file(tmp_path, "/src")
+    assert record.stat().st_mode & 0o777 == 0o600
+    assert layout.recorded_mounts(tmp_path, "/elsewhere") == set()
 
 
 def test_an_unmounted_source_root_with_a_stray_file_deletes_nothing(tmp_path: Path) -> None:

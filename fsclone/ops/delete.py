@@ -40,7 +40,7 @@ def plan_deletes(ctx: Context, out: Outcome, sfd: int, dfd: int,
     gone = [name for name, is_dir in target.items() if _goes(ctx, out, name, is_dir, source)]
     if any(not ours(name, target[name]) for name in gone):
         mountguard.check_emptied(ctx, out, sfd, dfd, source)
-    dst_dev = os.fstat(dfd).st_dev
+    dst_dev = os.fstat(dfd).st_dev if gone else 0
     planned: list[str] = []
     entries = 0
     for name in gone:
