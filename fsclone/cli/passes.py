@@ -12,6 +12,7 @@ import click
 
 from fsclone.cli import (
     CONFIG_OPTION,
+    EXIT_CHANGED,
     EXIT_ITEMS_FAILED,
     EXIT_OK,
     STATE_DIR_OPTION,
@@ -168,12 +169,9 @@ def _coordinate(cfg: Config, req: PassRequest, kw: dict[str, Any],
             hooks.manifest = stack.enter_context(ManifestWriter(kw["manifest"])).write
         spec, summary = run_pass(cfg, req, hooks, transport)
     console.summary(spec.id, req.op, summary, spec.dry_run, _verify_notes(spec))
-    clamped = summary.counters.get(C.TIMES_CLAMPED)
-    if clamped:
-        console.warn(f"warning: {clamped} entries have times the target filesystem cannot hold; "
-                     "they are kept at its limit and not taken for changes")
-    failed = summary.error_count or summary.counters.get(C.MISMATCHES)
-    return EXIT_ITEMS_FAILED if failed else EXIT_OK
+    if summary.error_count or summary.counters.get(C.MISMATCHES):
+        return EXIT_ITEMS_FAILED
+    return EXIT_CHANGED if summary.counters.get(C.CHANGED) else EXIT_OK
 
 
 _VERIFY_OPTIONS: list[Decorator] = [

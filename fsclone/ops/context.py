@@ -18,8 +18,8 @@ from fsclone.stats import counters as C
 
 TMP_PREFIX = ".fsclone-tmp."
 LINKS_PREFIX = ".fsclone-links."
-#: passes whose workers write times to the target
-_WRITING_OPS = {"copy", "sync", "mtime"}
+#: passes whose workers compare target times with the source's
+_PROBING_OPS = {"copy", "sync", "mtime", "verify"}
 
 
 #: what fsclone's own temp names look like: prefix, pass id, crc32 of the final name, a tag
@@ -85,19 +85,24 @@ class Context:
         self.staging = LINKS_PREFIX + spec.id
         self.unnamed = UnnamedFiles()
         #: when a target time counts as the source's (see fs.meta.TimeRule)
-        self.times = meta.TimeRule(spec.modify_window_ns, *self._time_limits())
+        self.times = self._time_rule()
         self._staging_fd: int | None = None
 
-    def _time_limits(self) -> tuple[int | None, int | None]:
-        """What times the target can hold, probed by passes that write to it (a verify
-        reports a time the target could not keep, rather than forgive it). A probe the target
-        refuses (a read-only root, for a non-root user) means no limits are known."""
-        if self.dst_root is None or self.spec.dry_run or self.spec.op not in _WRITING_OPS:
-            return None, None
+    def _time_rule(self) -> meta.TimeRule:
+        """When a target time counts as the source's, from what the target keeps: probed on
+        an unnamed file, never in a dry run; a probe the target refuses (read-only, or a
+        non-root user's read-only root) means nothing is known. A verify forgives the step a
+        target keeps times in, not a time beyond its range: that one it reports."""
+        window = self.spec.modify_window_ns
+        if self.dst_root is None or self.spec.dry_run or self.spec.op not in _PROBING_OPS:
+            return meta.TimeRule(window)
         try:
-            return profile.time_limits(self.dst_root, self.unnamed)
+            facts = profile.probe_times(self.dst_root, self.unnamed)
         except OSError:
-            return None, None
+            return meta.TimeRule(window)
+        if self.spec.op == "verify":
+            return meta.TimeRule(window, step_ns=facts.step_ns)
+        return meta.TimeRule.of(window, facts.low_ns, facts.high_ns, facts.step_ns)
 
     def staging_fd(self) -> int:
         """The hard-link staging directory at the target root, made on first use."""

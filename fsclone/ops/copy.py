@@ -174,7 +174,7 @@ class DirCopier:
 
     def _prepare_target(self, names: set[str] | None) -> None:
         assert self.dfd is not None
-        if self.out.chunk.attempt:
+        if self.out.chunk.redo:
             for leftover in dirs.list_names(self.dfd):
                 if is_temp_for(leftover, self.spec.id, names):
                     discard(self.dfd, leftover)
@@ -223,7 +223,7 @@ class DirCopier:
         if filters.globs and filters.excluded(self.out.path(name), name):
             self.out.count(C.SKIP_EXCLUDED)
             return
-        if self.ctx.times.bounded and not self.ctx.times.holds(st):
+        if not self.ctx.times.holds(st):
             self.out.count(C.TIMES_CLAMPED)
         mode = st.st_mode
         if stat.S_ISDIR(mode):

@@ -96,9 +96,17 @@ class Console:
                 "errors": [error_json(e) for e in summary.errors],
                 "error_count": summary.error_count, **({"notes": notes} if notes else {})}))
             return
+        c = summary.counters
+        if c.get(C.CHANGED):  # the pass did not get everything over: said even under -q
+            n = c[C.CHANGED]
+            print(f"fsclone: {n:,} {'file' if n == 1 else 'files'} changed while being copied "
+                  "and did not go over: run the pass again", file=self.err, flush=True)
+        if c.get(C.TIMES_CLAMPED) and not self.quiet:
+            print(f"fsclone: warning: {c[C.TIMES_CLAMPED]:,} entries have times the target "
+                  "filesystem cannot hold; they are kept at its limit and not taken for changes",
+                  file=self.err, flush=True)
         if self.quiet and not (summary.error_count or summary.counters.get(C.MISMATCHES)):
             return
-        c = summary.counters
         head = f"pass {pass_id}: {op}{' (dry run)' if dry_run else ''} {summary.status} " \
                f"in {summary.elapsed:.1f}s"
         lines = [head] + [f"  {note}" for note in notes] + [
