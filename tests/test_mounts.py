@@ -3,8 +3,10 @@ SRC's filesystem. Real tmpfs mounts, as root (tests.mounts)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 
 from fsclone.engine import layout
 from fsclone.fs import mounts
+from fsclone.spec import PassSpec, as_flags, differences
 from tests.clirun import fsclone, fsclone_json
 from tests.fstree import assert_same_tree, snapshot
 from tests.mounts import tmpfs
@@ -54,6 +57,17 @@ def test_the_layout_keeps_a_mount_point_that_is_gone(tmp_path: Path,
     record = layout.layout_file(tmp_path, "/src")
     assert record.stat().st_mode & 0o777 == 0o600
     assert layout.recorded_mounts(tmp_path, "/elsewhere") == set()
+
+
+def test_one_file_system_is_part_of_the_request_and_the_layout_is_not() -> None:
+    """A resume is refused with another -x; the layout is what the pass found, kept with it."""
+    stored = PassSpec(id="p", op="sync", src="/s", dst="/d", started=0, one_file_system=True,
+                      source_mounts=("", "a b"))
+    asked = PassSpec(id="q", op="sync", src="/s", dst="/d", started=1)
+    assert differences(stored, asked) == ["--one-file-system"]
+    assert differences(stored, replace(asked, one_file_system=True)) == []
+    assert as_flags(stored) == ["--one-file-system"]
+    assert PassSpec.from_wire(json.loads(json.dumps(stored.to_wire()))) == stored
 
 
 def test_an_unmounted_source_root_with_a_stray_file_deletes_nothing(tmp_path: Path) -> None:
