@@ -30,7 +30,7 @@ from fsclone.ops.context import (
 )
 from fsclone.ops.delete import plan_deletes
 from fsclone.ops.dirmeta import apply_dir_meta, created
-from fsclone.ops.mountguard import other_filesystem
+from fsclone.ops.mountguard import check_mounted, other_filesystem
 from fsclone.stats import counters as C
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -110,6 +110,7 @@ class DirCopier:
     def run(self, sync: bool) -> None:
         chunk = self.out.chunk
         if chunk.names is None:
+            check_mounted(self.ctx, chunk.path, self.sfd)
             entries = dirs.list_dir(self.sfd)
             if sync and self.dfd is not None:
                 # the complete target listing the plan needs also spares the lookups below

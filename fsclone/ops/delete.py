@@ -33,9 +33,9 @@ def plan_deletes(ctx: Context, out: Outcome, sfd: int, dfd: int,
     pass's is swept at its start) are never planned; fsclone's own temp files are planned
     uncounted. Returns the target listing (name: is a directory), from d_type: no stat per
     target entry. Raises NotTheSource, before anything is planned, when the source directory
-    is not what the target was copied from (fsclone.ops.mountguard)."""
+    is not what the target was copied from (fsclone.ops.mountguard; the caller checked it was
+    mounted)."""
     chunk = out.chunk
-    mountguard.check_mounted(ctx, chunk.path, sfd)
     target = dirs.list_kinds(dfd)
     gone = [name for name, is_dir in target.items() if _goes(ctx, out, name, is_dir, source)]
     if any(not ours(name, target[name]) for name in gone):
@@ -87,6 +87,7 @@ def ours(name: str, is_dir: bool) -> bool:
 @on_both_dirs
 def run_delete(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     """Phase 1: plan this directory's deletions, and walk on into directories on both sides."""
+    mountguard.check_mounted(ctx, out.chunk.path, sfd)
     kinds = dirs.list_kinds(sfd)  # raises unless the listing is complete
     out.count(C.SCANNED, len(kinds))
     target = plan_deletes(ctx, out, sfd, dfd, kinds)

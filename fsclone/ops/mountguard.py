@@ -8,7 +8,8 @@ target was copied from refuses them: one item error at the directory, nothing be
 copied or walked (:class:`NotTheSource`). It refuses when
 
 - the directory was a mount point of the source at an earlier pass (the recorded layout, see
-  fsclone.engine.layout) and is none now, whatever it holds;
+  fsclone.engine.layout) and is none now, whatever it holds (a copy pass refuses it too: the
+  target's copy of that filesystem is not overwritten with what lies below its mount point);
 - or, with deletions to plan and no source entry (excluded names aside), when the source
   directory is the root of a mount (an empty filesystem mounted there: a fresh one, or an
   automount not triggered) or the target directory is one (the source's counterpart, not
@@ -37,10 +38,11 @@ class NotTheSource(OSError):
 
 
 def check_mounted(ctx: Context, path: str, sfd: int) -> None:
-    """Refuse a directory recorded as a mount point of the source that is none now."""
+    """Refuse a directory recorded as a mount point of the source that is none now: the copy
+    walk (copy and sync) and the delete walk check each directory before listing it."""
     if path in ctx.source_mounts and not mounts.is_mount_root(sfd):
         raise NotTheSource("was a mount point of the source at earlier passes and is none now "
-                           "(is it mounted?): nothing below it deleted")
+                           "(is it mounted?): nothing below it copied or deleted")
 
 
 def check_emptied(ctx: Context, out: Outcome, sfd: int, dfd: int,
