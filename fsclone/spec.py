@@ -40,6 +40,12 @@ class PassSpec:
     #: all unless the source root holds this name
     max_delete: int | None = None
     sentinel: str | None = None
+    #: ``--one-file-system``: directories on another device than SRC's root are skipped
+    one_file_system: bool = False
+    #: the source's mount points as the passes on it saw them (relative; "" is SRC itself):
+    #: a directory among them that is no mount point now plans no deletion (ops.mountguard).
+    #: Not an option: what the pass found at its start, kept for a resume
+    source_mounts: tuple[str, ...] = ()
 
     @property
     def rehearsal(self) -> bool:
@@ -57,6 +63,7 @@ class PassSpec:
             values = {k: v for k, v in dict(data).items() if k in fields}
             values["excludes"] = tuple(values.get("excludes", ()))
             values["includes"] = tuple(values.get("includes", ()))
+            values["source_mounts"] = tuple(values.get("source_mounts", ()))
             return cls(**values)
         except (TypeError, ValueError) as exc:
             raise MessageError(f"malformed pass spec: {exc}") from exc
@@ -69,6 +76,7 @@ REQUEST_FLAGS: dict[str, str] = {
     "oldest": "--oldest", "newest": "--newest", "excludes": "--exclude",
     "includes": "--include", "max_delete": "--max-delete", "sentinel": "--sentinel",
     "sample": "--sample", "seed": "--seed", "metadata_only": "--metadata-only",
+    "one_file_system": "--one-file-system",
 }
 
 

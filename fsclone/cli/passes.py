@@ -83,6 +83,8 @@ def _pass_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Refuse to delete anything if more than N entries would go."),
         click.option("--sentinel", metavar="NAME",
                      help="Refuse to delete unless SRC/NAME exists."),
+        click.option("--one-file-system", "-x", is_flag=True,
+                     help="Do not walk into directories of SRC on other filesystems (mounts)."),
         click.option("--restart", is_flag=True, help="Start anew instead of resuming."),
         click.option("--verbose", "-v", is_flag=True, help="Print every change made."),
     ]
@@ -112,7 +114,7 @@ def _run(op: str, **kw: Any) -> None:
         op=op, src=src, dst=dst, dry_run=kw["dry_run"], checksum=kw["checksum"],
         modify_window=kw["modify_window"], includes=kw["include"], excludes=kw["exclude"],
         restart=kw["restart"], verbose=kw["verbose"],
-        retry_of=kw.get("retry_errors") or "",
+        retry_of=kw.get("retry_errors") or "", one_file_system=kw["one_file_system"],
         **_verify_fields(kw, src, dst))
     _start(cfg, req, kw)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fsclone.config import Config
 from fsclone.engine.coordinator import Coordinator, Hooks, Summary
+from fsclone.engine.layout import source_layout
 from fsclone.engine.retry import retry_seed
 from fsclone.engine.roots import check_delete_guards, check_roots
 from fsclone.engine.sweep import WRITERS, remove_staging, supersede
@@ -48,6 +49,7 @@ class PassRequest:
     metadata_only: bool = False
     manifest: bool = False
     retry_of: str = ""  # re-run only the items this pass listed as failed
+    one_file_system: bool = False
     resume_id: str = ""  # resume this unfinished pass (``fsclone pass resume ID``)
 
 
@@ -60,7 +62,7 @@ def build_spec(cfg: Config, req: PassRequest, src: str, dst: str) -> PassSpec:
         large_file_size=cfg.large_file_size, range_size=cfg.range_size, dir_slice=cfg.dir_slice,
         sample=req.sample, seed=req.seed, metadata_only=req.metadata_only, manifest=req.manifest,
         verbose=req.verbose, retry_of=req.retry_of, max_delete=cfg.max_delete,
-        sentinel=cfg.sentinel)
+        sentinel=cfg.sentinel, one_file_system=req.one_file_system)
 
 
 def resumable(state: Path, pass_id: str) -> PassSpec:
@@ -80,7 +82,7 @@ def _to_run(cfg: Config, req: PassRequest, state: Path, src: str,
     never changes the request: asked with other options, it is refused."""
     if req.resume_id:
         return resumable(state, req.resume_id), True
-    asked = build_spec(cfg, req, src, dst)
+    asked = replace(build_spec(cfg, req, src, dst), source_mounts=source_layout(state, src))
     # a pass with a manifest starts anew: an interrupted run's rows are not in the new file
     if req.restart or req.dry_run or req.retry_of or req.manifest:
         return asked, False
@@ -112,7 +114,7 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         lock.acquire(f"a {req.op} pass starting")
         spec, resume = _to_run(cfg, req, state, src, dst)
         if spec.op in ("delete", "sync") and not spec.dry_run:
-            check_delete_guards(src, dst, spec.sentinel)
+            check_delete_guards(src, dst, spec.sentinel, spec.source_mounts)
         if spec.op in WRITERS and not spec.dry_run:
             _sweep(state, spec, resume, hooks)
         store = PassStore(state / spec.id) if resume else PassStore.create(state, spec)

@@ -70,6 +70,10 @@ class Context:
         self.spec = spec
         self.filters = Filters(spec)
         self.src_root = dirs.open_root(spec.src)
+        #: the source root's device, which ``--one-file-system`` keeps to
+        self.src_dev = os.fstat(self.src_root).st_dev
+        #: the recorded mount points of the source (see fsclone.engine.layout)
+        self.source_mounts = frozenset(spec.source_mounts)
         self.dst_root: int | None = None
         try:
             self.dst_root = dirs.open_root(spec.dst)

@@ -30,6 +30,7 @@ from fsclone.ops.context import (
 )
 from fsclone.ops.delete import plan_deletes
 from fsclone.ops.dirmeta import apply_dir_meta, created
+from fsclone.ops.mountguard import check_mounted, other_filesystem
 from fsclone.stats import counters as C
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -109,11 +110,12 @@ class DirCopier:
     def run(self, sync: bool) -> None:
         chunk = self.out.chunk
         if chunk.names is None:
+            check_mounted(self.ctx, chunk.path, self.sfd)
             entries = dirs.list_dir(self.sfd)
             if sync and self.dfd is not None:
                 # the complete target listing the plan needs also spares the lookups below
                 kinds = {n: stat.S_ISDIR(st.st_mode) for n, st in entries}
-                self.existing = set(plan_deletes(self.ctx, self.out, self.dfd, kinds))
+                self.existing = set(plan_deletes(self.ctx, self.out, self.sfd, self.dfd, kinds))
             entries = self._split(entries)
         else:
             entries = [(n, st) for n in chunk.names if (st := dirs.lstat_at(n, self.sfd))]
@@ -226,7 +228,8 @@ class DirCopier:
             self.out.count(C.TIMES_CLAMPED)
         mode = st.st_mode
         if stat.S_ISDIR(mode):
-            self.directory(name, self.out.path(name))
+            if not other_filesystem(self.ctx, self.out, name, st):
+                self.directory(name, self.out.path(name))
             return
         if filters.ages:
             skipped = filters.age_skip(st)

@@ -13,6 +13,9 @@ per subdirectory, all in a barrier whose ``rmdir`` chunk removes the emptied dir
 takes over its place in the barrier of the directory above: bottom up, until the barrier of the
 unlink chunk that started it restores the times of the directory the subtree was in. The source
 was checked once, by that unlink chunk, before the removal started.
+
+Neither crosses into another filesystem mounted in the subtree: ``count`` lists its mount point
+as an item error, ``prune`` leaves it (and so the directories above it) in place.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Callable, Iterable
 from fsclone.chunk import Chunk, Group, Result, join, new_id
 from fsclone.fs import dirs
 from fsclone.ops.context import Context, Outcome
+from fsclone.ops.mountguard import subdirs_on_fs
 from fsclone.stats import counters as C
 
 TargetBody = Callable[[Context, Outcome, int], None]
@@ -102,7 +106,7 @@ def run_count(ctx: Context, out: Outcome, dfd: int) -> None:
             out.count(C.PLANNED_DELETES, len(kinds))
         for name in kinds:
             out.act("delete", join(path, name))
-        return [name for name, is_dir in kinds.items() if is_dir]
+        return subdirs_on_fs(out, fd, path, kinds, report=True)
 
     path, _, subdirs = walk_chain(out, dfd, visit)
     for name in subdirs:
@@ -145,7 +149,7 @@ def run_prune(ctx: Context, out: Outcome, dfd: int) -> None:
         members.extend(Chunk(op="prune", path=path, names=tuple(files[i:i + step]), group=group)
                        for i in range(step, len(files), step))
         _unlink(out, fd, path, files[:step])
-        return [name for name, is_dir in kinds.items() if is_dir]
+        return subdirs_on_fs(out, fd, path, kinds, report=False)
 
     path, chain, subdirs = walk_chain(out, dfd, visit)
     members += [prune(join(path, name), group) for name in subdirs]
