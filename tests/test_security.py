@@ -1,0 +1,95 @@
+"""fsclone as root among hostile users: nothing a user can do in SRC or DST, and no second pass
+or stray state directory, makes a pass change anything outside its roots or let others read
+its records. See docs/security.md."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.clirun import fsclone, spawn
+from tests.fstree import snapshot
+from tests.midpass import held
+from tests.mounts import require_root
+from tests.services import wait_for
+
+NOBODY, NOGROUP = 65534, 65534
+
+
+@pytest.fixture
+def world() -> Iterator[Path]:
+    """A directory the unprivileged user ``nobody`` can reach (pytest's own temp directories
+    are root's alone), holding a root-owned 0600 canary tree outside every pass root."""
+    require_root()
+    base = Path(tempfile.mkdtemp(prefix="fsclone-security-"))
+    os.chmod(base, 0o755)
+    canary = base / "canary"
+    canary.mkdir(mode=0o700)
+    (canary / "secret").write_bytes(b"root only\n")
+    os.chmod(canary / "secret", 0o600)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def as_nobody(action: Callable[[], None]) -> None:
+    """Run ``action`` in a fork of this process as ``nobody``: what a hostile user can do."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOGROUP)
+            os.setuid(NOBODY)
+            action()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the user's action failed"
+
+
+def first_and_last(directory: Path, names: list[str]) -> tuple[str, str]:
+    """Of ``names`` in ``directory``, the one its listing gives first and the one it gives
+    last: a worker handles entries in listing order."""
+    order = [n for n in os.listdir(directory) if n in names]
+    return order[0], order[-1]
+
+
+# -- defect: chmod through a symlink swapped in ------------------------------------------------
+def test_mode_mended_in_place_never_follows_a_symlink_swapped_in(world: Path) -> None:
+    """The target copy of a file whose mode alone changed is swapped for a symlink to a root
+    file after the pass compared it (while the pass waits on another file of the directory):
+    the mend must refuse, and the canary keep its mode (main made it 0666)."""
+    src, dst, state = world / "src", world / "dst", world / "state"
+    shared = src / "shared"
+    shared.mkdir(parents=True)
+    names = [f"f{i}" for i in range(8)]
+    for n in names:
+        (shared / n).write_bytes(n.encode())
+    os.chmod(shared, 0o777)  # a directory its users may all write into, copied as such
+    assert fsclone("pass", "sync", src, dst, state=state).returncode == 0
+    victim, stall = first_and_last(shared, names)
+    os.chmod(shared / victim, 0o666)  # only the mode differs now: mended in place
+    (shared / stall).write_bytes(b"new content, so the pass opens it")
+    before = snapshot(world / "canary")
+    with held(shared / stall) as lease:
+        proc = spawn("pass", "sync", src, dst, state=state, workers=1)
+        wait_for(lambda: lease.breaking() or None, 60, "the pass to reach the held file")
+
+        def swap() -> None:
+            os.unlink(dst / "shared" / victim)
+            os.symlink(world / "canary" / "secret", dst / "shared" / victim)
+        as_nobody(swap)
+    out, err = proc.communicate(timeout=120)
+    assert snapshot(world / "canary") == before
+    assert stat.S_IMODE(os.stat(world / "canary" / "secret").st_mode) == 0o600
+    assert proc.returncode == 1, (out, err)  # the swapped entry is listed as an item error
+    assert b"changed while being updated" in out + err, (out, err)
