@@ -141,8 +141,9 @@ def apply_at(name: str, dir_fd: int, st: os.stat_result, want: dict[str, bytes],
     refuse such a descriptor): chmod by name follows a symlink a user swapped in, a path from
     the descriptor never does. ``compared`` is the target's lstat the change was decided on:
     the entry must still be that inode, of that type (its owner and mode are then set only
-    where they differ). None: an entry this worker has just made (a temp symlink or node), which must
-    still be of the source's type and ours. Otherwise :class:`EntryChanged`, nothing done."""
+    where they differ). None: an entry this worker has just made (a temp symlink or node),
+    which must still be of the source's type and ours. Otherwise :class:`EntryChanged`, and
+    nothing is done."""
     fd = os.open(name, _ENTRY_FLAGS, dir_fd=dir_fd)
     try:
         now = os.fstat(fd)
