@@ -39,6 +39,37 @@ CREATE TABLE IF NOT EXISTS workers (name TEXT PRIMARY KEY, counters TEXT);
 
 RUNNING, DONE, INTERRUPTED, REFUSED, FAILED = "running", "done", "interrupted", "refused", "failed"
 
+#: the state directory and every directory and file fsclone makes in it: pass records hold the
+#: roots, the options and the paths that failed, which are no business of other users
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
+def open_state_dir(state_dir: Path) -> Path:
+    """The state directory, made private (0700) if new. One that others could write into
+    (not ours, or group or other may write) is refused: whoever can write there can forge the
+    pass records a root pass resumes from, or take its lock. Read bits of an existing one are
+    the site's choice (a group of admins may share it) and left alone."""
+    state_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    st = state_dir.stat()
+    if st.st_uid != os.geteuid():
+        raise UsageError(f"state directory {state_dir} belongs to uid {st.st_uid}, not to us: "
+                         f"chown {os.geteuid()} {state_dir} (or use a STATE_DIR of our own)")
+    if st.st_mode & 0o022:
+        raise UsageError(f"state directory {state_dir} can be written by others: "
+                         f"chmod go-w {state_dir}")
+    return state_dir
+
+
+def private_subdir(path: Path) -> Path:
+    """A directory of the state directory's own (locks, trees), made 0700."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    return path
+
+
+def create_private(path: Path) -> int:
+    """Create (or open) a file of the state directory 0600; returns its fd, for writing."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, PRIVATE_FILE)
+
 
 def new_pass_id(op: str) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{op}-{new_id()[:6]}"
@@ -93,9 +124,10 @@ class PassStore:
     @classmethod
     def create(cls, state_dir: Path, spec: PassSpec) -> PassStore:
         path = state_dir / spec.id
-        path.mkdir(parents=True, exist_ok=False)
+        path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=False)
         new = path / "pass.db.new"  # renamed once complete: readers never see a record without
-        db = sqlite3.connect(new)  # its pass row (``status`` while a pass starts)
+        os.close(create_private(new))  # its pass row (``status`` while a pass starts); SQLite
+        db = sqlite3.connect(new)  # gives its -wal and -shm files the database's mode
         db.executescript(_SCHEMA)
         db.execute("INSERT INTO pass VALUES (?,?,?,?,?,?,?,?,?)",
                    (spec.id, json.dumps(spec.to_wire()), RUNNING, 0, spec.started, None, "{}",
@@ -315,10 +347,8 @@ class TargetLock:
     and unlike flock it is not inherited by forked workers that may outlive it."""
 
     def __init__(self, state_dir: Path, dst: str) -> None:
-        locks = state_dir / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        self.path = locks / (path_key(dst) + ".lock")
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.path = private_subdir(state_dir / "locks") / (path_key(dst) + ".lock")
+        self.fd = create_private(self.path)
 
     def acquire(self, what: str) -> None:
         """Take the lock or raise LockedError naming its holder; ``what`` names us to others."""

@@ -93,3 +93,44 @@ def test_mode_mended_in_place_never_follows_a_symlink_swapped_in(world: Path) ->
     assert stat.S_IMODE(os.stat(world / "canary" / "secret").st_mode) == 0o600
     assert proc.returncode == 1, (out, err)  # the swapped entry is listed as an item error
     assert b"changed while being updated" in out + err, (out, err)
+
+
+# -- defect: a state directory others can read or write ---------------------------------------
+def test_state_directory_and_its_files_are_private(tmp_path: Path) -> None:
+    """Pass records name roots, options and failed paths: 0700 directories, 0600 files."""
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    assert fsclone("pass", "sync", src, dst, state=state).returncode == 0
+    made = [state, *state.rglob("*")]
+    assert any(p.name == "pass.db" for p in made) and any(p.suffix == ".lock" for p in made)
+    assert any(p.suffix == ".json" for p in made)  # the tree's total
+    wrong = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.lstat().st_mode)) for p in made
+             if stat.S_IMODE(p.lstat().st_mode) != (0o700 if p.is_dir() else 0o600)}
+    assert not wrong
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o1777])
+def test_a_state_directory_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    state.mkdir()
+    os.chmod(state, mode)
+    proc = fsclone("pass", "sync", src, dst, state=state)
+    assert proc.returncode == 2, proc
+    assert proc.stderr.decode().strip().splitlines() == [
+        f"fsclone: state directory {state} can be written by others: chmod go-w {state}"]
+    assert not dst.exists() and os.listdir(state) == []
+
+
+def test_a_state_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    require_root()
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    src.mkdir()
+    state.mkdir(mode=0o700)
+    os.chown(state, NOBODY, NOGROUP)
+    proc = fsclone("pass", "copy", src, dst, state=state)
+    assert proc.returncode == 2, proc
+    assert b"belongs to uid 65534" in proc.stderr and b"chown 0" in proc.stderr, proc
+    assert not dst.exists() and os.listdir(state) == []

@@ -20,6 +20,7 @@ from fsclone.state import (
     TargetLock,
     find_unfinished,
     new_pass_id,
+    open_state_dir,
     pass_dir,
     read_record,
 )
@@ -76,8 +77,7 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         raise UsageError("--workers must be at least 1")
     writes = not req.dry_run and req.op in ("copy", "sync")
     src, dst = check_roots(req.src, req.dst, needs_dst=not writes and req.op != "copy")
-    state = cfg.state_path
-    state.mkdir(parents=True, exist_ok=True)
+    state = open_state_dir(cfg.state_path)
     lock = TargetLock(state, dst)
     try:
         lock.acquire(f"a {req.op} pass starting")
