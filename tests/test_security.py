@@ -134,3 +134,27 @@ def test_a_state_directory_of_another_user_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc
     assert b"belongs to uid 65534" in proc.stderr and b"chown 0" in proc.stderr, proc
     assert not dst.exists() and os.listdir(state) == []
+
+
+# -- defect: two passes on one target through two state directories ---------------------------
+def test_a_second_pass_with_its_own_state_directory_is_refused(tmp_path: Path) -> None:
+    """The lock lives with the target: a pass held mid-way keeps one that keeps its records
+    elsewhere (main ran both). A dry run, which writes nothing, is refused too."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d").mkdir(parents=True)
+    for i in range(4):
+        (src / "d" / f"f{i}").write_bytes(b"x" * i)
+    with held(src / "d" / "f2") as lease:
+        first = spawn("pass", "sync", src, dst, state=tmp_path / "one", workers=1)
+        wait_for(lambda: lease.breaking() or None, 60, "the first pass to reach the held file")
+        second = fsclone("pass", "copy", src, dst, state=tmp_path / "two")
+        dry = fsclone("pass", "sync", src, dst, "--dry-run", state=tmp_path / "three")
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, (out, err)
+    for proc in (second, dry):
+        assert proc.returncode == 2, proc
+        lines = proc.stderr.decode().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"fsclone: another pass is running on target {dst} (pid {first.pid} on this host"), \
+            lines
+    assert [p.name for p in (tmp_path / "two").iterdir()] == ["locks"]  # no pass record

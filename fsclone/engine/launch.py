@@ -78,9 +78,12 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
     writes = not req.dry_run and req.op in ("copy", "sync")
     src, dst = check_roots(req.src, req.dst, needs_dst=not writes and req.op != "copy")
     state = open_state_dir(cfg.state_path)
-    lock = TargetLock(state, dst)
+    lock = TargetLock(state, dst, shared=req.dry_run)
     try:
         lock.acquire(f"a {req.op} pass starting")
+        if writes and not os.path.isdir(dst):
+            os.mkdir(dst, 0o700)
+        lock.hold_target()
         # a pass with a manifest starts anew: an interrupted run's rows are not in the new file
         fresh = req.restart or req.dry_run or req.retry_of or req.manifest
         resume = req.resume_id or (None if fresh else find_unfinished(state, req.op, src, dst))
@@ -91,8 +94,6 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
             hooks.note(f"resuming pass {resume} (its options apply; --restart starts anew)")
         if req.op in ("delete", "sync") and not req.dry_run:
             check_delete_guards(src, dst, cfg.sentinel)
-        if writes and not os.path.isdir(dst):
-            os.mkdir(dst, 0o700)
         seed = retry_seed(state, req.retry_of, req.op, cfg.dir_slice) if req.retry_of else None
         coordinator = Coordinator(store, transport or LocalTransport(cfg.workers), hooks,
                                   max_delete=cfg.max_delete, seed=seed)
