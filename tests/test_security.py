@@ -4,6 +4,7 @@ its records. See docs/security.md."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -16,7 +17,7 @@ import pytest
 from tests.clirun import fsclone, spawn
 from tests.fstree import snapshot
 from tests.midpass import held
-from tests.mounts import require_root
+from tests.mounts import bind, require_root
 from tests.services import wait_for
 
 NOBODY, NOGROUP = 65534, 65534
@@ -158,3 +159,56 @@ def test_a_second_pass_with_its_own_state_directory_is_refused(tmp_path: Path) -
             f"fsclone: another pass is running on target {dst} (pid {first.pid} on this host"), \
             lines
     assert [p.name for p in (tmp_path / "two").iterdir()] == ["locks"]  # no pass record
+
+
+# -- defect: roots aliased by bind mounts --------------------------------------------------------
+def small_tree(root: Path) -> Path:
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"data")
+    os.link(root / "d" / "f", root / "d" / "g")
+    return root
+
+
+def test_source_and_target_the_same_through_a_bind_mount_is_refused(tmp_path: Path) -> None:
+    """main synced SRC onto itself, moving its root's mtime and its hard links' ctimes."""
+    src = small_tree(tmp_path / "src")
+    before = snapshot(src)
+    with bind(src, tmp_path / "alias") as alias:
+        proc = fsclone("pass", "sync", src, alias, state=tmp_path / "state")
+    assert proc.returncode == 2, proc
+    assert proc.stderr.decode().strip() == (f"fsclone: source {src} and target {alias} are the "
+                                            "same directory (through a bind mount)")
+    assert snapshot(src) == before
+    assert not (tmp_path / "state").exists() or not list((tmp_path / "state").glob("2*"))
+
+
+def test_target_inside_the_source_through_a_bind_mount_is_refused(tmp_path: Path) -> None:
+    """main walked into its own output, level after level."""
+    src = small_tree(tmp_path / "src")
+    before = snapshot(src)
+    with bind(src, tmp_path / "alias") as alias:
+        proc = fsclone("pass", "copy", src, alias / "copy", state=tmp_path / "state",
+                       timeout=60)
+        back = fsclone("pass", "copy", alias / "d", src, state=tmp_path / "state")
+    assert proc.returncode == 2, proc
+    assert proc.stderr.decode().strip() == (
+        f"fsclone: target {alias / 'copy'} is inside source {src} (through a bind mount at "
+        f"{alias})")
+    assert back.returncode == 2, back
+    assert back.stderr.decode().strip() == (
+        f"fsclone: source {alias / 'd'} is inside target {src} (through a bind mount at "
+        f"{alias})")
+    assert snapshot(src) == before
+
+
+def test_the_walk_never_enters_the_target_mounted_inside_the_source(tmp_path: Path) -> None:
+    """The target bind-mounted below the source, off both roots' paths: the directory is
+    listed as an item error, not walked (main copied the copy into itself)."""
+    src, dst = small_tree(tmp_path / "src"), tmp_path / "dst"
+    dst.mkdir()
+    with bind(dst, src / "mnt"):
+        proc = fsclone("pass", "copy", src, dst, state=tmp_path / "state", timeout=60)
+        assert os.listdir(dst) == ["d"], os.listdir(dst)
+    assert proc.returncode == 1, proc
+    assert (f"mnt: copy: [errno {errno.ELOOP}] is the target's root (a bind mount into the "
+            "source?): not entered").encode() in proc.stdout, proc

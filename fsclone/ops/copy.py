@@ -228,6 +228,11 @@ class DirCopier:
             self.out.count(C.TIMES_CLAMPED)
         mode = st.st_mode
         if stat.S_ISDIR(mode):
+            if self.ctx.is_target_root(st):
+                self.out.fail(self.out.path(name), OSError(
+                    errno.ELOOP, "is the target's root (a bind mount into the source?): "
+                    "not entered"))
+                return
             self.directory(name, self.out.path(name))
             return
         if filters.ages:
