@@ -4,11 +4,14 @@ its records. See docs/security.md."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import random
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -94,6 +97,50 @@ def test_mode_mended_in_place_never_follows_a_symlink_swapped_in(world: Path) ->
     assert stat.S_IMODE(os.stat(world / "canary" / "secret").st_mode) == 0o600
     assert proc.returncode == 1, (out, err)  # the swapped entry is listed as an item error
     assert b"changed while being updated" in out + err, (out, err)
+
+
+def test_a_user_racing_repeated_syncs_never_changes_the_canary(world: Path) -> None:
+    """The same attack as a user would run it: ``nobody`` keeps swapping target copies of
+    files whose mode keeps changing for symlinks to the canary, for a bounded time, while
+    syncs mend them; the canary tree must come out as it went in."""
+    src, dst, state = world / "src", world / "dst", world / "state"
+    shared = src / "shared"
+    shared.mkdir(parents=True)
+    names = [f"f{i:03}" for i in range(200)]
+    for n in names:
+        (shared / n).write_bytes(n.encode())
+    os.chmod(shared, 0o777)
+    assert fsclone("pass", "sync", src, dst, state=state).returncode == 0
+    before = snapshot(world / "canary")
+    stop = world / "stop"
+    racer = os.fork()
+    if racer == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOGROUP)
+            os.setuid(NOBODY)
+            deadline = time.monotonic() + 60
+            while not stop.exists() and time.monotonic() < deadline:
+                for n in random.sample(names, len(names)):  # copies a sync put back, at odd times
+                    with contextlib.suppress(OSError):
+                        if (dst / "shared" / n).is_symlink():
+                            continue
+                        time.sleep(random.random() / 500)
+                        os.unlink(dst / "shared" / n)
+                        os.symlink(world / "canary" / "secret", dst / "shared" / n)
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        for mode in [0o666, 0o644] * 5:
+            for n in names:
+                os.chmod(shared / n, mode)
+            assert fsclone("pass", "sync", src, dst, state=state, workers=2).returncode in (0, 1)
+    finally:
+        stop.touch()
+        os.waitpid(racer, 0)
+    assert snapshot(world / "canary") == before
 
 
 # -- defect: a state directory others can read or write ---------------------------------------
