@@ -43,8 +43,9 @@ def world() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def as_nobody(action: Callable[[], None]) -> None:
-    """Run ``action`` in a fork of this process as ``nobody``: what a hostile user can do."""
+def start_as_nobody(action: Callable[[], None]) -> int:
+    """Start ``action`` in a fork of this process as ``nobody`` (what a hostile user can do);
+    returns its pid, for :func:`wait_ok`."""
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -56,8 +57,26 @@ def as_nobody(action: Callable[[], None]) -> None:
             code = 0
         finally:
             os._exit(code)
+    return pid
+
+
+def wait_ok(pid: int) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the user's action failed"
+
+
+def shared_tree(world: Path, count: int) -> tuple[Path, Path, Path, list[str]]:
+    """SRC with a directory ``shared`` of ``count`` files that every user may write into,
+    synced once; returns src, dst, the state directory and the file names."""
+    src, dst, state = world / "src", world / "dst", world / "state"
+    shared = src / "shared"
+    shared.mkdir(parents=True)
+    names = [f"f{i:03}" for i in range(count)]
+    for n in names:
+        (shared / n).write_bytes(n.encode())
+    os.chmod(shared, 0o777)  # copied as such
+    assert fsclone("pass", "sync", src, dst, state=state).returncode == 0
+    return src, dst, state, names
 
 
 def first_and_last(directory: Path, names: list[str]) -> tuple[str, str]:
@@ -72,14 +91,8 @@ def test_mode_mended_in_place_never_follows_a_symlink_swapped_in(world: Path) ->
     """The target copy of a file whose mode alone changed is swapped for a symlink to a root
     file after the pass compared it (while the pass waits on another file of the directory):
     the mend must refuse, and the canary keep its mode (main made it 0666)."""
-    src, dst, state = world / "src", world / "dst", world / "state"
+    src, dst, state, names = shared_tree(world, 8)
     shared = src / "shared"
-    shared.mkdir(parents=True)
-    names = [f"f{i}" for i in range(8)]
-    for n in names:
-        (shared / n).write_bytes(n.encode())
-    os.chmod(shared, 0o777)  # a directory its users may all write into, copied as such
-    assert fsclone("pass", "sync", src, dst, state=state).returncode == 0
     victim, stall = first_and_last(shared, names)
     os.chmod(shared / victim, 0o666)  # only the mode differs now: mended in place
     (shared / stall).write_bytes(b"new content, so the pass opens it")
@@ -91,7 +104,7 @@ def test_mode_mended_in_place_never_follows_a_symlink_swapped_in(world: Path) ->
         def swap() -> None:
             os.unlink(dst / "shared" / victim)
             os.symlink(world / "canary" / "secret", dst / "shared" / victim)
-        as_nobody(swap)
+        wait_ok(start_as_nobody(swap))
     out, err = proc.communicate(timeout=120)
     assert snapshot(world / "canary") == before
     assert stat.S_IMODE(os.stat(world / "canary" / "secret").st_mode) == 0o600
@@ -103,35 +116,22 @@ def test_a_user_racing_repeated_syncs_never_changes_the_canary(world: Path) -> N
     """The same attack as a user would run it: ``nobody`` keeps swapping target copies of
     files whose mode keeps changing for symlinks to the canary, for a bounded time, while
     syncs mend them; the canary tree must come out as it went in."""
-    src, dst, state = world / "src", world / "dst", world / "state"
+    src, dst, state, names = shared_tree(world, 200)
     shared = src / "shared"
-    shared.mkdir(parents=True)
-    names = [f"f{i:03}" for i in range(200)]
-    for n in names:
-        (shared / n).write_bytes(n.encode())
-    os.chmod(shared, 0o777)
-    assert fsclone("pass", "sync", src, dst, state=state).returncode == 0
     before = snapshot(world / "canary")
     stop = world / "stop"
-    racer = os.fork()
-    if racer == 0:
-        code = 1
-        try:
-            os.setgroups([])
-            os.setgid(NOGROUP)
-            os.setuid(NOBODY)
-            deadline = time.monotonic() + 60
-            while not stop.exists() and time.monotonic() < deadline:
-                for n in random.sample(names, len(names)):  # copies a sync put back, at odd times
-                    with contextlib.suppress(OSError):
-                        if (dst / "shared" / n).is_symlink():
-                            continue
-                        time.sleep(random.random() / 500)
-                        os.unlink(dst / "shared" / n)
-                        os.symlink(world / "canary" / "secret", dst / "shared" / n)
-            code = 0
-        finally:
-            os._exit(code)
+
+    def race() -> None:
+        deadline = time.monotonic() + 60
+        while not stop.exists() and time.monotonic() < deadline:
+            for n in random.sample(names, len(names)):  # copies a sync put back, at odd times
+                with contextlib.suppress(OSError):
+                    if (dst / "shared" / n).is_symlink():
+                        continue
+                    time.sleep(random.random() / 500)
+                    os.unlink(dst / "shared" / n)
+                    os.symlink(world / "canary" / "secret", dst / "shared" / n)
+    racer = start_as_nobody(race)
     try:
         for mode in [0o666, 0o644] * 5:
             for n in names:
@@ -139,7 +139,7 @@ def test_a_user_racing_repeated_syncs_never_changes_the_canary(world: Path) -> N
             assert fsclone("pass", "sync", src, dst, state=state, workers=2).returncode in (0, 1)
     finally:
         stop.touch()
-        os.waitpid(racer, 0)
+        wait_ok(racer)
     assert snapshot(world / "canary") == before
 
 
