@@ -70,3 +70,16 @@ def loop_fs(path: Path, kind: str, size_mb: int = 64,
         _umount(path)
         image.unlink()
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def bind(source: Path, path: Path) -> Iterator[Path]:
+    """``source`` bind-mounted on ``path`` (made if missing) for the block's duration: one
+    directory under two paths, the same (st_dev, st_ino) under both."""
+    require_root()
+    path.mkdir(parents=True, exist_ok=True)
+    _mount("--bind", source, path)
+    try:
+        yield path
+    finally:
+        _umount(path)

@@ -80,8 +80,10 @@ class Context:
         except FileNotFoundError:
             if not spec.dry_run:
                 raise
-        #: the target's device, for what the kernel's copy between the two learns (fs.data)
-        self.dst_dev = os.fstat(self.dst_root).st_dev if self.dst_root is not None else 0
+        #: the target root's identity: its device, for what the kernel's copy between the two
+        #: learns (fs.data), and with its inode, the directory a walk must never enter
+        dst_st = os.fstat(self.dst_root) if self.dst_root is not None else None
+        self.dst_dev, self.dst_ino = (dst_st.st_dev, dst_st.st_ino) if dst_st else (0, 0)
         self.staging = LINKS_PREFIX + spec.id
         self.unnamed = UnnamedFiles()
         #: when a target time counts as the source's (see fs.meta.TimeRule)
@@ -103,6 +105,11 @@ class Context:
         if self.spec.op == "verify":
             return meta.TimeRule(window, step_ns=facts.step_ns)
         return meta.TimeRule.of(window, facts.low_ns, facts.high_ns, facts.step_ns)
+
+    def is_target_root(self, st: os.stat_result) -> bool:
+        """Whether a source directory is the target's root (bind-mounted into the source):
+        walking into it would copy the copy without end. Ints compared, once per directory."""
+        return st.st_dev == self.dst_dev and st.st_ino == self.dst_ino
 
     def staging_fd(self) -> int:
         """The hard-link staging directory at the target root, made on first use."""

@@ -228,6 +228,11 @@ class DirCopier:
             self.out.count(C.TIMES_CLAMPED)
         mode = st.st_mode
         if stat.S_ISDIR(mode):
+            if self.ctx.is_target_root(st):
+                self.out.fail(self.out.path(name), OSError(
+                    errno.ELOOP, "is the target's root (a bind mount into the source?): "
+                    "not entered"))
+                return
             if not other_filesystem(self.ctx, self.out, name, st):
                 self.directory(name, self.out.path(name))
             return
@@ -314,12 +319,13 @@ class DirCopier:
     def mend_meta(self, name: str, st: os.stat_result, dst: os.stat_result,
                   sx: dict[str, bytes], dx: dict[str, bytes]) -> None:
         """Metadata-only changes are applied in place: no data is rewritten. ``sx`` and ``dx``
-        are the source's and the target's xattrs."""
+        are the source's and the target's xattrs; ``dst``, the target's lstat, is the inode
+        changed (a user may have swapped the name since)."""
         assert self.dfd is not None
         diff = meta.with_xattrs(meta.inode_diff(st, dst, self.ctx.times), sx, dx)
         self.out.act("attrs", self.out.path(name), ",".join(diff.names()))
         if not self.dry:
-            meta.apply_all(name, st, sx, dx, self.dfd, current=dst)
+            meta.apply_at(name, self.dfd, st, sx, dx, compared=dst)
         self.out.count(C.UPDATED)
 
     def copy_unnamed(self, name: str, st: os.stat_result) -> int | None:
@@ -512,7 +518,7 @@ class DirCopier:
         """Metadata onto a new non-regular temp entry, then rename it into place."""
         assert self.dfd is not None
         try:
-            meta.apply_all(tmp, st, meta.read_xattrs(name, self.sfd), {}, self.dfd)
+            meta.apply_at(tmp, self.dfd, st, meta.read_xattrs(name, self.sfd), {}, None)
             replace_entry(self.dfd, tmp, name)
         except BaseException:
             discard(self.dfd, tmp)
