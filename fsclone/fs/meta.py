@@ -13,6 +13,8 @@ import os
 import stat
 from dataclasses import dataclass
 
+from fsclone.fs.lustre.xattrs import is_internal
+
 IS_ROOT = os.geteuid() == 0
 #: xattr errors meaning "this filesystem or object has none": not an item failure
 _NO_XATTR = {errno.ENOTSUP, errno.ENODATA}
@@ -52,6 +54,8 @@ def read_xattrs_of(names: list[str], dir_fd: int) -> list[dict[str, bytes] | OSE
 
 
 def _read_xattrs(path: int | str, follow: bool) -> dict[str, bytes]:
+    """The xattrs fsclone compares and carries: Lustre's internal ones are left out on both
+    sides (never read, never copied, never removed from a target)."""
     try:
         names = os.listxattr(path, follow_symlinks=follow)
     except OSError as exc:
@@ -60,6 +64,8 @@ def _read_xattrs(path: int | str, follow: bool) -> dict[str, bytes]:
         raise
     values: dict[str, bytes] = {}
     for name in names:
+        if is_internal(name):
+            continue
         try:
             values[name] = os.getxattr(path, name, follow_symlinks=follow)
         except OSError as exc:
