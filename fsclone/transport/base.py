@@ -16,6 +16,10 @@ class Transport(ABC):
     and the coordinator ignores a second result for a chunk it already finished.
     """
 
+    #: the secret the coordinator signs planned chunks with and its workers check them with
+    #: (fsclone.signing): each transport says how its workers learn it
+    key: bytes
+
     @abstractmethod
     def start(self, spec: PassSpec) -> None:
         """Get ready to serve ``spec`` (start local workers, declare queues, ...)."""

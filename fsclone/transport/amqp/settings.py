@@ -4,6 +4,10 @@ The URL names the user and vhost (``amqp://USERNAME@host/vhost``); the password 
 file that only its owner may read, by default ``~/.fsclone/rabbitmq_<USERNAME>.conf`` (the SDSC
 tool kept ``rabbitmq/rabbitmq_<USERNAME>.conf``). With ``amqps://`` and a client certificate
 (``BROKER_CERT_FILE``) the broker authenticates the certificate instead (EXTERNAL).
+
+Whoever holds the broker's credentials can publish; what they cannot do is sign: the
+coordinator and its workers share a secret of their own (``SIGNING_KEY_FILE``, see
+fsclone.signing) that the broker never carries.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from fsclone.config import Config
 from fsclone.errors import ConfigError, UsageError
+from fsclone.signing import read_key
 
 _DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 _USERINFO = re.compile(r"(://[^:/@\s]*):[^@/\s]*@")
@@ -101,3 +106,12 @@ def broker_settings(cfg: Config) -> BrokerSettings:
     return BrokerSettings(url.scheme, url.hostname, port, vhost, username, password,
                           None if cert else password_file, cfg.broker_ca_file, cert,
                           cfg.broker_key_file)
+
+
+def signing_key(cfg: Config) -> bytes:
+    """The secret of ``SIGNING_KEY_FILE``, which every amqp coordinator and worker needs."""
+    if not cfg.signing_key_file:
+        raise UsageError("the amqp transport needs SIGNING_KEY_FILE: a 0600 file holding a "
+                         "secret shared by the coordinator's and the workers' nodes (see "
+                         "docs/amqp.md)")
+    return read_key(cfg.signing_key_file)
