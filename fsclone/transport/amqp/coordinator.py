@@ -340,7 +340,8 @@ class AmqpTransport(Transport):
         chunk = chunks[0]
         if wire.REASON_HEADER in (properties.headers or {}):
             # listed whether or not the chunk is one of ours (a forged one is never outstanding)
-            self._lost.append(ItemError(chunk.subject, chunk.op, 0, f"work message {why}"))
+            self._lost.append(ItemError(chunk.subject, chunk.op, 0,
+                                        f"work message dead-lettered: {why}"))
         failed = dataclasses.replace(chunk, attempt=chunk.attempt + tries - 1)
         self._results.append(Result(chunk=failed, failed=f"dead-lettered: {why}"))
 
