@@ -23,10 +23,11 @@ from typing import Any
 import pika
 import pytest
 
+from fsclone.chunk import Result
 from fsclone.spec import PassSpec
 from fsclone.state import PassRecord, list_passes, new_pass_id
 from fsclone.transport.amqp.coordinator import DELIVERY_LIMIT
-from fsclone.transport.amqp.wire import Queues
+from fsclone.transport.amqp.wire import Queues, decode_chunks, encode_results
 from tests.clirun import children, fsclone, fsclone_env, spawn
 from tests.fstree import (
     assert_rsync_clean,
@@ -641,3 +642,27 @@ def test_a_worker_serves_no_pass_its_node_does_not_allow(broker: Broker, workers
     assert not (dst / "g0").exists()
     lines = ignoring()
     assert len(lines) == 1 and why in lines[0], lines
+
+
+def test_a_forged_result_is_dropped_and_listed(broker: Broker, workers: Workers,
+                                               tmp_path: Path) -> None:
+    """A result for the pass's real root chunk, read off its queue, that claims the whole
+    tree done: without a worker's signature it is not taken, so the tree is still copied."""
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    entries = bulk_tree(src, dirs=3, files=2)
+    coordinator, queues = _waiting_pass(broker, src, dst, state)
+    ch = broker.channel()
+    method, _, body = wait_for(lambda: ch.basic_get(queues.chunks), 30, "the root chunk")
+    root = decode_chunks(body)[0]
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    ch.basic_publish("", queues.results, encode_results([Result(chunk=root, worker="x.0")]),
+                     pika.BasicProperties(delivery_mode=2))
+    ch.connection.close()
+    workers.start(1)
+    out = coordinator.communicate(timeout=300)
+    assert coordinator.returncode == 1, out[1].decode()
+    result = summary(out)
+    assert result["counters"]["scanned"] == entries
+    assert [e["message"].split(";")[0] for e in result["errors"]] == [
+        "a result message without a worker's signature was dropped"]
+    assert_rsync_clean(src, dst)
