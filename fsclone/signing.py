@@ -21,13 +21,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import stat
 from dataclasses import replace
 
 from fsclone.chunk import Chunk
 from fsclone.errors import ConfigError, MessageError
+from fsclone.private import read_private
 from fsclone.schema import PLAN
 
 #: ops whose chunks only the coordinator may issue
@@ -51,21 +50,8 @@ def new_key() -> bytes:
 
 def read_key(path: str) -> bytes:
     """The secret in ``path``, refused unless only its owner can read or write it."""
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError(f"signing key file {path} is not a regular file")
-            if st.st_mode & 0o077:
-                raise ConfigError(f"signing key file {path} is open to others (mode "
-                                  f"{stat.S_IMODE(st.st_mode):04o}): chmod 600 {path}")
-            key = f.read().strip()
-    except FileNotFoundError:
-        raise ConfigError(f"no signing key file {path}: make one on every node with "
-                          f"`head -c 48 /dev/urandom | base64 > {path}; chmod 600 {path}`") \
-            from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read signing key file {path}: {exc.strerror}") from None
+    key = read_private(path, "signing key file", "make one, the same on every node: `head -c "
+                       f"48 /dev/urandom | base64 > {path}; chmod 600 {path}`").strip()
     if len(key) < MIN_KEY:
         raise ConfigError(f"signing key file {path} holds fewer than {MIN_KEY} bytes")
     return key
