@@ -46,6 +46,8 @@ from fsclone.transport.amqp.settings import BrokerSettings, broker_settings, sig
 log = logging.getLogger("fsclone.amqp")
 #: exit code of a worker process that lost the broker in the middle of a chunk (EX_TEMPFAIL)
 LOST_MID_CHUNK = 75
+#: the most reasons to ignore an announcement that a worker remembers having logged
+_TOLD = 1000
 
 
 @dataclass
@@ -205,8 +207,11 @@ class Consumer:
                 self._consume(served)
 
     def _tell(self, line: str) -> None:
-        """Log why a pass is ignored, once (its announcements come every few seconds)."""
+        """Log why a pass is ignored, once (its announcements come every few seconds; a flood
+        of made-up ones is remembered up to a point, then logged again)."""
         if line not in self.told:
+            if len(self.told) >= _TOLD:
+                self.told.clear()
             self.told.add(line)
             log.warning("%s", line)
 
