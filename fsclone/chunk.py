@@ -34,7 +34,9 @@ class Chunk:
     """One unit of work: an op applied to a directory, a slice of its names, or a file range.
 
     ``group`` names the barrier this chunk counts toward (see :class:`Group`); ``attempt`` is 0
-    on first delivery and grows on each redelivery, so an op knows to clean up after a dead try.
+    on the first run and grows with each run that failed or died (a resume of the pass is not a
+    run: the chunk keeps its attempt); ``redo`` says an earlier run may have left temp files,
+    for the op to remove: set by a retry, a redelivery and a resume alike.
     ``args`` carries op-specific small values (temp name, byte range, source identity).
     """
 
@@ -45,6 +47,7 @@ class Chunk:
     group: str | None = None
     attempt: int = 0
     id: str = field(default_factory=new_id)
+    redo: bool = False
 
     @property
     def subject(self) -> str:
@@ -54,7 +57,12 @@ class Chunk:
             else self.path
 
     def retry(self) -> Chunk:
-        return replace(self, attempt=self.attempt + 1)
+        """The next try after a run that failed."""
+        return replace(self, attempt=self.attempt + 1, redo=True)
+
+    def redone(self) -> Chunk:
+        """The same try again, after a run that may have left temp files (a resumed pass)."""
+        return replace(self, redo=True)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -65,6 +73,7 @@ class Chunk:
             "args": self.args,
             "group": self.group,
             "attempt": self.attempt,
+            "redo": self.redo,
         }
 
     @classmethod
@@ -80,6 +89,7 @@ class Chunk:
                 group=None if group is None else str(group),
                 attempt=int(data.get("attempt", 0)),
                 id=str(data["id"]),
+                redo=bool(data.get("redo", False)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MessageError(f"malformed chunk: {exc}") from exc

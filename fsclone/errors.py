@@ -31,3 +31,8 @@ class TransportError(FscloneError):
 
 class MessageError(FscloneError):
     """A chunk or result message is malformed or carries an unsafe path."""
+
+
+class LayoutError(FscloneError):
+    """A Lustre layout blob is truncated, garbled, or of a kind that cannot be re-used on
+    another filesystem. Never fatal to a copy: the file keeps the target's default layout."""

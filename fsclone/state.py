@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS workers (name TEXT PRIMARY KEY, counters TEXT);
 """
 
 RUNNING, DONE, INTERRUPTED, REFUSED, FAILED = "running", "done", "interrupted", "refused", "failed"
+#: an unfinished pass a new pass on its target took the place of: never resumed
+SUPERSEDED = "superseded"
+#: the statuses of a pass that can be resumed
+UNFINISHED = (RUNNING, INTERRUPTED)
 
 
 def new_pass_id(op: str) -> str:
@@ -184,6 +188,10 @@ class PassStore:
     def planned_entries(self) -> int:
         return self.db.execute("SELECT coalesce(sum(entries), 0) FROM deletions").fetchone()[0]
 
+    def errors_of(self, op: str) -> int:
+        """How many item errors chunks of ``op`` listed."""
+        return self.db.execute("SELECT count(*) FROM errors WHERE op=?", (op,)).fetchone()[0]
+
     def errors(self, limit: int | None = None) -> list[ItemError]:
         return _errors(self.db, limit)
 
@@ -249,6 +257,21 @@ def read_workers(path: Path) -> dict[str, dict[str, int]]:
         return _workers(db)
 
 
+def read_chunks(path: Path) -> list[Chunk]:
+    """The chunks a pass still had to run: outstanding, and held back by barriers."""
+    with closing(_read_only(path)) as db:
+        rows = db.execute("SELECT body FROM outstanding UNION ALL "
+                          "SELECT then_chunk FROM groups").fetchall()
+    return [loads_chunk(body) for (body,) in rows]
+
+
+def mark(path: Path, status: str) -> None:
+    """Set the status of a pass that is not running (one a new pass supersedes)."""
+    with closing(sqlite3.connect(path / "pass.db")) as db:
+        db.execute("UPDATE pass SET status=?, ended=?", (status, time.time()))
+        db.commit()
+
+
 def pass_dir(state_dir: Path, pass_id: str) -> Path:
     """The directory of pass ``pass_id``, refusing ids that are not one (a path, a dot name)."""
     path = state_dir / pass_id
@@ -290,7 +313,8 @@ def list_passes(state_dir: Path) -> list[PassRecord]:
 
 def find_unfinished(state_dir: Path, op: str, src: str, dst: str) -> str | None:
     """The newest pass with the same op and roots that did not finish, to be resumed. A
-    ``--retry-errors`` pass is never resumed by a plain pass: it covers only a few items.
+    ``--retry-errors`` pass is never resumed by a plain pass: it covers only a few items; nor
+    is a dry run: it leaves nothing to resume.
 
     Every pass command asks this at start, and a long migration piles up records: passes of
     other ops are skipped by their id alone, and of the rest only the pass row is read."""
@@ -302,11 +326,18 @@ def find_unfinished(state_dir: Path, op: str, src: str, dst: str) -> str | None:
                 spec_json, status = db.execute("SELECT spec, status FROM pass").fetchone()
         except sqlite3.Error:
             continue
-        if status in (RUNNING, INTERRUPTED):
+        if status in UNFINISHED:
             spec = PassSpec.from_wire(json.loads(spec_json))
-            if (spec.src, spec.dst) == (src, dst) and not spec.retry_of:
+            if (spec.src, spec.dst) == (src, dst) and not (spec.retry_of or spec.rehearsal):
                 return spec.id
     return None
+
+
+def unfinished_on(state_dir: Path, dst: str, ops: tuple[str, ...]) -> list[PassRecord]:
+    """The unfinished passes of ``ops`` on target ``dst`` (dry runs aside)."""
+    records = (try_read_record(state_dir, i) for i in pass_ids(state_dir) if op_of(i) in ops)
+    return [r for r in records if r is not None and r.status in UNFINISHED
+            and r.spec.dst == dst and not r.spec.rehearsal]
 
 
 class TargetLock:

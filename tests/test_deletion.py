@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.clirun import fsclone, fsclone_env, fsclone_json
+from tests.faultmount import faulty
 from tests.fstree import assert_rsync_clean, assert_same_tree, leftovers
 
 
@@ -186,3 +187,40 @@ def test_a_read_only_subtree_of_ones_own_is_deleted_without_root(tmp_path: Path)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout.splitlines()[-1])["counters"]["deleted"] == 10
         assert sorted(os.listdir(dst)) == ["keep"]
+
+
+def test_excluded_entries_inside_a_doomed_subtree_are_kept(tmp_path: Path) -> None:
+    """As the README promises (and rsync does): an excluded target entry is never deleted,
+    not even inside a directory that is going; that directory stays, holding it."""
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    src.mkdir()
+    (src / "f").write_text("f")
+    assert fsclone("pass", "copy", src, dst, state=state).returncode == 0
+    (dst / "old/sub").mkdir(parents=True)
+    (dst / "old/sub/keepme").write_text("protected")
+    (dst / "old/sub/junk").write_text("goes")
+    (dst / "old/junk").write_text("goes")
+    rc, out = fsclone_json("pass", "sync", "--exclude", "keepme", src, dst, state=state)
+    assert rc == 0, out
+    assert (dst / "old/sub/keepme").read_text() == "protected"
+    assert sorted(p.name for p in (dst / "old").rglob("*")) == ["keepme", "sub"]
+    assert out["counters"]["deleted"] == 2
+
+
+def test_a_subtree_that_could_not_be_counted_is_not_deleted_under_max_delete(
+        tmp_path: Path) -> None:
+    """A directory of a doomed subtree that fails to list while it is counted (a passing
+    fault) leaves the plan short: --max-delete cannot be checked, so nothing goes."""
+    with faulty(tmp_path, "dst") as (dst, fs):
+        src, state = tmp_path / "src", tmp_path / "state"
+        src.mkdir()
+        (src / "f").write_text("f")
+        assert fsclone("pass", "copy", src, dst, state=state).returncode == 0
+        (dst / "old/sub").mkdir(parents=True)
+        for i in range(50):
+            (dst / f"old/sub/{i}").write_text("x")
+        fs.fail("OPENDIR", "EIO", path="old/sub", count=2)  # both tries of the count
+        proc = fsclone("pass", "sync", "--max-delete", "10", src, dst, state=state)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert b"could not be counted" in proc.stderr
+        assert entries_below(dst / "old") == 51

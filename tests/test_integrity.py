@@ -184,15 +184,16 @@ def test_a_user_syncs_into_their_own_read_only_directories(nobody_tree: Path) ->
 
 def test_times_the_target_cannot_hold_are_reported_once_and_not_recopied(
         tmp_path: Path) -> None:
-    """ext4 with 128-byte inodes stops in 2038: a source file of year 2300 is kept at that
-    limit, and the next pass must not take it for a change."""
+    """ext4 with 128-byte inodes stops in 2038 and keeps whole seconds: a source file of year
+    2300 is kept at that limit, one with nanoseconds at the second, and the next pass must
+    take neither for a change."""
     src, state = tmp_path / "src", tmp_path / "state"
     src.mkdir()
     (src / "future").write_text("from 2300")
     (src / "now").write_text("today")
     year_2300 = 10_413_792_000.0
     os.utime(src / "future", (year_2300, year_2300))
-    os.utime(src / "now", (1_700_000_000, 1_700_000_000))  # whole seconds, as this ext4 keeps
+    os.utime(src / "now", ns=(1_700_000_000_123_456_789, 1_700_000_000_987_654_321))
     with loop_fs(tmp_path / "dst", "ext4", mkfs_args=["-I", "128"]) as dst:
         rc, out = fsclone_json("pass", "copy", src, dst, state=state)
         assert rc == 0, out
@@ -206,3 +207,5 @@ def test_times_the_target_cannot_hold_are_reported_once_and_not_recopied(
         assert rc == 0, out
         assert out["counters"].get("files_copied", 0) == 0, out
         assert out["counters"].get("updated", 0) == 0, out
+        rc, out = fsclone_json("pass", "verify", src, dst, state=state)
+        assert out["counters"].get("mismatches") == 1, out  # 2300 is not what the target holds

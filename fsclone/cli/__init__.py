@@ -17,6 +17,9 @@ from fsclone import __version__
 from fsclone.errors import FscloneError
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: no item failed, but some files changed while they were copied and did not go over: run the
+#: pass again
+EXIT_CHANGED = 3
 
 Decorator = Callable[[Any], Any]  # a click option or argument
 class Seconds(click.ParamType):

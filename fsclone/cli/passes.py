@@ -12,6 +12,7 @@ import click
 
 from fsclone.cli import (
     CONFIG_OPTION,
+    EXIT_CHANGED,
     EXIT_ITEMS_FAILED,
     EXIT_OK,
     STATE_DIR_OPTION,
@@ -82,6 +83,8 @@ def _pass_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Refuse to delete anything if more than N entries would go."),
         click.option("--sentinel", metavar="NAME",
                      help="Refuse to delete unless SRC/NAME exists."),
+        click.option("--one-file-system", "-x", is_flag=True,
+                     help="Do not walk into directories of SRC on other filesystems (mounts)."),
         click.option("--restart", is_flag=True, help="Start anew instead of resuming."),
         click.option("--verbose", "-v", is_flag=True, help="Print every change made."),
     ]
@@ -111,7 +114,7 @@ def _run(op: str, **kw: Any) -> None:
         op=op, src=src, dst=dst, dry_run=kw["dry_run"], checksum=kw["checksum"],
         modify_window=kw["modify_window"], includes=kw["include"], excludes=kw["exclude"],
         restart=kw["restart"], verbose=kw["verbose"],
-        retry_of=kw.get("retry_errors") or "",
+        retry_of=kw.get("retry_errors") or "", one_file_system=kw["one_file_system"],
         **_verify_fields(kw, src, dst))
     _start(cfg, req, kw)
 
@@ -166,12 +169,9 @@ def _coordinate(cfg: Config, req: PassRequest, kw: dict[str, Any],
             hooks.manifest = stack.enter_context(ManifestWriter(kw["manifest"])).write
         spec, summary = run_pass(cfg, req, hooks, transport)
     console.summary(spec.id, req.op, summary, spec.dry_run, _verify_notes(spec))
-    clamped = summary.counters.get(C.TIMES_CLAMPED)
-    if clamped:
-        console.warn(f"warning: {clamped} entries have times the target filesystem cannot hold; "
-                     "they are kept at its limit and not taken for changes")
-    failed = summary.error_count or summary.counters.get(C.MISMATCHES)
-    return EXIT_ITEMS_FAILED if failed else EXIT_OK
+    if summary.error_count or summary.counters.get(C.MISMATCHES):
+        return EXIT_ITEMS_FAILED
+    return EXIT_CHANGED if summary.counters.get(C.CHANGED) else EXIT_OK
 
 
 _VERIFY_OPTIONS: list[Decorator] = [

@@ -69,11 +69,10 @@ class Summary:
 
 class Coordinator:
     def __init__(self, store: PassStore, transport: Transport, hooks: Hooks | None = None,
-                 max_delete: int | None = None, seed: Seed | None = None) -> None:
+                 seed: Seed | None = None) -> None:
         self.store = store
         self.transport = transport
         self.hooks = hooks or Hooks()
-        self.max_delete = max_delete
         self.seed = seed
         self._next_stats = 0.0
         #: signs the chunks that remove or publish entries as they are issued (the transport
@@ -81,29 +80,23 @@ class Coordinator:
         self.signer = Signer(transport.key)
 
     def run(self) -> Summary:
+        """Run the phases left. Every way out leaves the record telling the truth: done,
+        refused (after the cleanup phase: nothing of the pass's own stays in the target), or
+        interrupted (resumable, its staging kept for the resume)."""
         store, spec = self.store, self.store.spec
         started = time.monotonic()
         self.transport.start(spec)
         try:
             for index, phase in enumerate(PHASES[spec.op]):
-                if index < store.phase or (spec.dry_run and phase in _WRITING_PHASES):
-                    continue
-                if store.outstanding:
-                    self.hooks.note(f"resuming {store.outstanding} outstanding chunks")
-                    pending = [c.retry() for c in store.outstanding_chunks()]
-                    for chunk in pending:
-                        store.replace_chunk(chunk)
-                else:
-                    pending = self._seed(phase)
-                    store.add_chunks(pending)
-                store.commit()
-                self._submit(pending)
-                self._drain()
-                store.set_phase(index + 1)
-                store.commit()
+                if index >= store.phase and not (spec.dry_run and phase in _WRITING_PHASES):
+                    self._phase(index, phase)
             self.transport.completed()
             store.set_status(DONE)
-        except KeyboardInterrupt:
+        except GuardError:
+            store.set_status(REFUSED)
+            self._clean_up()
+            raise
+        except BaseException:
             store.set_status(INTERRUPTED)
             raise
         finally:
@@ -114,6 +107,34 @@ class Coordinator:
         errors = store.errors(limit=20)
         return Summary(store.status, dict(store.counters), errors,
                        store.counters.get(C.ERRORS, 0), time.monotonic() - started)
+
+    def _phase(self, index: int, phase: str) -> None:
+        """Run one phase to its end: seed it, or resubmit what a dead run left outstanding. A
+        resubmitted chunk keeps its attempt (a resume is not a try of its own) but is marked
+        redone: the dead run may have left its temp files."""
+        store = self.store
+        if store.outstanding:
+            self.hooks.note(f"resuming {store.outstanding} outstanding chunks")
+            pending = [c.redone() for c in store.outstanding_chunks()]
+            for chunk in pending:
+                store.replace_chunk(chunk)
+        else:
+            pending = self._seed(phase)
+            store.add_chunks(pending)
+        store.commit()
+        self._submit(pending)
+        self._drain()
+        store.set_phase(index + 1)
+        store.commit()
+
+    def _clean_up(self) -> None:
+        """The cleanup phase of a pass that ends early (refused): its hard-link staging
+        directory goes and the target root gets its times back, as at a normal end."""
+        phases = PHASES[self.store.spec.op]
+        if "cleanup" in phases and not self.store.spec.dry_run:
+            index = phases.index("cleanup")
+            if self.store.phase <= index:
+                self._phase(index, "cleanup")
 
     def _seed(self, phase: str) -> list[Chunk]:
         spec = self.store.spec
@@ -126,10 +147,15 @@ class Coordinator:
         if phase == "cleanup":
             return [Chunk(op="cleanup", path="")]
         planned = self.store.planned_entries()
-        if self.max_delete is not None and planned > self.max_delete:
-            self.store.set_status(REFUSED)
+        limit = spec.max_delete
+        if limit is not None and planned > limit:
             raise GuardError(f"the pass would delete {planned} entries, more than --max-delete "
-                             f"{self.max_delete}: nothing was deleted")
+                             f"{limit}: nothing was deleted")
+        uncounted = self.store.errors_of("count") if limit is not None else 0
+        if uncounted:
+            raise GuardError(f"{uncounted} directories planned for deletion could not be "
+                             f"counted, so --max-delete {limit} cannot be checked: nothing was "
+                             "deleted")
         step = spec.dir_slice
         return [Chunk(op="unlink", path=path, names=tuple(names[i:i + step]))
                 for path, names in self.store.planned_deletions()

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import os
+import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fsclone.config import Config
 from fsclone.engine.coordinator import Coordinator, Hooks, Summary
+from fsclone.engine.layout import source_layout
 from fsclone.engine.retry import retry_seed
 from fsclone.engine.roots import check_delete_guards, check_roots
+from fsclone.engine.sweep import WRITERS, remove_staging, supersede
 from fsclone.errors import UsageError
-from fsclone.spec import PassSpec
+from fsclone.spec import PassSpec, as_flags, differences
 from fsclone.state import (
-    INTERRUPTED,
-    RUNNING,
+    UNFINISHED,
     PassStore,
     TargetLock,
     find_unfinished,
@@ -47,6 +49,7 @@ class PassRequest:
     metadata_only: bool = False
     manifest: bool = False
     retry_of: str = ""  # re-run only the items this pass listed as failed
+    one_file_system: bool = False
     resume_id: str = ""  # resume this unfinished pass (``fsclone pass resume ID``)
 
 
@@ -58,20 +61,48 @@ def build_spec(cfg: Config, req: PassRequest, src: str, dst: str) -> PassSpec:
         excludes=tuple(cfg.excludes) + req.excludes, includes=req.includes,
         large_file_size=cfg.large_file_size, range_size=cfg.range_size, dir_slice=cfg.dir_slice,
         sample=req.sample, seed=req.seed, metadata_only=req.metadata_only, manifest=req.manifest,
-        verbose=req.verbose, retry_of=req.retry_of)
+        verbose=req.verbose, retry_of=req.retry_of, max_delete=cfg.max_delete,
+        sentinel=cfg.sentinel, one_file_system=req.one_file_system)
 
 
 def resumable(state: Path, pass_id: str) -> PassSpec:
     """The spec of the unfinished pass ``pass_id`` (for ``fsclone pass resume``)."""
     record = read_record(pass_dir(state, pass_id))
-    if record.status not in (RUNNING, INTERRUPTED):
+    if record.status not in UNFINISHED:
         raise UsageError(f"pass {pass_id} is {record.status}: nothing to resume")
+    if record.spec.rehearsal:
+        raise UsageError(f"pass {pass_id} is a dry run: it leaves nothing to resume")
     return record.spec
+
+
+def _to_run(cfg: Config, req: PassRequest, state: Path, src: str,
+            dst: str) -> tuple[PassSpec, bool]:
+    """The pass to run and whether it is resumed: the one ``pass resume`` names, the
+    unfinished one of the same command asked with the same options, or a new one. A resume
+    never changes the request: asked with other options, it is refused."""
+    if req.resume_id:
+        return resumable(state, req.resume_id), True
+    asked = replace(build_spec(cfg, req, src, dst), source_mounts=source_layout(state, src))
+    # a pass with a manifest starts anew: an interrupted run's rows are not in the new file
+    if req.restart or req.dry_run or req.retry_of or req.manifest:
+        return asked, False
+    found = find_unfinished(state, req.op, src, dst)
+    if found is None:
+        return asked, False
+    stored = read_record(pass_dir(state, found)).spec
+    changed = differences(stored, asked)
+    if changed:
+        command = shlex.join(["fsclone", "pass", stored.op, *as_flags(stored), src, dst])
+        raise UsageError(f"unfinished pass {found} was started with other {', '.join(changed)}: "
+                         f"add --restart to start anew, or resume it as asked: {command}")
+    return stored, True
 
 
 def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
              transport: Transport | None = None) -> tuple[PassSpec, Summary]:
-    """Validate, lock the target, create or resume the pass record, and run it to the end."""
+    """Validate, lock the target, create or resume the pass record, and run it to the end.
+    Everything that can refuse the pass (other options than a resume was started with, the
+    delete guards) runs before the record exists or anything is written."""
     if cfg.workers < 1:
         raise UsageError("--workers must be at least 1")
     writes = not req.dry_run and req.op in ("copy", "sync")
@@ -81,21 +112,20 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
     lock = TargetLock(state, dst)
     try:
         lock.acquire(f"a {req.op} pass starting")
-        # a pass with a manifest starts anew: an interrupted run's rows are not in the new file
-        fresh = req.restart or req.dry_run or req.retry_of or req.manifest
-        resume = req.resume_id or (None if fresh else find_unfinished(state, req.op, src, dst))
-        store = PassStore(state / resume) if resume else PassStore.create(
-            state, build_spec(cfg, req, src, dst))
-        lock.describe(f"pass {store.spec.id}")
+        spec, resume = _to_run(cfg, req, state, src, dst)
+        if spec.op in ("delete", "sync") and not spec.dry_run:
+            check_delete_guards(src, dst, spec.sentinel, spec.source_mounts)
+        if spec.op in WRITERS and not spec.dry_run:
+            _sweep(state, spec, resume, hooks)
+        store = PassStore(state / spec.id) if resume else PassStore.create(state, spec)
+        lock.describe(f"pass {spec.id}")
         if resume:
-            hooks.note(f"resuming pass {resume} (its options apply; --restart starts anew)")
-        if req.op in ("delete", "sync") and not req.dry_run:
-            check_delete_guards(src, dst, cfg.sentinel)
+            hooks.note(f"resuming pass {spec.id} (its options apply; --restart starts anew)")
         if writes and not os.path.isdir(dst):
             os.mkdir(dst, 0o700)
         seed = retry_seed(state, req.retry_of, req.op, cfg.dir_slice) if req.retry_of else None
         coordinator = Coordinator(store, transport or LocalTransport(cfg.workers), hooks,
-                                  max_delete=cfg.max_delete, seed=seed)
+                                  seed=seed)
         try:
             summary = coordinator.run()
             record_tree(state, store.spec, summary.status, summary.counters)
@@ -104,3 +134,13 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
             store.close()
     finally:
         lock.release()
+
+
+def _sweep(state: Path, spec: PassSpec, resume: bool, hooks: Hooks) -> None:
+    """Clear what dead passes left in the target before this one writes there."""
+    # a --retry-errors pass covers a few items: it takes the place of no other pass
+    superseded = [] if resume or spec.retry_of else supersede(state, spec)
+    for old in superseded:
+        hooks.note(f"pass {old} is superseded by this one: its temp files are removed and it "
+                   "will not be resumed")
+    remove_staging(state, spec.dst, spec.id)

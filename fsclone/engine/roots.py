@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from fsclone.engine.layout import root_unmounted
 from fsclone.errors import GuardError, UsageError
 from fsclone.fs import dirs
 
@@ -31,9 +32,12 @@ def check_roots(src: str, dst: str, needs_dst: bool) -> tuple[str, str]:
     return rsrc, rdst
 
 
-def check_delete_guards(src: str, dst: str, sentinel: str | None) -> None:
+def check_delete_guards(src: str, dst: str, sentinel: str | None,
+                        layout: tuple[str, ...] = ()) -> None:
     """Refuse to delete anything when the source root looks wrong: unreadable, empty while the
-    target is not (an unmounted filesystem looks like that), or missing the site's sentinel."""
+    target is not (an unmounted filesystem looks like that), missing the site's sentinel, or
+    no mount point now while it was one at an earlier pass (``layout``, see engine.layout):
+    unmounted, with stray files on the filesystem below."""
     try:
         names = _names(src)
     except OSError as exc:
@@ -45,6 +49,9 @@ def check_delete_guards(src: str, dst: str, sentinel: str | None) -> None:
     if not names and os.path.isdir(dst) and _names(dst):
         raise GuardError(f"source {src} is empty but target {dst} is not: is it mounted? "
                          "Nothing deleted")
+    if root_unmounted(src, layout):
+        raise GuardError(f"source {src} was a mount point at earlier passes and is none now: "
+                         "is it mounted? Nothing deleted")
 
 
 def _names(path: str) -> list[str]:

@@ -149,37 +149,42 @@ class MetaDiff:
         return [n for n in ("owner", "mode", "xattrs", "times") if getattr(self, n)]
 
 
+#: beyond any time a filesystem holds: the bounds of a target that showed no limit
+_NO_LIMIT = 1 << 128
+
+
 @dataclass(frozen=True)
 class TimeRule:
     """When a target time counts as the source's: within ``window_ns`` (``--modify-window``),
-    after the source time is brought into what the target filesystem can hold (``low_ns`` ..
-    ``high_ns``, found by a probe; None: no limit seen). A year-2300 mtime on a filesystem that
-    stops in 2038 is kept there at its limit, and must not be taken for a change on every
-    pass."""
+    after the source time is brought into what the target filesystem keeps (``low_ns`` ..
+    ``high_ns``, in steps of ``step_ns``, found by a probe). A year-2300 mtime on a filesystem
+    that stops in 2038, or a nanosecond mtime on one that keeps whole seconds, is stored as the
+    nearest time it can hold, and must not be taken for a change on every pass."""
 
     window_ns: int = 0
-    low_ns: int | None = None
-    high_ns: int | None = None
+    low_ns: int = -_NO_LIMIT
+    high_ns: int = _NO_LIMIT
+    step_ns: int = 1
 
-    @property
-    def bounded(self) -> bool:
-        return self.low_ns is not None or self.high_ns is not None
+    @classmethod
+    def of(cls, window_ns: int, low_ns: int | None, high_ns: int | None,
+           step_ns: int = 1) -> TimeRule:
+        """The rule for a probe's findings (None: no limit seen)."""
+        return cls(window_ns, -_NO_LIMIT if low_ns is None else low_ns,
+                   _NO_LIMIT if high_ns is None else high_ns, step_ns)
 
     def fit(self, ns: int) -> int:
-        """``ns`` as the target would store it."""
-        if self.high_ns is not None and ns > self.high_ns:
-            return self.high_ns
-        if self.low_ns is not None and ns < self.low_ns:
-            return self.low_ns
-        return ns
+        """``ns`` as the target would store it (the kernel truncates to its step)."""
+        return min(max(ns - ns % self.step_ns, self.low_ns), self.high_ns)
 
     def same(self, src_ns: int, dst_ns: int) -> bool:
         return src_ns == dst_ns or abs(self.fit(src_ns) - dst_ns) <= self.window_ns
 
     def holds(self, st: os.stat_result) -> bool:
-        """Whether the target can hold ``st``'s atime and mtime as they are."""
-        return (self.fit(st.st_mtime_ns) == st.st_mtime_ns
-                and self.fit(st.st_atime_ns) == st.st_atime_ns)
+        """Whether the target can hold ``st``'s atime and mtime as they are (on the path of
+        every entry: comparisons only)."""
+        low, high = self.low_ns, self.high_ns
+        return low <= st.st_mtime_ns <= high and low <= st.st_atime_ns <= high
 
 
 def inode_same(src: os.stat_result, dst: os.stat_result, times: TimeRule,

@@ -5,6 +5,7 @@ directory's mtime could see."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from fsclone.fs.unnamed import UnnamedFiles
 
@@ -13,14 +14,34 @@ from fsclone.fs.unnamed import UnnamedFiles
 _FAR = float(2**40)
 
 
-def time_limits(root_fd: int, unnamed: UnnamedFiles) -> tuple[int | None, int | None]:
-    """The earliest and latest times (ns) files on the filesystem of ``root_fd`` can hold,
-    None where the probe saw no limit, or could not probe (no unnamed files there)."""
+#: a probe time with a digit in every decimal place of its nanoseconds (2009)
+_PROBE_NS = 1_234_567_891_234_567_891
+#: the time steps filesystems keep, finest first (ns, µs, ms, whole and FAT's two seconds)
+_STEPS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000,
+          1_000_000_000, 2_000_000_000)
+
+
+@dataclass(frozen=True)
+class TimeFacts:
+    """What times the target keeps: the earliest and latest (ns; None: no limit seen) and
+    the step it keeps them in (1: nanoseconds)."""
+
+    low_ns: int | None = None
+    high_ns: int | None = None
+    step_ns: int = 1
+
+
+def probe_times(root_fd: int, unnamed: UnnamedFiles) -> TimeFacts:
+    """Stamp an unnamed file on the filesystem of ``root_fd`` and read back what it kept;
+    nothing learnt where it has no unnamed files."""
     fd = unnamed.open(root_fd, 0o600)
     if fd is None:
-        return None, None
+        return TimeFacts()
     try:
-        return _stored(fd, -_FAR), _stored(fd, _FAR)
+        os.utime(fd, ns=(_PROBE_NS, _PROBE_NS))
+        kept = os.fstat(fd).st_mtime_ns
+        step = next((s for s in _STEPS if kept == _PROBE_NS - _PROBE_NS % s), 1)
+        return TimeFacts(_stored(fd, -_FAR), _stored(fd, _FAR), step)
     finally:
         os.close(fd)
 

@@ -12,12 +12,16 @@ from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
 from fsclone.fs import dirs, meta, profile
 from fsclone.fs.unnamed import UnnamedFiles
+from fsclone.schema import TMP_PREFIX as TMP_PREFIX  # fsclone's temp names live with the schema
+from fsclone.schema import is_temp_for as is_temp_for
+from fsclone.schema import temp_name as temp_name
+from fsclone.schema import temp_pass as temp_pass
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 
 LINKS_PREFIX = ".fsclone-links."
-#: passes whose workers write times to the target
-_WRITING_OPS = {"copy", "sync", "mtime"}
+#: passes whose workers compare target times with the source's
+_PROBING_OPS = {"copy", "sync", "mtime", "verify"}
 
 
 _STAGING = re.compile(r"\.fsclone-links\.(\d{8}-\d{6}-[a-z]+-[0-9a-f]{6})")
@@ -37,6 +41,10 @@ class Context:
         self.spec = spec
         self.filters = Filters(spec)
         self.src_root = dirs.open_root(spec.src)
+        #: the source root's device, which ``--one-file-system`` keeps to
+        self.src_dev = os.fstat(self.src_root).st_dev
+        #: the recorded mount points of the source (see fsclone.engine.layout)
+        self.source_mounts = frozenset(spec.source_mounts)
         self.dst_root: int | None = None
         try:
             self.dst_root = dirs.open_root(spec.dst)
@@ -48,19 +56,24 @@ class Context:
         self.staging = LINKS_PREFIX + spec.id
         self.unnamed = UnnamedFiles()
         #: when a target time counts as the source's (see fs.meta.TimeRule)
-        self.times = meta.TimeRule(spec.modify_window_ns, *self._time_limits())
+        self.times = self._time_rule()
         self._staging_fd: int | None = None
 
-    def _time_limits(self) -> tuple[int | None, int | None]:
-        """What times the target can hold, probed by passes that write to it (a verify
-        reports a time the target could not keep, rather than forgive it). A probe the target
-        refuses (a read-only root, for a non-root user) means no limits are known."""
-        if self.dst_root is None or self.spec.dry_run or self.spec.op not in _WRITING_OPS:
-            return None, None
+    def _time_rule(self) -> meta.TimeRule:
+        """When a target time counts as the source's, from what the target keeps: probed on
+        an unnamed file, never in a dry run; a probe the target refuses (read-only, or a
+        non-root user's read-only root) means nothing is known. A verify forgives the step a
+        target keeps times in, not a time beyond its range: that one it reports."""
+        window = self.spec.modify_window_ns
+        if self.dst_root is None or self.spec.dry_run or self.spec.op not in _PROBING_OPS:
+            return meta.TimeRule(window)
         try:
-            return profile.time_limits(self.dst_root, self.unnamed)
+            facts = profile.probe_times(self.dst_root, self.unnamed)
         except OSError:
-            return None, None
+            return meta.TimeRule(window)
+        if self.spec.op == "verify":
+            return meta.TimeRule(window, step_ns=facts.step_ns)
+        return meta.TimeRule.of(window, facts.low_ns, facts.high_ns, facts.step_ns)
 
     def staging_fd(self) -> int:
         """The hard-link staging directory at the target root, made on first use."""

@@ -28,6 +28,7 @@ from fsclone.ops.context import (
 )
 from fsclone.ops.delete import plan_deletes
 from fsclone.ops.dirmeta import apply_dir_meta, created
+from fsclone.ops.mountguard import check_mounted, other_filesystem
 from fsclone.schema import is_temp_for, temp_name
 from fsclone.stats import counters as C
 
@@ -108,11 +109,12 @@ class DirCopier:
     def run(self, sync: bool) -> None:
         chunk = self.out.chunk
         if chunk.names is None:
+            check_mounted(self.ctx, chunk.path, self.sfd)
             entries = dirs.list_dir(self.sfd)
             if sync and self.dfd is not None:
                 # the complete target listing the plan needs also spares the lookups below
                 kinds = {n: stat.S_ISDIR(st.st_mode) for n, st in entries}
-                self.existing = set(plan_deletes(self.ctx, self.out, self.dfd, kinds))
+                self.existing = set(plan_deletes(self.ctx, self.out, self.sfd, self.dfd, kinds))
             entries = self._split(entries)
         else:
             entries = [(n, st) for n in chunk.names if (st := dirs.lstat_at(n, self.sfd))]
@@ -172,7 +174,7 @@ class DirCopier:
 
     def _prepare_target(self, names: set[str] | None) -> None:
         assert self.dfd is not None
-        if self.out.chunk.attempt:
+        if self.out.chunk.redo:
             for leftover in dirs.list_names(self.dfd):
                 if is_temp_for(leftover, self.spec.id, names):
                     discard(self.dfd, leftover)
@@ -221,11 +223,12 @@ class DirCopier:
         if filters.globs and filters.excluded(self.out.path(name), name):
             self.out.count(C.SKIP_EXCLUDED)
             return
-        if self.ctx.times.bounded and not self.ctx.times.holds(st):
+        if not self.ctx.times.holds(st):
             self.out.count(C.TIMES_CLAMPED)
         mode = st.st_mode
         if stat.S_ISDIR(mode):
-            self.directory(name, self.out.path(name))
+            if not other_filesystem(self.ctx, self.out, name, st):
+                self.directory(name, self.out.path(name))
             return
         if filters.ages:
             skipped = filters.age_skip(st)

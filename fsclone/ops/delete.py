@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from fsclone.chunk import Chunk, Group, new_id
 from fsclone.fs import dirs
+from fsclone.ops import mountguard
 from fsclone.ops.context import Context, Outcome, on_both_dirs, staging_pass
 from fsclone.ops.dirmeta import apply_dir_meta
 from fsclone.ops.subtree import prune
@@ -25,32 +26,36 @@ from fsclone.schema import temp_pass
 from fsclone.stats import counters as C
 
 
-def plan_deletes(ctx: Context, out: Outcome, dfd: int,
+def plan_deletes(ctx: Context, out: Outcome, sfd: int, dfd: int,
                  source: Mapping[str, bool]) -> dict[str, bool]:
     """Plan removal of the target entries that the complete source listing ``source`` (name: is
     a directory) lacks or has with the other kind; a planned directory's entries are counted by
     ``count`` chunks. Excluded names and staging directories at the root (this pass's; another
     pass's is swept at its start) are never planned; fsclone's own temp files are planned
     uncounted. Returns the target listing (name: is a directory), from d_type: no stat per
-    target entry."""
+    target entry. Raises NotTheSource, before anything is planned, when the source directory
+    is not what the target was copied from (fsclone.ops.mountguard; the caller checked it was
+    mounted)."""
     chunk = out.chunk
     target = dirs.list_kinds(dfd)
+    gone = [name for name, is_dir in target.items() if _goes(ctx, out, name, is_dir, source)]
+    if any(not ours(name, target[name]) for name in gone):
+        mountguard.check_emptied(ctx, out, sfd, dfd, source)
+    dst_dev = os.fstat(dfd).st_dev if gone else 0
     planned: list[str] = []
     entries = 0
-    for name, is_dir in target.items():
-        was = source.get(name)
-        if was == is_dir:
-            continue
-        if not chunk.path and (name == ctx.staging or (is_dir and staging_pass(name))):
-            continue
+    for name in gone:
+        is_dir = target[name]
         rel = out.path(name)
-        if ctx.filters.excluded(rel, name):
+        if ours(name, is_dir):
+            planned.append(name)  # a temp file left by a dead run: not news to anyone
+            continue
+        if is_dir and mountguard.target_mount(dfd, name, dst_dev):
+            out.fail(rel, mountguard.TARGET_MOUNT)
             continue
         planned.append(name)
-        if ours(name, is_dir):
-            continue  # a temp file left by a dead run: removed, but not news to anyone
         entries += 1
-        if was is None:
+        if name not in source:
             out.act("delete", rel)
         else:
             out.count(C.TYPE_CHANGED)
@@ -63,6 +68,17 @@ def plan_deletes(ctx: Context, out: Outcome, dfd: int,
     return target
 
 
+def _goes(ctx: Context, out: Outcome, name: str, is_dir: bool,
+          source: Mapping[str, bool]) -> bool:
+    """Whether a target entry is to be removed: the source lacks it or has the other kind, and
+    it is neither excluded nor a staging directory at the root."""
+    if source.get(name) == is_dir:
+        return False
+    if not out.chunk.path and (name == ctx.staging or (is_dir and staging_pass(name))):
+        return False
+    return not ctx.filters.excluded(out.path(name), name)
+
+
 def ours(name: str, is_dir: bool) -> bool:
     """Whether a target entry is one of fsclone's temp files (fsclone makes no temp
     directories, and a user's name cannot carry a pass id by accident)."""
@@ -72,12 +88,14 @@ def ours(name: str, is_dir: bool) -> bool:
 @on_both_dirs
 def run_delete(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     """Phase 1: plan this directory's deletions, and walk on into directories on both sides."""
+    mountguard.check_mounted(ctx, out.chunk.path, sfd)
     kinds = dirs.list_kinds(sfd)  # raises unless the listing is complete
     out.count(C.SCANNED, len(kinds))
-    target = plan_deletes(ctx, out, dfd, kinds)
+    target = plan_deletes(ctx, out, sfd, dfd, kinds)
     for name, is_dir in target.items():
         rel = out.path(name)
-        if kinds.get(name) and is_dir and not ctx.filters.excluded(rel, name):
+        if kinds.get(name) and is_dir and not ctx.filters.excluded(rel, name) \
+                and not mountguard.skipped(ctx, out, name, sfd):
             out.child("delete", rel)
 
 

@@ -8,6 +8,7 @@ import stat
 from fsclone.fs import dirs
 from fsclone.ops.context import Context, Outcome, on_both_dirs
 from fsclone.ops.dirmeta import apply_dir_meta
+from fsclone.ops.mountguard import skipped
 from fsclone.stats import counters as C
 
 
@@ -17,7 +18,7 @@ def run_mtime(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     out.count(C.SCANNED)
     for name, is_dir in dirs.list_kinds(sfd).items():
         rel = out.path(name)
-        if not is_dir or ctx.filters.excluded(rel, name):
+        if not is_dir or ctx.filters.excluded(rel, name) or skipped(ctx, out, name, sfd):
             continue
         target = dirs.lstat_at(name, dfd)
         if target is not None and stat.S_ISDIR(target.st_mode):

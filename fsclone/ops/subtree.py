@@ -13,16 +13,21 @@ per subdirectory, all in a barrier whose ``rmdir`` chunk removes the emptied dir
 takes over its place in the barrier of the directory above: bottom up, until the barrier of the
 unlink chunk that started it restores the times of the directory the subtree was in. The source
 was checked once, by that unlink chunk, before the removal started.
+
+Neither crosses into another filesystem mounted in the subtree: ``count`` lists its mount point
+as an item error, ``prune`` leaves it (and so the directories above it) in place.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterable
 
 from fsclone.chunk import Chunk, Group, Result, join, new_id
 from fsclone.fs import dirs
 from fsclone.ops.context import Context, Outcome
+from fsclone.ops.mountguard import subdirs_on_fs
 from fsclone.stats import counters as C
 
 TargetBody = Callable[[Context, Outcome, int], None]
@@ -95,17 +100,26 @@ def run_count(ctx: Context, out: Outcome, dfd: int) -> None:
     below it), and hand the subdirectories to ``count`` chunks."""
 
     def visit(fd: int, path: str) -> list[str]:
-        kinds = dirs.list_kinds(fd)
+        kinds = _planned(ctx, path, dirs.list_kinds(fd))
         if kinds:
             out.result.deletions.append((path, (), len(kinds)))
             out.count(C.PLANNED_DELETES, len(kinds))
         for name in kinds:
             out.act("delete", join(path, name))
-        return [name for name, is_dir in kinds.items() if is_dir]
+        return subdirs_on_fs(out, fd, path, kinds, report=True)
 
     path, _, subdirs = walk_chain(out, dfd, visit)
     for name in subdirs:
         out.child("count", join(path, name))
+
+
+def _planned(ctx: Context, path: str, kinds: dict[str, bool]) -> dict[str, bool]:
+    """The entries of a doomed directory that go: an excluded one is never deleted (it keeps
+    its directories, whose removal then stops there)."""
+    if not ctx.filters.globs:
+        return kinds
+    return {name: is_dir for name, is_dir in kinds.items()
+            if not ctx.filters.excluded(join(path, name), name)}
 
 
 def prune(path: str, group: str) -> Chunk:
@@ -130,12 +144,12 @@ def run_prune(ctx: Context, out: Outcome, dfd: int) -> None:
 
     def visit(fd: int, path: str) -> list[str]:
         dirs.make_writable(fd)
-        kinds = dirs.list_kinds(fd)
+        kinds = _planned(ctx, path, dirs.list_kinds(fd))
         files = [name for name, is_dir in kinds.items() if not is_dir]
         members.extend(Chunk(op="prune", path=path, names=tuple(files[i:i + step]), group=group)
                        for i in range(step, len(files), step))
         _unlink(out, fd, path, files[:step])
-        return [name for name, is_dir in kinds.items() if is_dir]
+        return subdirs_on_fs(out, fd, path, kinds, report=False)
 
     path, chain, subdirs = walk_chain(out, dfd, visit)
     members += [prune(join(path, name), group) for name in subdirs]
@@ -186,6 +200,9 @@ def remove_chain(ctx: Context, out: Outcome, path: str, chain: list[str]) -> Non
             except FileNotFoundError:
                 continue
             except OSError as exc:
+                if exc.errno == errno.ENOTEMPTY:  # it holds excluded entries (or new ones)
+                    out.act("kept", "/".join([path, *chain[:level]]), "(not empty)")
+                    return
                 out.fail("/".join([path, *chain[:level]]), exc)
                 return
             out.count(C.DELETED)

@@ -24,6 +24,7 @@ import xxhash
 from fsclone.chunk import ItemError
 from fsclone.fs import data, dirs, meta
 from fsclone.ops.context import Context, Outcome, file_of, file_path, on_both_dirs, printable
+from fsclone.ops.mountguard import other_filesystem
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 
@@ -137,6 +138,8 @@ class DirVerifier:
         if st is None:
             return  # gone from the source since it was listed
         is_dir = stat.S_ISDIR(st.st_mode)
+        if is_dir and other_filesystem(self.ctx, out, name, st):
+            return
         if not is_dir:
             skipped = self.ctx.filters.age_skip(st)
             if skipped:

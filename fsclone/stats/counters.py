@@ -14,6 +14,7 @@ SAME = "unchanged"
 SKIP_NEWER = "skipped_newer"
 SKIP_OLDER = "skipped_older"
 SKIP_EXCLUDED = "skipped_excluded"
+SKIP_MOUNTS = "skipped_mounts"  # source directories on another filesystem (--one-file-system)
 CHANGED = "changed_during_copy"
 #: entries whose times the target filesystem cannot hold (kept at its limit; not a change)
 TIMES_CLAMPED = "times_beyond_target"

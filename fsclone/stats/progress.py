@@ -19,7 +19,9 @@ _SUMMARY = [
     (C.SAME, "unchanged"), (C.PLANNED_DELETES, "planned for deletion"), (C.DELETED, "deleted"),
     (C.TYPE_CHANGED, "type changed (directory <-> non-directory)"),
     (C.SKIP_NEWER, "skipped: newer than --newest"), (C.SKIP_OLDER, "skipped: older than --oldest"),
-    (C.SKIP_EXCLUDED, "skipped: excluded"), (C.CHANGED, "changed during copy (next pass)"),
+    (C.SKIP_EXCLUDED, "skipped: excluded"),
+    (C.SKIP_MOUNTS, "skipped: other filesystems (--one-file-system)"),
+    (C.CHANGED, "changed during copy (next pass)"),
     (C.TIMES_CLAMPED, "times the target cannot hold"),
     (C.VERIFIED, "files verified"), (C.HASHED, "bytes hashed"), (C.MISMATCHES, "mismatches"),
     (C.ERRORS, "errors"),
@@ -94,9 +96,17 @@ class Console:
                 "errors": [error_json(e) for e in summary.errors],
                 "error_count": summary.error_count, **({"notes": notes} if notes else {})}))
             return
+        c = summary.counters
+        if c.get(C.CHANGED):  # the pass did not get everything over: said even under -q
+            n = c[C.CHANGED]
+            print(f"fsclone: {n:,} {'file' if n == 1 else 'files'} changed while being copied "
+                  "and did not go over: run the pass again", file=self.err, flush=True)
+        if c.get(C.TIMES_CLAMPED) and not self.quiet:
+            print(f"fsclone: warning: {c[C.TIMES_CLAMPED]:,} entries have times the target "
+                  "filesystem cannot hold; they are kept at its limit and not taken for changes",
+                  file=self.err, flush=True)
         if self.quiet and not (summary.error_count or summary.counters.get(C.MISMATCHES)):
             return
-        c = summary.counters
         head = f"pass {pass_id}: {op}{' (dry run)' if dry_run else ''} {summary.status} " \
                f"in {summary.elapsed:.1f}s"
         lines = [head] + [f"  {note}" for note in notes] + [

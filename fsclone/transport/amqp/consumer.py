@@ -304,8 +304,10 @@ class Consumer:
             except MessageError as exc:
                 self._dead_letter(delivery, str(exc))
                 continue
-            # A redelivered chunk runs as a later attempt: its dead try may have left temp files.
-            chunks = [dataclasses.replace(c, attempt=c.attempt + delivery.earlier)
+            # A redelivered chunk may follow a run that died and left temp files. It keeps its
+            # attempt: the delivery count also counts chunks given back unstarted (a draining
+            # worker), which are no runs; the broker's delivery limit bounds the deaths.
+            chunks = [dataclasses.replace(c, redo=True) if delivery.earlier else c
                       for c in chunks]
             self.job = job = _Job(delivery, chunks)
             threading.Thread(target=self._work, args=(job,), daemon=True,

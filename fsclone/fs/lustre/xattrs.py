@@ -1,0 +1,21 @@
+"""The xattrs Lustre keeps for itself, never copied to a target.
+
+Set on a Lustre target each costs a metadata-server RPC and is ignored (the MDT returns 0),
+and ``trusted.lmv`` with a user magic restripes a directory; off Lustre they are meaningless
+copies of the source's FIDs and link records. ``lustre.*`` is the client's synthetic view: the
+layout (``lustre.lov``) travels through the create path (:mod:`fsclone.fs.lustre.create`),
+never as an xattr. The same names mpiFileUtils skips by default (``--xattrs non-lustre``).
+"""
+
+from __future__ import annotations
+
+_INTERNAL = frozenset({
+    "trusted.lov", "trusted.lma", "trusted.link", "trusted.fid", "trusted.version",
+    "trusted.som", "trusted.hsm", "trusted.lmv", "trusted.dmv",
+})
+_INTERNAL_PREFIXES = ("lustre.", "trusted.lfsck_")
+
+
+def is_internal(name: str) -> bool:
+    """Whether xattr ``name`` is Lustre's own (cheap: it runs for every xattr of every entry)."""
+    return name in _INTERNAL or name.startswith(_INTERNAL_PREFIXES)
