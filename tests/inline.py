@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable
 
 from fsclone.chunk import Chunk, Result
 from fsclone.engine.worker import ChunkRunner
-from fsclone.signing import new_key
 from fsclone.spec import PassSpec
 from fsclone.transport.base import Transport
 
@@ -21,7 +20,6 @@ class InlineTransport(Transport):
         self.runner: ChunkRunner | None = None
         #: every chunk run, in order, for the test to look at
         self.ran: list[Chunk] = []
-        self.key = new_key()
 
     def start(self, spec: PassSpec) -> None:
         self.runner = ChunkRunner(spec, "inline.0", self.key)

@@ -27,7 +27,6 @@ from multiprocessing.context import ForkProcess
 
 from fsclone.chunk import Chunk, Result
 from fsclone.engine.worker import ChunkRunner, worker_name
-from fsclone.signing import new_key
 from fsclone.spec import PassSpec
 from fsclone.transport.base import Transport
 from fsclone.transport.inflight import InFlight
@@ -51,7 +50,6 @@ class LocalTransport(Transport):
         self.workers: list[_Worker] = []
         self.spec: PassSpec | None = None
         self.selector = selectors.DefaultSelector()
-        self.key = new_key()  # the workers are forks of ours: they inherit it
 
     def start(self, spec: PassSpec) -> None:
         self.spec = spec

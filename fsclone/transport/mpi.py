@@ -38,7 +38,6 @@ from fsclone.chunk import Chunk, Result, dumps, loads_chunk, loads_result
 from fsclone.engine.pool import Service
 from fsclone.engine.worker import ChunkRunner, worker_name
 from fsclone.errors import FscloneError, MessageError, TransportError
-from fsclone.signing import new_key
 from fsclone.spec import PassSpec
 from fsclone.transport.base import Transport
 from fsclone.transport.inflight import InFlight
@@ -141,7 +140,6 @@ class MpiTransport(Transport):
         self.serving = False
         #: whether every rank said BYE after the last pass, so they can be told to exit
         self.stopped_cleanly = True
-        self.key = new_key()  # sent to the ranks with the spec, over MPI only
 
     def start(self, spec: PassSpec) -> None:
         body = json.dumps({"spec": spec.to_wire(), "key": self.key.hex()},
