@@ -24,13 +24,12 @@ from fsclone.ops.context import (
     Outcome,
     file_of,
     file_path,
-    is_temp_for,
     on_both_dirs,
-    temp_name,
 )
 from fsclone.ops.delete import plan_deletes
 from fsclone.ops.dirmeta import apply_dir_meta, created
 from fsclone.ops.mountguard import check_mounted, other_filesystem
+from fsclone.schema import is_temp_for, temp_name
 from fsclone.stats import counters as C
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
