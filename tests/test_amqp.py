@@ -196,8 +196,8 @@ def summary(proc: subprocess.CompletedProcess[bytes] | tuple[bytes, bytes]) -> d
     return json.loads(out.splitlines()[-1])
 
 
-def copy_cmd(broker: Broker, src: Path, dst: Path) -> list[str | Path]:
-    return ["pass", "copy", "--json", "--broker", broker.url, src, dst]
+def copy_cmd(broker: Broker, src: Path, dst: Path, *extra: str) -> list[str | Path]:
+    return ["pass", "copy", "--json", "--broker", broker.url, *extra, src, dst]
 
 
 def assert_complete(out: dict[str, Any], entries: int) -> None:
@@ -342,10 +342,10 @@ def test_broker_restart_mid_pass_loses_nothing(
 # -- poison messages ------------------------------------------------------------------------
 
 
-def _waiting_pass(broker: Broker, src: Path, dst: Path,
-                  state: Path) -> tuple[subprocess.Popen[bytes], Queues]:
+def _waiting_pass(broker: Broker, src: Path, dst: Path, state: Path,
+                  *extra: str) -> tuple[subprocess.Popen[bytes], Queues]:
     """A coordinator with no worker yet: its root chunk waits in the queue."""
-    coordinator = spawn(*copy_cmd(broker, src, dst), state=state,
+    coordinator = spawn(*copy_cmd(broker, src, dst, *extra), state=state,
                         **broker.settings)
     rec = wait_for(lambda: record(state), 60, "the pass record")
     queues = Queues.of(rec.spec.id)
@@ -444,12 +444,16 @@ def test_credentials_stay_off_command_lines_and_open_files(broker: Broker,
 
 def test_second_coordinator_for_a_target_is_refused_through_the_broker(
         broker: Broker, tmp_path: Path) -> None:
-    """Two hosts (two state directories) cannot both coordinate one target."""
+    """Two hosts (two state directories) cannot both coordinate one target. On one host the
+    flock on the target's root refuses the second first; dry runs share that lock (as two
+    hosts whose filesystem shares no locks would not see each other's), so the broker's
+    guard is what refuses here."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     bulk_tree(src, dirs=2, files=2)
-    first, _ = _waiting_pass(broker, src, dst, tmp_path / "host1")
+    dst.mkdir()
+    first, _ = _waiting_pass(broker, src, dst, tmp_path / "host1", "--dry-run")
     try:
-        second = fsclone(*copy_cmd(broker, src, dst), state=tmp_path / "host2",
+        second = fsclone(*copy_cmd(broker, src, dst, "--dry-run"), state=tmp_path / "host2",
                          **broker.settings, timeout=60)
         _refused(second, "another coordinator serves")
     finally:
