@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import random
 import shutil
+import socket
 import stat
 import tempfile
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from fsclone.fs.lease import LEASE_XATTR
 from tests.clirun import fsclone, spawn
 from tests.fstree import snapshot
 from tests.midpass import held
@@ -206,6 +209,61 @@ def test_a_second_pass_with_its_own_state_directory_is_refused(tmp_path: Path) -
             f"fsclone: another pass is running on target {dst} (pid {first.pid} on this host"), \
             lines
     assert [p.name for p in (tmp_path / "two").iterdir()] == ["locks"]  # no pass record
+
+
+def _lease(**held: object) -> bytes:
+    return json.dumps(held).encode()
+
+
+def _lease_tree(tmp_path: Path) -> tuple[Path, Path]:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"data")
+    dst.mkdir()
+    return src, dst
+
+
+def test_a_pass_from_another_node_holding_the_targets_lease_is_respected(
+        tmp_path: Path) -> None:
+    """Where the target's locks are not shared between nodes (NFS, Lustre without flock),
+    the lease recorded on its root keeps a second node's pass out while the first beats."""
+    src, dst = _lease_tree(tmp_path)
+    os.setxattr(dst, LEASE_XATTR, _lease(host="node-b", pid=4242, pass_="x", beat=time.time()))
+    before = snapshot(dst)
+    proc = fsclone("pass", "sync", src, dst, state=tmp_path / "state")
+    assert proc.returncode == 2, proc
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "is leased to" in lines[0] and "node-b" in lines[0], lines
+    assert snapshot(dst) == before
+    assert not any((tmp_path / "state").glob("*/pass.db"))
+
+
+@pytest.mark.parametrize("lease", ["stale", "dead holder on this host", "garbled"])
+def test_a_lease_no_live_pass_holds_is_taken_over_and_given_back(
+        tmp_path: Path, lease: str) -> None:
+    src, dst = _lease_tree(tmp_path)
+    value = {"stale": _lease(host="node-b", pid=4242, beat=time.time() - 3600),
+             "dead holder on this host": _lease(host=socket.gethostname(), pid=2**22 + 1,
+                                                beat=time.time()),
+             "garbled": b"not json"}[lease]
+    os.setxattr(dst, LEASE_XATTR, value)
+    proc = fsclone("pass", "sync", src, dst, state=tmp_path / "state")
+    assert proc.returncode == 0, proc
+    assert LEASE_XATTR not in os.listxattr(dst)
+    assert (dst / "d" / "f").read_bytes() == b"data"
+
+
+def test_a_running_pass_holds_the_lease_and_beats(tmp_path: Path) -> None:
+    src, dst = _lease_tree(tmp_path)
+    with held(src / "d" / "f") as lease:
+        first = spawn("pass", "copy", src, dst, state=tmp_path / "one", workers=1)
+        wait_for(lambda: lease.breaking() or None, 60, "the pass to reach the held file")
+        holder = json.loads(os.getxattr(dst, LEASE_XATTR))
+        assert (holder["host"], holder["pid"]) == (socket.gethostname(), first.pid)
+        assert time.time() - holder["beat"] < 60
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert LEASE_XATTR not in os.listxattr(dst)
 
 
 # -- defect: roots aliased by bind mounts --------------------------------------------------------

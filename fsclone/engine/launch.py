@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from fsclone.engine.retry import retry_seed
 from fsclone.engine.roots import check_delete_guards, check_roots
 from fsclone.engine.sweep import WRITERS, remove_staging, supersede
 from fsclone.errors import UsageError
+from fsclone.fs.lease import TargetLease
 from fsclone.spec import PassSpec, as_flags, differences
 from fsclone.state import (
     UNFINISHED,
@@ -29,6 +31,9 @@ from fsclone.state import (
 from fsclone.stats.trees import record_tree
 from fsclone.transport.base import Transport
 from fsclone.transport.local import LocalTransport
+
+#: the passes that write to the target, and so take its lease
+LEASED = ("copy", "sync", "delete", "mtime")
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,7 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
     src, dst = check_roots(req.src, req.dst, needs_dst=not writes and req.op != "copy")
     state = open_state_dir(cfg.state_path)
     lock = TargetLock(state, dst, shared=req.dry_run)
+    lease: TargetLease | None = None
     try:
         lock.acquire(f"a {req.op} pass starting")
         spec, resume = _to_run(cfg, req, state, src, dst)
@@ -118,6 +124,10 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         if writes and not os.path.isdir(dst):
             os.mkdir(dst, 0o700)
         lock.hold_target()
+        if spec.op in LEASED and not spec.dry_run:
+            lease = TargetLease(dst, spec.id)
+            lease.take()
+            hooks = replace(hooks, progress=_beating(hooks.progress, lease))
         if spec.op in WRITERS and not spec.dry_run:
             _sweep(state, spec, resume, hooks)
         store = PassStore(state / spec.id) if resume else PassStore.create(state, spec)
@@ -134,7 +144,18 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         finally:
             store.close()
     finally:
+        if lease is not None:
+            lease.release()
         lock.release()
+
+
+def _beating(progress: Callable[[dict[str, int], int], None],
+             lease: TargetLease) -> Callable[[dict[str, int], int], None]:
+    """The coordinator's progress hook (called every half second) also keeps the lease."""
+    def report(counters: dict[str, int], outstanding: int) -> None:
+        lease.beat()
+        progress(counters, outstanding)
+    return report
 
 
 def _sweep(state: Path, spec: PassSpec, resume: bool, hooks: Hooks) -> None:

@@ -13,6 +13,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from fsclone.fs.lease import LEASE_XATTR
 from fsclone.fs.lustre.xattrs import is_internal
 
 IS_ROOT = os.geteuid() == 0
@@ -54,8 +55,8 @@ def read_xattrs_of(names: list[str], dir_fd: int) -> list[dict[str, bytes] | OSE
 
 
 def _read_xattrs(path: int | str, follow: bool) -> dict[str, bytes]:
-    """The xattrs fsclone compares and carries: Lustre's internal ones are left out on both
-    sides (never read, never copied, never removed from a target)."""
+    """The xattrs fsclone compares and carries: Lustre's internal ones and fsclone's own lease
+    on a target root are left out on both sides (never read, copied, or removed)."""
     try:
         names = os.listxattr(path, follow_symlinks=follow)
     except OSError as exc:
@@ -64,7 +65,7 @@ def _read_xattrs(path: int | str, follow: bool) -> dict[str, bytes]:
         raise
     values: dict[str, bytes] = {}
     for name in names:
-        if is_internal(name):
+        if is_internal(name) or name == LEASE_XATTR:
             continue
         try:
             values[name] = os.getxattr(path, name, follow_symlinks=follow)
