@@ -238,13 +238,18 @@ def test_a_pass_from_another_node_holding_the_targets_lease_is_respected(
     assert not any((tmp_path / "state").glob("*/pass.db"))
 
 
-@pytest.mark.parametrize("lease", ["stale", "dead holder on this host", "garbled"])
+@pytest.mark.parametrize("lease", ["stale", "dead holder on this host",
+                                   "this host's, its flock free", "garbled"])
 def test_a_lease_no_live_pass_holds_is_taken_over_and_given_back(
         tmp_path: Path, lease: str) -> None:
     src, dst = _lease_tree(tmp_path)
     value = {"stale": _lease(host="node-b", pid=4242, beat=time.time() - 3600),
              "dead holder on this host": _lease(host=socket.gethostname(), pid=2**22 + 1,
                                                 beat=time.time()),
+             # a live pass of this host would hold the flock: one that does not is dead, even
+             # when its pid now names another process (here: init)
+             "this host's, its flock free": _lease(host=socket.gethostname(), pid=1,
+                                                   beat=time.time()),
              "garbled": b"not json"}[lease]
     os.setxattr(dst, LEASE_XATTR, value)
     proc = fsclone("pass", "sync", src, dst, state=tmp_path / "state")

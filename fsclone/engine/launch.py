@@ -126,7 +126,7 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         lock.hold_target()
         if spec.op in LEASED and not spec.dry_run:
             lease = TargetLease(dst, spec.id)
-            lease.take()
+            lease.take(flocked=lock.root_fd is not None)
             hooks = replace(hooks, progress=_beating(hooks.progress, lease))
         if spec.op in WRITERS and not spec.dry_run:
             _sweep(state, spec, resume, hooks)

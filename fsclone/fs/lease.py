@@ -38,11 +38,15 @@ class TargetLease:
         self.dst = dst
         self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "pass": pass_id}
         self.fd: int | None = None
+        self.flocked = False
         self._next_beat = 0.0
 
-    def take(self) -> None:
-        """Take the lease, or raise LockedError naming its live holder. Where the target keeps
+    def take(self, flocked: bool) -> None:
+        """Take the lease, or raise LockedError naming its live holder. ``flocked``: this
+        process holds the target root's flock, so a lease of this host is a dead pass's (a
+        live one would hold the flock), whatever its pid now names. Where the target keeps
         no user xattrs, nothing is held (the flock and the state-dir lock still are)."""
+        self.flocked = flocked
         fd = os.open(self.dst, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             held = _read(fd)
@@ -96,7 +100,8 @@ class TargetLease:
         age = time.time() - beat if isinstance(beat, (int, float)) else EXPIRES + 1
         if age > EXPIRES:
             return
-        if held.get("host") == self.mine["host"] and not _alive(int(held.get("pid", 0))):
+        if held.get("host") == self.mine["host"] and (
+                self.flocked or not _alive(int(held.get("pid", 0)))):
             return
         raise LockedError(f"target {self.dst} is leased to {_who(held)}, heartbeat {age:.0f} s "
                           f"ago: another pass runs there (the lease expires {EXPIRES:.0f} s "
