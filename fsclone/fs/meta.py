@@ -13,6 +13,8 @@ import os
 import stat
 from dataclasses import dataclass
 
+from fsclone.fs.inodeflags import Pending
+
 IS_ROOT = os.geteuid() == 0
 #: xattr errors meaning "this filesystem or object has none": not an item failure
 _NO_XATTR = {errno.ENOTSUP, errno.ENODATA}
@@ -117,8 +119,9 @@ def apply_times(target: Target, st: os.stat_result, dir_fd: int | None = None) -
 
 def apply_all(target: Target, st: os.stat_result, want: dict[str, bytes],
               have: dict[str, bytes], dir_fd: int | None = None,
-              current: os.stat_result | None = None) -> None:
-    """Owner → mode → ACLs/xattrs → times, as the module docstring explains. With ``current``,
+              current: os.stat_result | None = None, pending: Pending | None = None) -> None:
+    """Owner → mode → ACLs/xattrs → times → project ID → flags (immutable and append-only
+    forbid all else, so they come last; see fs.inodeflags). With ``current``,
     the target's stat, owner and mode are set only where they differ. A chown clears set-id
     bits and the kernel drops ``security.capability`` with it, so after one a mode that has
     them is set again, and the xattrs are compared with what the target holds after it."""
@@ -131,6 +134,9 @@ def apply_all(target: Target, st: os.stat_result, want: dict[str, bytes],
     if want or have:
         apply_xattrs(target, want, have, dir_fd)
     apply_times(target, st, dir_fd)
+    if pending is not None:
+        pending.project()
+        pending.flags()
 
 
 @dataclass(frozen=True)

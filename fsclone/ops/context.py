@@ -11,7 +11,7 @@ from contextlib import contextmanager, suppress
 
 from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
-from fsclone.fs import dirs, meta, profile
+from fsclone.fs import dirs, inodeflags, meta, profile
 from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
@@ -84,6 +84,8 @@ class Context:
         self.dst_dev = os.fstat(self.dst_root).st_dev if self.dst_root is not None else 0
         self.staging = LINKS_PREFIX + spec.id
         self.unnamed = UnnamedFiles()
+        #: project IDs and flags each side supports, learnt at the first refusal
+        self.src_flags, self.dst_flags = inodeflags.Side(), inodeflags.Side()
         #: when a target time counts as the source's (see fs.meta.TimeRule)
         self.times = self._time_rule()
         self._staging_fd: int | None = None

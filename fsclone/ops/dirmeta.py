@@ -7,29 +7,34 @@ from __future__ import annotations
 import os
 
 from fsclone.chunk import Chunk, Result
-from fsclone.fs import dirs, meta
+from fsclone.fs import dirs, inodeflags, meta
 from fsclone.ops.context import Context, Outcome, on_both_dirs
 from fsclone.stats import counters as C
 
 
 def apply_dir_meta(ctx: Context, out: Outcome, relpath: str, sfd: int, dfd: int,
                    count: bool | None = None) -> None:
-    """Make the target directory's owner, mode, xattrs/ACLs and times those of the source.
-    What counts as an update: by default a change of owner, mode or xattrs (a copy pass restores
-    times after every write into a directory, which is no news); with ``count`` True any change
-    (the mtime pass); with False nothing (a directory this pass created)."""
+    """Make the target directory's owner, mode, xattrs/ACLs, times, project ID and flags those
+    of the source. What counts as an update: by default a change of owner, mode, xattrs,
+    project ID or flags (a copy pass restores times after every write into a directory, which
+    is no news); with ``count`` True any change (the mtime pass); with False nothing (a
+    directory this pass created). A directory's flags are always compared (its fds are open:
+    two ioctls a side), which also sets them again on one a copy had to unlock."""
     try:
         sst, dst = os.fstat(sfd), os.fstat(dfd)
         diff = meta.inode_diff(sst, dst, ctx.times)
         sx, dx = meta.read_xattrs(sfd), meta.read_xattrs(dfd)
         diff = meta.with_xattrs(diff, sx, dx)
-        if not diff:
+        want = ctx.src_flags.read(sfd) if ctx.dst_flags.any else inodeflags.NONE
+        flags = bool(want.differences(ctx.dst_flags.read(dfd)))
+        if not diff and not flags:
             return
-        out.act("attrs", relpath or ".", ",".join(diff.names()))
+        out.act("attrs", relpath or ".", ",".join(diff.names() + (["flags"] if flags else [])))
         if ctx.spec.dry_run:
             return
-        meta.apply_all(dfd, sst, sx, dx)
-        if count or (count is None and (diff.owner or diff.mode or diff.xattrs)):
+        with ctx.dst_flags.unlocked(dfd, restore=False):
+            meta.apply_all(dfd, sst, sx, dx, pending=inodeflags.Pending(dfd, want, ctx.dst_flags))
+        if count or (count is None and (diff.owner or diff.mode or diff.xattrs or flags)):
             out.count(C.UPDATED)
     except OSError as exc:
         out.fail(relpath, exc, "dirmeta")
