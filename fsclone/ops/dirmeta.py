@@ -51,6 +51,19 @@ def run_dirmeta(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     apply_dir_meta(ctx, out, out.chunk.path, sfd, dfd, created(out.chunk))
 
 
+def _unlink_locked(ctx: Context, root: int, name: str) -> None:
+    """Remove the staged names of immutable or append-only inodes (which refuse to lose a
+    name): each is unlocked for its unlink, and locked again through the fd held on it, for
+    the names it keeps in the tree."""
+    stg = dirs.open_dir(name, root)
+    try:
+        for staged in dirs.list_names(stg):
+            with ctx.dst_flags.unlocked_at(staged, stg):
+                os.unlink(staged, dir_fd=stg)
+    finally:
+        os.close(stg)
+
+
 def run_cleanup(ctx: Context, chunk: Chunk) -> Result:
     """End of a copy or sync pass: remove the hard-link staging directory, then give the target
     root back its times (the staging directory's removal moved them)."""
@@ -58,7 +71,11 @@ def run_cleanup(ctx: Context, chunk: Chunk) -> Result:
     if ctx.dst_root is None or ctx.spec.dry_run:
         return out.result
     try:
-        dirs.remove_tree_at(ctx.dst_root, ctx.staging)
+        try:
+            dirs.remove_tree_at(ctx.dst_root, ctx.staging)
+        except PermissionError:
+            _unlink_locked(ctx, ctx.dst_root, ctx.staging)
+            dirs.remove_tree_at(ctx.dst_root, ctx.staging)
     except FileNotFoundError:
         pass
     except OSError as exc:
