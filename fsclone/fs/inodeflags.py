@@ -107,6 +107,8 @@ class Side:
     def __init__(self) -> None:
         self.projids = True
         self.flags = True
+        #: whether :meth:`probe` tried a project ID on a new file of ours yet
+        self.probed = False
         #: the carried flags this side accepted or was not yet asked to set
         self.settable = CARRIED
 
@@ -115,10 +117,11 @@ class Side:
         """Whether this side has anything to read."""
         return self.projids or self.flags
 
-    def read(self, fd: int) -> Attrs:
-        """The project ID and carried flags of an open inode (not O_PATH)."""
+    def read(self, fd: int, projids: bool = True) -> Attrs:
+        """The project ID (unless not ``projids``: the other side has none) and carried flags
+        of an open inode (not O_PATH)."""
         projid = flags = None
-        if self.projids:
+        if self.projids and projids:
             try:
                 projid = _FSXATTR.unpack(fcntl.ioctl(fd, FS_IOC_FSGETXATTR, bytes(28)))[3]
             except OSError as exc:
@@ -144,9 +147,23 @@ class Side:
         finally:
             os.close(fd)
 
-    def set_projid(self, fd: int, projid: int | None) -> None:
-        """Give an inode the project ID (None: nothing to carry)."""
-        if projid is None or not self.projids:
+    def probe(self, fd: int) -> None:
+        """Learn, on a new file nobody else sees yet (``fd``), whether this side holds project
+        IDs at all: tmpfs reads 0 for every file and refuses any other, so without the probe
+        each file would cost a read of the source's project ID and of its own."""
+        if self.probed or not self.projids:
+            return
+        self.probed = True
+        try:
+            self.set_projid(fd, 1)
+            self.set_projid(fd, 0)
+        except OSError:  # EPERM: not ours to set (a non-root pass), which is the same here
+            self.projids = False
+
+    def set_projid(self, fd: int, projid: int | None, have: int | None = None) -> None:
+        """Give an inode the project ID (None: nothing to carry; ``have``: the one it is
+        known to have)."""
+        if projid is None or not self.projids or projid == have:
             return
         try:
             raw = bytearray(fcntl.ioctl(fd, FS_IOC_FSGETXATTR, bytes(28)))
@@ -157,11 +174,13 @@ class Side:
         except OSError as exc:
             self.projids = _supported(exc)
 
-    def set_flags(self, fd: int, flags: int | None, locks: bool = True) -> None:
+    def set_flags(self, fd: int, flags: int | None, locks: bool = True,
+                  have: int | None = None) -> None:
         """Make an inode's carried flags ``flags`` (None: nothing to carry), keeping the bits
         its filesystem manages; without ``locks``, immutable and append-only wait (see
-        :meth:`lock`). A flag the filesystem refuses is learnt and left out from then on."""
-        if flags is None or not self.flags:
+        :meth:`lock`); ``have``: the carried flags it is known to have. A flag the filesystem
+        refuses is learnt and left out from then on."""
+        if flags is None or not self.flags or flags & (CARRIED if locks else ~LOCKS) == have:
             return
         try:
             have = self._get(fd)
@@ -270,9 +289,23 @@ class Pending:
     want: Attrs
     side: Side
     locks: bool = True
+    #: what the inode is known to have (a new file in a directory it inherits nothing from)
+    have: Attrs = NONE
 
     def project(self) -> None:
-        self.side.set_projid(self.fd, self.want.projid)
+        self.side.set_projid(self.fd, self.want.projid, self.have.projid)
 
     def flags(self) -> None:
-        self.side.set_flags(self.fd, self.want.flags, self.locks)
+        self.side.set_flags(self.fd, self.want.flags, self.locks, self.have.flags)
+
+
+#: what a new file has in a directory without carried flags (nothing to inherit): a fresh
+#: inode takes its project ID only from a PROJINHERIT directory, and its flags only from
+#: those of its directory (XFS, ext4, tmpfs)
+FRESH = Attrs(0, 0)
+
+
+def fresh_in(directory: Attrs) -> Attrs:
+    """What a file just made in ``directory`` is known to have: FRESH where the directory
+    has no carried flags, else nothing known."""
+    return FRESH if directory.flags == 0 else NONE

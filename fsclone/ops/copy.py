@@ -120,6 +120,13 @@ class DirCopier:
         self.locks: int | None = None
 
     @functools.cached_property
+    def fresh(self) -> inodeflags.Attrs:
+        """What a file made in the target directory has before it is given anything: read
+        once per chunk, from the directory, so that a new file costs no read of its own."""
+        assert self.dfd is not None
+        return inodeflags.fresh_in(self.ctx.dst_flags.read(self.dfd))
+
+    @functools.cached_property
     def barrier(self) -> str:
         """The barrier this chunk's slices and finalize chunks count toward; made on first
         use, since most chunks have neither."""
@@ -454,9 +461,15 @@ class DirCopier:
             # inherited ACL is replaced in full
             have = meta.read_xattrs(dst) if self.inherits else {}
             current = os.fstat(dst) if fresh and not self.inherits else None
-            attrs = self.ctx.src_flags.read(src) if self.ctx.dst_flags.any else inodeflags.NONE
+            side = self.ctx.dst_flags
+            if fresh:
+                side.probe(dst)
+            attrs = self.ctx.src_flags.read(src, side.projids) if side.any else inodeflags.NONE
+            # most files have none to carry into a directory that gave them none
+            pending = None if attrs == self.fresh else inodeflags.Pending(
+                dst, attrs, side, False, self.fresh)
             meta.apply_all(dst, st, meta.read_xattrs(src), have, current=current,
-                           pending=inodeflags.Pending(dst, attrs, self.ctx.dst_flags, False))
+                           pending=pending)
             self.locks = attrs.flags if (attrs.flags or 0) & inodeflags.LOCKS else None
         finally:
             os.close(src)
