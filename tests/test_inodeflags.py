@@ -9,6 +9,7 @@ its dry run cannot put back the atimes of immutable files it read.)
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from fsclone.fs import inodeflags
 from tests.clirun import fsclone, fsclone_json
 from tests.fstree import assert_same_tree
 from tests.mounts import loop_fs, tmpfs
@@ -176,3 +178,65 @@ def test_verify_reports_a_differing_project_id_and_flag(tmp_path: Path) -> None:
         assert "mismatch plain: project ID 7 != 99" in text, text
         assert "mismatch nodump: flags nodump != -" in text, text
         assert text.count("mismatch ") == 2, text
+
+
+def test_the_mtime_pass_carries_directory_flags(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with roots(tmp_path, "xfs") as (src, dst):
+        build(src, projects=True)
+        assert fsclone_json("pass", "copy", src, dst, state=state)[0] == 0
+        chattr("+d", src / "proj")
+        chproj(43, src / "proj")
+        rc, out = fsclone_json("pass", "mtime", src, dst, state=state)
+        assert rc == 0, out
+        assert out["counters"]["updated"] >= 1, out
+        assert_same_tree(src, dst)
+        assert (lsattr(dst / "proj"), lsproj(dst / "proj")) == ("dP", 43)
+
+
+def test_a_flag_changed_on_the_target_alone_is_seen_with_checksum(tmp_path: Path) -> None:
+    """An unchanged file's flags are compared only where the source changed after the copy
+    (see docs/design.md): a target that lost a flag by other hands (or was made by another
+    tool) is mended by a --checksum pass, which opens every file anyway."""
+    state = tmp_path / "state"
+    with roots(tmp_path, "xfs") as (src, dst):
+        build(src, projects=True)
+        assert fsclone_json("pass", "copy", src, dst, state=state)[0] == 0
+        chattr("-d", dst / "nodump")
+        chproj(5, dst / "plain")
+        rc, out = fsclone_json("pass", "sync", src, dst, state=state)
+        assert (rc, out["counters"].get("updated", 0)) == (0, 0), out
+        rc, out = fsclone_json("pass", "sync", "--checksum", src, dst, state=state)
+        assert rc == 0, out
+        assert out["counters"]["updated"] == 2 and out["counters"].get("files_copied", 0) == 0
+        assert_same_tree(src, dst)
+
+
+def test_a_target_without_project_ids_costs_one_refusal_per_worker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ioctl numbers are those of the kernel's headers, and tmpfs (project IDs read as 0,
+    any other refused) is probed once on a file of ours, then never asked again."""
+    assert (inodeflags.FS_IOC_FSGETXATTR, inodeflags.FS_IOC_FSSETXATTR) == (0x801C581F, 0x401C5820)
+    assert (inodeflags.FS_IOC_GETFLAGS, inodeflags.FS_IOC_SETFLAGS) == (0x80086601, 0x40086602)
+    calls: list[int] = []
+    real = inodeflags.fcntl.ioctl
+
+    def counted(fd: int, request: int, arg: bytes) -> bytes:
+        calls.append(request)
+        return real(fd, request, arg)
+
+    monkeypatch.setattr(inodeflags.fcntl, "ioctl", counted)
+    side, source = inodeflags.Side(), inodeflags.Side()
+    with tmpfs(tmp_path / "shm", "1m") as shm:
+        for _ in range(20):
+            fd = os.open(shm, os.O_WRONLY | os.O_TMPFILE, 0o600)
+            try:
+                side.probe(fd)
+                want = source.read(fd, side.projids)
+                side.set_projid(fd, want.projid)
+            finally:
+                os.close(fd)
+    projid_calls = [r for r in calls if r in (inodeflags.FS_IOC_FSGETXATTR,
+                                              inodeflags.FS_IOC_FSSETXATTR)]
+    assert projid_calls == [inodeflags.FS_IOC_FSGETXATTR, inodeflags.FS_IOC_FSSETXATTR]
+    assert not side.projids and side.flags

@@ -118,6 +118,8 @@ class DirCopier:
         #: the flags the file just written gets once it has its name (immutable or
         #: append-only forbid the link or rename that gives it one), see :meth:`_lock`
         self.locks: int | None = None
+        #: the project IDs and flags read while the data was compared (``--checksum``)
+        self.known: dict[str, Attrs] = {}
 
     @functools.cached_property
     def fresh(self) -> inodeflags.Attrs:
@@ -210,7 +212,11 @@ class DirCopier:
     def _attrs(self, name: str, st: os.stat_result, dst: os.stat_result) -> Attrs | None:
         """The project IDs and flags of a regular file on both sides, when they may differ:
         only where the source's inode changed (its ctime) since the copy's did (setting
-        either moves the ctime), so an unchanged file costs no open. None: not compared."""
+        either moves the ctime), so an unchanged file costs no open, or where ``--checksum``
+        read them with the data. None: not compared."""
+        known = self.known.pop(name, None)
+        if known is not None:
+            return known
         if (st.st_ctime_ns < dst.st_ctime_ns or not stat.S_ISREG(st.st_mode)
                 or not (self.ctx.src_flags.any and self.ctx.dst_flags.any)):
             return None
@@ -355,6 +361,8 @@ class DirCopier:
         assert self.dfd is not None
         with dirs.FilePair(name, self.sfd, self.dfd) as (src, dst_fd):
             size = st.st_size
+            if self.ctx.src_flags.any and self.ctx.dst_flags.any:  # every file, while open
+                self.known[name] = self.ctx.src_flags.read(src), self.ctx.dst_flags.read(dst_fd)
             return data.hash_range(src, 0, size)[0] == data.hash_range(dst_fd, 0, size)[0]
 
     def mend_meta(self, name: str, st: os.stat_result, dst: os.stat_result,
