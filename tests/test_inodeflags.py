@@ -240,3 +240,23 @@ def test_a_target_without_project_ids_costs_one_refusal_per_worker(
                                               inodeflags.FS_IOC_FSSETXATTR)]
     assert projid_calls == [inodeflags.FS_IOC_FSGETXATTR, inodeflags.FS_IOC_FSSETXATTR]
     assert not side.projids and side.flags
+
+
+def test_a_large_immutable_file_in_ranges_is_locked_once_renamed(tmp_path: Path) -> None:
+    """A file copied in byte ranges is published by its finalize chunk: flags after times,
+    immutable after the rename (an immutable temp could not be renamed), over an immutable
+    old copy."""
+    state = tmp_path / "state"
+    with roots(tmp_path, "xfs") as (src, dst):
+        (src / "big").write_bytes(os.urandom(3 << 20))
+        chproj(11, src / "big")
+        chattr("+i", src / "big")
+        sizes = {"large_file_size": 1 << 20, "range_size": 1 << 20}
+        for _ in range(2):  # a new file, then new content over the immutable copy
+            rc, out = fsclone_json("pass", "sync", src, dst, state=state, **sizes)
+            assert rc == 0, out["errors"]
+            assert out["counters"]["files_copied"] == 1, out
+            assert_same_tree(src, dst)
+            chattr("-i", src / "big")
+            (src / "big").write_bytes(os.urandom(3 << 20))
+            chattr("+i", src / "big")
