@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import secrets
 import signal
 import statistics
 import subprocess
@@ -65,18 +66,24 @@ def log(msg: str) -> None:
 
 @contextlib.contextmanager
 def broker_and_workers(workers: int) -> Iterator[Config]:
-    """A private broker and one waiting ``fsclone worker``; yields the Config that reaches
-    them (URL without password, 0600 password file)."""
+    """A private broker and one waiting ``fsclone worker`` allowed the bench's roots; yields
+    the Config that reaches them (URL without password, 0600 password and key files)."""
     with tempfile.TemporaryDirectory(prefix="fsclone-amqp-bench-") as tmp:
         work = Path(tmp)
         with RabbitMQServer(work) as server:
             password_file = work / "password"
             password_file.write_text(server.password + "\n")
             password_file.chmod(0o600)
+            key_file = work / "signing.key"
+            key_file.write_text(secrets.token_hex(32))
+            key_file.chmod(0o600)
             url = f"amqp://{server.user}@{server.host}:{server.port}/{server.vhost}"
-            cfg = Config(workers=workers, broker=url, password_file=str(password_file))
+            cfg = Config(workers=workers, broker=url, password_file=str(password_file),
+                         signing_key_file=str(key_file))
             env = {k: v for k, v in os.environ.items() if not k.startswith("FSCLONE_")}
             env["FSCLONE_PASSWORD_FILE"] = str(password_file)
+            env["FSCLONE_SIGNING_KEY_FILE"] = str(key_file)
+            env["FSCLONE_ALLOWED_ROOTS"] = "/:/"  # the bench's roots are wherever it is told
             with open(work / "worker.log", "wb") as out:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "fsclone", "worker", "-q", "--broker", url,

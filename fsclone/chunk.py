@@ -2,7 +2,8 @@
 
 Names are ``str`` decoded with ``surrogateescape`` (as ``os`` does), so any byte string a POSIX
 name can hold survives; the JSON encoding escapes them as ASCII. Every decoded path is validated:
-relative, no ``..`` or ``.`` component, no empty component, no NUL.
+relative, no ``..`` or ``.`` component, no empty component, no NUL; and every chunk's op, names
+and args are checked against its op's schema (fsclone.schema), on whichever side decodes it.
 """
 
 from __future__ import annotations
@@ -13,27 +14,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fsclone.errors import MessageError
+from fsclone.schema import check_chunk, validate_name, validate_relpath
 
-
-def validate_relpath(path: str) -> str:
-    """Return ``path`` if it is a safe relative path below a pass root, else raise."""
-    if "\0" in path:
-        raise MessageError("path holds a NUL byte")
-    if path == "":
-        return path
-    if path.startswith("/"):
-        raise MessageError(f"absolute path in message: {path!r}")
-    for part in path.split("/"):
-        if part in ("", ".", ".."):
-            raise MessageError(f"unsafe path component in message: {path!r}")
-    return path
-
-
-def validate_name(name: str) -> str:
-    """Return ``name`` if it is a single directory entry name, else raise."""
-    if name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise MessageError(f"unsafe entry name in message: {name!r}")
-    return name
+__all__ = ["Chunk", "Group", "ItemError", "Result", "join", "new_id", "validate_name",
+           "validate_relpath"]
 
 
 def join(parent: str, name: str) -> str:
@@ -96,18 +80,20 @@ class Chunk:
     def from_wire(cls, data: Any) -> Chunk:
         try:
             names = data["names"]
+            group = data.get("group")
             chunk = cls(
                 op=str(data["op"]),
                 path=validate_relpath(str(data["path"])),
                 names=tuple(validate_name(str(n)) for n in names) if names is not None else None,
                 args=dict(data.get("args") or {}),
-                group=data.get("group"),
+                group=None if group is None else str(group),
                 attempt=int(data.get("attempt", 0)),
                 id=str(data["id"]),
                 redo=bool(data.get("redo", False)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MessageError(f"malformed chunk: {exc}") from exc
+        check_chunk(chunk.op, chunk.path, chunk.names, chunk.args)
         return chunk
 
 

@@ -49,6 +49,10 @@ class Config:
     large_file_size: int = 64 << 20
     range_size: int = 64 << 20
     dir_slice: int = 5000
+    #: (SRC, DST) prefixes whose passes a standalone ``fsclone worker`` serves (none: no pass)
+    allowed_roots: tuple[tuple[str, str], ...] = ()
+    #: the secret shared by the amqp coordinator and its workers (fsclone.signing)
+    signing_key_file: str | None = None
 
     @property
     def state_path(self) -> Path:
@@ -77,6 +81,19 @@ def _seconds(v: Any) -> float:
     if not math.isfinite(secs) or secs <= 0:
         raise ValueError("must be a finite number of seconds above 0")
     return secs
+
+
+def _root_pairs(v: Any) -> tuple[tuple[str, str], ...]:
+    """(SRC, DST) prefix pairs: a list of pairs, or ``"SRC:DST,SRC:DST"`` (the environment's
+    form). Each must be an absolute path."""
+    items = [item.split(":") for item in v.split(",") if item] if isinstance(v, str) else v
+    pairs = []
+    for item in items:
+        src, dst = (str(p) for p in item)
+        if not (os.path.isabs(src) and os.path.isabs(dst)):
+            raise ValueError(f"not a pair of absolute paths: {item!r}")
+        pairs.append((os.path.normpath(src), os.path.normpath(dst)))
+    return tuple(pairs)
 
 
 def _globs(v: Any) -> tuple[str, ...]:
@@ -108,6 +125,8 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "LARGE_FILE_SIZE": ("large_file_size", _count(1)),
     "RANGE_SIZE": ("range_size", _count(1)),
     "DIR_SLICE": ("dir_slice", _count(1)),
+    "ALLOWED_ROOTS": ("allowed_roots", _root_pairs),
+    "SIGNING_KEY_FILE": ("signing_key_file", str),
 }
 
 

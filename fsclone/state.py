@@ -43,6 +43,37 @@ SUPERSEDED = "superseded"
 #: the statuses of a pass that can be resumed
 UNFINISHED = (RUNNING, INTERRUPTED)
 
+#: the state directory and every directory and file fsclone makes in it: pass records hold the
+#: roots, the options and the paths that failed, which are no business of other users
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
+def open_state_dir(state_dir: Path) -> Path:
+    """The state directory, made private (0700) if new. One that others could write into
+    (not ours, or group or other may write) is refused: whoever can write there can forge the
+    pass records a root pass resumes from, or take its lock. Read bits of an existing one are
+    the site's choice (a group of admins may share it) and left alone."""
+    state_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    st = state_dir.stat()
+    if st.st_uid != os.geteuid():
+        raise UsageError(f"state directory {state_dir} belongs to uid {st.st_uid}, not to us: "
+                         f"chown {os.geteuid()} {state_dir} (or use a STATE_DIR of our own)")
+    if st.st_mode & 0o022:
+        raise UsageError(f"state directory {state_dir} can be written by others: "
+                         f"chmod go-w {state_dir}")
+    return state_dir
+
+
+def private_subdir(path: Path) -> Path:
+    """A directory of the state directory's own (locks, trees), made 0700."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    return path
+
+
+def create_private(path: Path) -> int:
+    """Create (or open) a file of the state directory 0600; returns its fd, for writing."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, PRIVATE_FILE)
+
 
 def new_pass_id(op: str) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{op}-{new_id()[:6]}"
@@ -97,9 +128,10 @@ class PassStore:
     @classmethod
     def create(cls, state_dir: Path, spec: PassSpec) -> PassStore:
         path = state_dir / spec.id
-        path.mkdir(parents=True, exist_ok=False)
+        path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=False)
         new = path / "pass.db.new"  # renamed once complete: readers never see a record without
-        db = sqlite3.connect(new)  # its pass row (``status`` while a pass starts)
+        os.close(create_private(new))  # its pass row (``status`` while a pass starts); SQLite
+        db = sqlite3.connect(new)  # gives its -wal and -shm files the database's mode
         db.executescript(_SCHEMA)
         db.execute("INSERT INTO pass VALUES (?,?,?,?,?,?,?,?,?)",
                    (spec.id, json.dumps(spec.to_wire()), RUNNING, 0, spec.started, None, "{}",
@@ -341,15 +373,21 @@ def unfinished_on(state_dir: Path, dst: str, ops: tuple[str, ...]) -> list[PassR
 
 
 class TargetLock:
-    """One pass at a time per target: a POSIX record lock on a file named after the target's
-    path, held for the life of the coordinator. The kernel drops it when the coordinator dies,
-    and unlike flock it is not inherited by forked workers that may outlive it."""
+    """One pass at a time per target, held for the life of the coordinator, in two places.
 
-    def __init__(self, state_dir: Path, dst: str) -> None:
-        locks = state_dir / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        self.path = locks / (path_key(dst) + ".lock")
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    On the target itself: ``flock`` on the target root's directory fd. It names nothing in the
+    target and writes nothing there (a dry run takes it shared), and it holds whatever state
+    directory each pass uses. In the state directory: a POSIX record lock on a file named
+    after the target's path, which names its holder for the refusal. The kernel drops both
+    when the coordinator dies; forked workers close their copies (see :func:`_close_in_child`),
+    so a worker never holds the target for a dead coordinator."""
+
+    def __init__(self, state_dir: Path, dst: str, shared: bool = False) -> None:
+        self.path = private_subdir(state_dir / "locks") / (path_key(dst) + ".lock")
+        self.fd = create_private(self.path)
+        self.dst = dst
+        self.shared = shared
+        self.root_fd: int | None = None
 
     def acquire(self, what: str) -> None:
         """Take the lock or raise LockedError naming its holder; ``what`` names us to others."""
@@ -360,9 +398,63 @@ class TargetLock:
             raise LockedError(f"another pass is running on this target ({holder})") from None
         self.describe(what)
 
+    def hold_target(self) -> None:
+        """Then flock the target root, once it exists (absent: a dry run ahead of the first
+        copy has nothing to lock), before the pass record is made. A filesystem that cannot
+        flock a directory is left to the state-dir lock."""
+        try:
+            fd = os.open(self.dst, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockedError(f"another pass is running on target {self.dst} "
+                              f"({_flock_holder(self.dst)}; its state directory is another "
+                              "one)") from None
+        except OSError:  # ENOLCK, EBADF, ENOSYS...: no flock of directories here
+            os.close(fd)
+            return
+        self.root_fd = fd
+        _HELD.add(fd)
+
     def describe(self, what: str) -> None:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{what}, pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
 
     def release(self) -> None:
+        if self.root_fd is not None:
+            _HELD.discard(self.root_fd)
+            os.close(self.root_fd)
         os.close(self.fd)
+
+
+#: the target roots this process holds flocked, closed in forked children
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    """A flock belongs to the open file, which fork shares: a child closes its copy, so the
+    lock goes with the coordinator alone."""
+    for fd in _HELD:
+        os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
+def _flock_holder(path: str) -> str:
+    """Who holds a flock on ``path``, as /proc/locks tells (on this host only)."""
+    inode = str(os.stat(path).st_ino)
+    try:
+        with open("/proc/locks") as locks:  # "1: FLOCK  ADVISORY  WRITE 15128 fe:00:2621545 0 EOF"
+            for line in locks:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and \
+                        fields[5].rsplit(":", 1)[-1] == inode:
+                    return f"pid {fields[4]} on this host"
+    except OSError:
+        pass
+    return "held from another host"

@@ -22,7 +22,7 @@ class InlineTransport(Transport):
         self.ran: list[Chunk] = []
 
     def start(self, spec: PassSpec) -> None:
-        self.runner = ChunkRunner(spec, "inline.0")
+        self.runner = ChunkRunner(spec, "inline.0", self.key)
 
     def submit(self, chunks: Iterable[Chunk]) -> None:
         self.queue.extend(chunks)

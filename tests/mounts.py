@@ -73,6 +73,19 @@ def loop_fs(path: Path, kind: str, size_mb: int = 64,
 
 
 @contextmanager
+def bind(source: Path, path: Path) -> Iterator[Path]:
+    """``source`` bind-mounted on ``path`` (made if missing) for the block's duration: one
+    directory under two paths, the same (st_dev, st_ino) under both."""
+    require_root()
+    path.mkdir(parents=True, exist_ok=True)
+    _mount("--bind", source, path)
+    try:
+        yield path
+    finally:
+        _umount(path)
+
+
+@contextmanager
 def read_only(path: Path) -> Iterator[Path]:
     """``path`` bind-mounted read-only on itself for the block's duration: every change below
     it fails (EROFS), root's included, which no flag fsclone carries can do (an immutable

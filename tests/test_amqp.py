@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +23,19 @@ from typing import Any
 import pika
 import pytest
 
-from fsclone.state import PassRecord, list_passes
+from fsclone.chunk import Result
+from fsclone.spec import PassSpec
+from fsclone.state import PassRecord, list_passes, new_pass_id
 from fsclone.transport.amqp.coordinator import DELIVERY_LIMIT
-from fsclone.transport.amqp.wire import Queues
+from fsclone.transport.amqp.wire import Queues, decode_chunks, encode_results
 from tests.clirun import children, fsclone, fsclone_env, spawn
-from tests.fstree import assert_rsync_clean, assert_same_tree, build_hostile_tree
+from tests.fstree import (
+    assert_rsync_clean,
+    assert_same_tree,
+    build_hostile_tree,
+    snapshot,
+    tree_diffs,
+)
 from tests.midpass import held
 from tests.services import RABBITMQ_BIN, RabbitMQServer, free_port, wait_for
 
@@ -34,10 +44,17 @@ pytestmark = pytest.mark.service
 
 @dataclass
 class Broker:
-    """The session's RabbitMQ as fsclone sees it: a URL without password, a 0600 file."""
+    """The session's RabbitMQ as fsclone sees it: a URL without password, a 0600 file, and
+    the site's signing key (a 0600 file too)."""
 
     server: RabbitMQServer
     password_file: Path
+    key_file: Path
+
+    @property
+    def settings(self) -> dict[str, Path]:
+        """The settings of a coordinator or a worker of this broker."""
+        return {"password_file": self.password_file, "signing_key_file": self.key_file}
 
     @property
     def url(self) -> str:
@@ -59,26 +76,36 @@ class Broker:
         return True
 
 
+def private_file(path: Path, text: str) -> Path:
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return path
+
+
 @pytest.fixture
 def broker(rabbitmq_server: RabbitMQServer, tmp_path: Path) -> Broker:
-    password_file = tmp_path / "rabbitmq_fsclone.conf"
-    password_file.write_text(rabbitmq_server.password + "\n")
-    password_file.chmod(0o600)
-    return Broker(rabbitmq_server, password_file)
+    return Broker(rabbitmq_server,
+                  private_file(tmp_path / "rabbitmq_fsclone.conf", rabbitmq_server.password),
+                  private_file(tmp_path / "signing.key", secrets.token_hex(32)))
 
 
 @dataclass
 class Workers:
-    """``fsclone worker`` commands, each in its own process group (a node: kill it whole)."""
+    """``fsclone worker`` commands, each in its own process group (a node: kill it whole).
+    They serve the passes of any roots below the session's temporary directory, unless told
+    ``allowed`` ones ("" for none)."""
 
     broker: Broker
     logs: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, processes: int = 1, password_file: Path | None = None,
-              url: str | None = None) -> subprocess.Popen[bytes]:
+              url: str | None = None, allowed: str | None = None) -> subprocess.Popen[bytes]:
         log = self.logs / f"worker-{len(self.procs)}.log"
-        env = fsclone_env(self.logs, password_file=password_file or self.broker.password_file)
+        everywhere = f"{self.logs.parent.parent}:{self.logs.parent.parent}"
+        env = fsclone_env(self.logs, password_file=password_file or self.broker.password_file,
+                          signing_key_file=self.broker.key_file,
+                          allowed_roots=everywhere if allowed is None else allowed)
         cmd = [sys.executable, "-m", "fsclone", "worker", "--broker", url or self.broker.url,
                "--workers", str(processes)]
         with open(log, "wb") as out:
@@ -198,7 +225,7 @@ def test_several_workers_make_a_faithful_copy(broker: Broker, workers: Workers,
     entries = count_entries(src)
     workers.start(2)
     workers.start(1)
-    proc = fsclone(*copy_cmd(broker, src, dst), state=state, password_file=broker.password_file)
+    proc = fsclone(*copy_cmd(broker, src, dst), state=state, **broker.settings)
     assert proc.returncode == 0, proc.stderr.decode()
     out = summary(proc)
     assert_complete(out, entries)
@@ -212,7 +239,7 @@ def test_broker_from_config_and_a_rerun_finds_nothing_to_do(broker: Broker, work
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     entries = bulk_tree(src, dirs=12, files=10)
     workers.start(2)
-    settings: dict[str, Any] = {"broker": broker.url, "password_file": broker.password_file}
+    settings: dict[str, Any] = {"broker": broker.url, **broker.settings}
     first = fsclone("pass", "copy", "--json", src, dst, state=state, **settings)
     assert first.returncode == 0, first.stderr.decode()
     again = summary(fsclone("pass", "copy", "--json", src, dst, state=state, **settings))
@@ -242,7 +269,7 @@ def test_worker_killed_mid_pass_loses_nothing(
     workers.start(1)
     with held(src / LAST_FILE):
         coordinator = spawn(*copy_cmd(broker, src, dst), state=state,
-                            password_file=broker.password_file)
+                            **broker.settings)
         wait_progress(state, 5)
         when_busy(victim, coordinator)
         os.killpg(victim.pid, signal.SIGKILL)  # the whole node: supervisor and worker
@@ -258,7 +285,7 @@ def test_sigterm_drains_a_worker_and_the_rest_finish_the_pass(
     leaving = workers.start(2)
     with held(src / LAST_FILE):
         coordinator = spawn(*copy_cmd(broker, src, dst), state=state,
-                            password_file=broker.password_file)
+                            **broker.settings)
         wait_progress(state, 5)
         when_busy(leaving, coordinator)
         os.killpg(leaving.pid, signal.SIGTERM)
@@ -279,13 +306,13 @@ def test_coordinator_killed_mid_pass_resumes(broker: Broker, workers: Workers,
     workers.start(2)
     cmd = copy_cmd(broker, src, dst)
     with held(src / LAST_FILE):
-        first = spawn(*cmd, state=state, password_file=broker.password_file)
+        first = spawn(*cmd, state=state, **broker.settings)
         before = wait_progress(state, 10)
         first.kill()
         first.wait()
     if how == "pass resume ID":
         cmd = ["pass", "resume", before.spec.id, "--json", "--broker", broker.url]
-    again = fsclone(*cmd, state=state, password_file=broker.password_file)
+    again = fsclone(*cmd, state=state, **broker.settings)
     assert again.returncode == 0, again.stderr.decode()
     out = summary(again)
     assert out["pass"] == before.spec.id  # the same pass, resumed
@@ -300,7 +327,7 @@ def test_broker_restart_mid_pass_loses_nothing(
     workers.start(1)
     with held(src / LAST_FILE):
         coordinator = spawn(*copy_cmd(broker, src, dst), state=state,
-                            password_file=broker.password_file)
+                            **broker.settings)
         wait_progress(state, 5)
         broker.server.stop()
         assert coordinator.poll() is None, "the pass ended before the restart"
@@ -319,7 +346,7 @@ def _waiting_pass(broker: Broker, src: Path, dst: Path,
                   state: Path) -> tuple[subprocess.Popen[bytes], Queues]:
     """A coordinator with no worker yet: its root chunk waits in the queue."""
     coordinator = spawn(*copy_cmd(broker, src, dst), state=state,
-                        password_file=broker.password_file)
+                        **broker.settings)
     rec = wait_for(lambda: record(state), 60, "the pass record")
     queues = Queues.of(rec.spec.id)
     wait_for(lambda: broker.queue_exists(queues.chunks), 60, "the chunk queue")
@@ -343,7 +370,7 @@ def test_malformed_message_is_dead_lettered_and_reported(broker: Broker, workers
     assert "unreadable work message dead-lettered" in result["errors"][0]["message"]
     assert "not a non-empty JSON list" in result["errors"][0]["message"]
     assert worker.poll() is None, "a malformed message must not kill the worker"
-    assert "malformed work message moved to " + queues.dead in workers.log(worker)
+    assert "malformed or refused work message moved to " + queues.dead in workers.log(worker)
     assert_rsync_clean(src, dst)  # the real chunks were all done
 
 
@@ -393,12 +420,12 @@ def test_bad_credentials_or_no_broker_exit_2_and_write_nothing(
     else:
         url, words = f"amqp://fsclone@127.0.0.1:{free_port()}/fsclone", ("cannot reach",)
     run = fsclone("pass", "copy", "--broker", url, src, dst, state=state,
-                  password_file=password_file, timeout=60)
+                  password_file=password_file, signing_key_file=broker.key_file, timeout=60)
     _refused(run, *words)
     assert not state.exists() and not dst.exists()
     assert broker.server.password not in run.stderr.decode()
     worker = fsclone("worker", "--broker", url, state=state, password_file=password_file,
-                     timeout=60)
+                     signing_key_file=broker.key_file, timeout=60)
     _refused(worker, *words)
 
 
@@ -407,12 +434,12 @@ def test_credentials_stay_off_command_lines_and_open_files(broker: Broker,
     s = broker.server
     with_password = f"amqp://{s.user}:{s.password}@{s.host}:{s.port}/{s.vhost}"
     run = fsclone("worker", "--broker", with_password, state=tmp_path,
-                  password_file=broker.password_file)
+                  **broker.settings)
     _refused(run, "holds a password", ":***@")
     assert s.password not in run.stderr.decode()
     broker.password_file.chmod(0o640)
     _refused(fsclone("worker", "--broker", broker.url, state=tmp_path,
-                     password_file=broker.password_file), "chmod 600")
+                     **broker.settings), "chmod 600")
 
 
 def test_second_coordinator_for_a_target_is_refused_through_the_broker(
@@ -423,7 +450,7 @@ def test_second_coordinator_for_a_target_is_refused_through_the_broker(
     first, _ = _waiting_pass(broker, src, dst, tmp_path / "host1")
     try:
         second = fsclone(*copy_cmd(broker, src, dst), state=tmp_path / "host2",
-                         password_file=broker.password_file, timeout=60)
+                         **broker.settings, timeout=60)
         _refused(second, "another coordinator serves")
     finally:
         first.terminate()
@@ -446,7 +473,8 @@ def test_init_script_makes_a_user_that_can_run_a_pass(rabbitmq_server: RabbitMQS
         assert credentials.stat().st_mode & 0o777 == 0o600
     password = credentials.read_text().strip()
     assert len(password) >= 24
-    alice = Broker(rabbitmq_server, credentials)
+    alice = Broker(rabbitmq_server, credentials,
+                   private_file(tmp_path / "signing.key", secrets.token_hex(32)))
     url = f"amqp://alice@{rabbitmq_server.host}:{rabbitmq_server.port}/alice"
     src, dst = tmp_path / "src", tmp_path / "dst"
     entries = bulk_tree(src, dirs=5, files=5)
@@ -454,9 +482,187 @@ def test_init_script_makes_a_user_that_can_run_a_pass(rabbitmq_server: RabbitMQS
     pool.start(1, url=url)
     try:
         run = fsclone("pass", "copy", "--json", "--broker", url, src, dst,
-                      state=tmp_path / "state", password_file=credentials)
+                      state=tmp_path / "state", **alice.settings)
         assert run.returncode == 0, run.stderr.decode()
         assert_complete(summary(run), entries)
     finally:
         pool.stop()
+    assert_rsync_clean(src, dst)
+
+
+# -- hostile messages -----------------------------------------------------------------------
+# A broker account can publish whatever it likes to a pass's queues and to the control
+# exchange, and the workers run as root. Whatever it says, nothing outside DST changes (a
+# canary tree beside the roots, compared before and after), nothing in DST is removed, and
+# each forged message is dead-lettered and listed, or ignored and logged.
+
+
+@dataclass
+class Roots:
+    src: Path
+    dst: Path
+    outside: Path  # root-only files beside the roots: the canary
+
+    @property
+    def allowed(self) -> str:
+        """These roots as the workers' ALLOWED_ROOTS."""
+        return f"{self.src}:{self.dst}"
+
+
+def hostile_roots(tmp_path: Path) -> Roots:
+    """SRC with a file and a directory, DST a copy of it plus an entry SRC lacks, and the
+    canary."""
+    roots = Roots(tmp_path / "src", tmp_path / "dst", tmp_path / "outside")
+    (roots.src / "d").mkdir(parents=True)
+    (roots.src / "f").write_bytes(b"source bytes " * 100)
+    (roots.src / "d" / "inner").write_bytes(b"inner")
+    local = fsclone("pass", "copy", roots.src, roots.dst, state=tmp_path / "local-state")
+    assert local.returncode == 0, local.stderr.decode()
+    (roots.dst / "extra").write_bytes(b"only in the target")
+    roots.outside.mkdir()
+    for name in ("victim", "x"):
+        private_file(roots.outside / name, f"root's own {name}")
+    return roots
+
+
+def forged(op: str, path: str, names: list[str] | None, args: dict[str, Any]) -> bytes:
+    """A work message of one chunk, as a broker account would write it."""
+    return json.dumps([{"id": secrets.token_hex(16), "op": op, "path": path, "names": names,
+                        "args": args, "group": None, "attempt": 0}]).encode()
+
+
+def identity(path: Path) -> dict[str, Any]:
+    """What a ``range`` or ``finalize`` chunk says about the source file it is for."""
+    st = path.stat()
+    return {"ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns, "sparse": False}
+
+
+#: trial → (op, path, names, args of the forged chunk) and what its refusal says
+FORGERIES: dict[str, tuple[Any, str]] = {
+    "finalize with an absolute tmp": (lambda r: (
+        "finalize", "", ["f"], {"tmp": str(r.outside / "victim"), "ino": 1, "size": 1,
+                                "mtime_ns": 1, "ctime_ns": 1, "sparse": False}),
+        "bad tmp in a finalize chunk"),
+    "range with an absolute tmp": (lambda r: (
+        "range", "", ["f"], {"tmp": str(r.outside / "victim"), **identity(r.src / "f"),
+                             "start": 0, "end": 100}),
+        "bad tmp in a range chunk"),
+    "finalize of ../outside/x with a matching identity": (lambda r: (
+        "finalize", "", ["f"], {"tmp": "../outside/x", **identity(r.src / "f")}),
+        "bad tmp in a finalize chunk"),
+    "unlink with no plan": (lambda r: ("unlink", "", ["extra"], {}),
+                            "unlink chunk without the coordinator's signature"),
+    "prune with no plan": (lambda r: ("prune", "d", None, {}),
+                           "prune chunk without the coordinator's signature"),
+}
+
+
+@pytest.mark.parametrize("trial", list(FORGERIES))
+def test_forged_chunks_change_nothing_outside_the_target_and_are_listed(
+        broker: Broker, workers: Workers, tmp_path: Path, trial: str) -> None:
+    roots = hostile_roots(tmp_path)
+    canary, target = snapshot(roots.outside), snapshot(roots.dst, atime=False)
+    coordinator, queues = _waiting_pass(broker, roots.src, roots.dst, tmp_path / "state")
+    make, refusal = FORGERIES[trial]
+    ch = broker.channel()
+    ch.basic_publish("", queues.chunks, forged(*make(roots)),
+                     pika.BasicProperties(delivery_mode=2))
+    ch.connection.close()
+    worker = workers.start(1, allowed=roots.allowed)
+    out = coordinator.communicate(timeout=300)
+    assert tree_diffs(canary, snapshot(roots.outside)) == []
+    # the pass gives the target root its source times back ("extra" moved them)
+    assert tree_diffs(target, snapshot(roots.dst, atime=False), ignore_root_times=True) == []
+    assert coordinator.returncode == 1, out[1].decode()
+    errors = summary(out)["errors"]
+    assert any(refusal in e["message"] and "dead-lettered" in e["message"] for e in errors), \
+        errors
+    assert "malformed or refused work message moved to " + queues.dead in workers.log(worker)
+
+
+def test_a_forged_announcement_starts_no_pass(broker: Broker, workers: Workers,
+                                              tmp_path: Path) -> None:
+    """An announcement a broker account made up, with roots of its choice and a chunk queue
+    of its own, makes a root worker copy nothing, though this node's ALLOWED_ROOTS would hold
+    those roots: it is not signed with the site's key. The worker says so once."""
+    evil, outside = tmp_path / "evil", tmp_path / "outside"
+    evil.mkdir()
+    (evil / "payload").write_bytes(b"the attacker's")
+    outside.mkdir()
+    private_file(outside / "victim", "root's own")
+    canary = snapshot(outside)
+    worker = workers.start(1, allowed=f"{tmp_path}:{tmp_path}")
+    ch = broker.channel()
+    ch.exchange_declare("fsclone.control", "fanout", durable=True)
+
+    def announce(pass_id: str) -> None:
+        spec = PassSpec(id=pass_id, op="copy", src=str(evil), dst=str(outside),
+                        started=time.time())
+        ch.queue_declare(Queues.of(pass_id).chunks, durable=True)
+        ch.basic_publish("", Queues.of(pass_id).chunks, forged("copy", "", None, {}))
+        ch.basic_publish("fsclone.control", "",
+                         json.dumps({"event": "active", "spec": spec.to_wire()}).encode())
+
+    first, second = new_pass_id("copy"), new_pass_id("copy")
+
+    def ignored(pass_id: str) -> bool:
+        announce(pass_id)
+        return (outside / "payload").exists() or \
+            f"ignored an announcement: announcement of pass {pass_id}" in workers.log(worker)
+
+    wait_for(lambda: ignored(first), 60, "the worker to hear the announcement", poll=0.5)
+    for _ in range(3):
+        announce(first)
+    wait_for(lambda: ignored(second), 60, "the worker to hear the next one", poll=0.5)
+    ch.connection.close()
+    assert tree_diffs(canary, snapshot(outside)) == []
+    assert workers.log(worker).count(f"announcement of pass {first}") == 1
+
+
+@pytest.mark.parametrize("allowed", ["", "other roots"])
+def test_a_worker_serves_no_pass_its_node_does_not_allow(broker: Broker, workers: Workers,
+                                                         tmp_path: Path, allowed: str) -> None:
+    """A real pass, signed, whose roots this node's ALLOWED_ROOTS does not hold (or none, the
+    default): one line says why the worker ignores it, and it writes nothing."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    bulk_tree(src, dirs=2, files=2)
+    other = tmp_path / "other"
+    coordinator, _ = _waiting_pass(broker, src, dst, tmp_path / "state")
+    worker = workers.start(1, allowed=f"{other}:{other}" if allowed else "")
+    why = "its roots are not below any pair of ALLOWED_ROOTS" if allowed else \
+        "ALLOWED_ROOTS is empty on this node"
+
+    def ignoring() -> list[str]:
+        return [line for line in workers.log(worker).splitlines() if "ignoring pass" in line]
+
+    wait_for(lambda: ignoring() or (dst / "g0").exists(), 60, "the worker to hear the pass")
+    coordinator.terminate()
+    coordinator.wait(60)
+    assert not (dst / "g0").exists()
+    lines = ignoring()
+    assert len(lines) == 1 and why in lines[0], lines
+
+
+def test_a_forged_result_is_dropped_and_listed(broker: Broker, workers: Workers,
+                                               tmp_path: Path) -> None:
+    """A result for the pass's real root chunk, read off its queue, that claims the whole
+    tree done: without a worker's signature it is not taken, so the tree is still copied."""
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    entries = bulk_tree(src, dirs=3, files=2)
+    coordinator, queues = _waiting_pass(broker, src, dst, state)
+    ch = broker.channel()
+    method, _, body = wait_for(lambda: ch.basic_get(queues.chunks), 30, "the root chunk")
+    root = decode_chunks(body)[0]
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    ch.basic_publish("", queues.results, encode_results([Result(chunk=root, worker="x.0")]),
+                     pika.BasicProperties(delivery_mode=2))
+    ch.connection.close()
+    workers.start(1)
+    out = coordinator.communicate(timeout=300)
+    assert coordinator.returncode == 1, out[1].decode()
+    result = summary(out)
+    assert result["counters"]["scanned"] == entries
+    assert [e["message"].split(";")[0] for e in result["errors"]] == [
+        "a result message without a worker's signature was dropped"]
     assert_rsync_clean(src, dst)

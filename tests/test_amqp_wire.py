@@ -3,6 +3,7 @@ batching."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from fsclone.chunk import Chunk, Result
 from fsclone.config import Config
 from fsclone.errors import ConfigError, MessageError, UsageError
+from fsclone.signing import Signer, new_key
 from fsclone.spec import PassSpec
 from fsclone.transport.amqp import wire
 from fsclone.transport.amqp.settings import broker_settings, redact
@@ -91,12 +93,22 @@ def test_bodies_carry_any_name_and_reject_anything_else() -> None:
             wire.decode_chunks(body)
 
 
-def test_announcements() -> None:
+def test_announcements_are_signed_and_an_unsigned_or_altered_one_is_refused() -> None:
     spec = PassSpec(id="p1", op="copy", src="/s", dst="/d", started=1.0)
-    assert wire.decode_announcement(wire.encode_announcement(wire.ACTIVE, spec)) == (
-        wire.ACTIVE, spec)
+    signer = Signer(new_key())
+    body = wire.encode_announcement(wire.ACTIVE, spec, signer)
+    assert wire.decode_announcement(body, signer) == (wire.ACTIVE, spec)
+    with pytest.raises(MessageError, match="not signed"):
+        wire.decode_announcement(body, Signer(new_key()))  # another site's key
+    altered = json.loads(body)
+    altered["spec"]["dst"] = "/etc"
+    with pytest.raises(MessageError, match="not signed"):
+        wire.decode_announcement(json.dumps(altered).encode(), signer)
+    del altered["signature"]
+    with pytest.raises(MessageError, match="not signed"):
+        wire.decode_announcement(json.dumps(altered).encode(), signer)
     with pytest.raises(MessageError):
-        wire.decode_announcement(b'{"event": "boom", "spec": {}}')
+        wire.decode_announcement(b'{"event": "boom", "spec": {}}', signer)
 
 
 def test_batches_keep_every_consumer_busy_and_spare_the_broker() -> None:

@@ -4,6 +4,7 @@ statfs kinds on real mounts."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import platform
@@ -25,7 +26,8 @@ from fsclone.fs.lustre.create import (
 )
 from fsclone.fs.lustre.layout import Component, Composite, Foreign, Plain, Stripe
 from fsclone.fs.lustre.xattrs import is_internal
-from tests.mounts import loop_fs
+from tests.clirun import fsclone_json
+from tests.mounts import loop_fs, require_root
 
 # -- the structures, written out here independently of the codec (host order, packed) --------
 
@@ -467,3 +469,29 @@ def test_statfs_kinds_of_loop_mounts(tmp_path, kind):
     size = 300 if kind == "xfs" else 128
     with loop_fs(tmp_path / kind, kind, size_mb=size) as mnt:
         assert _kind_at(mnt) == kind
+
+
+@pytest.mark.parametrize("where", ["tmpfs", "xfs"])
+def test_lustres_internal_xattrs_never_reach_the_target(tmp_path: Path, where: str) -> None:
+    """trusted.lma, trusted.link and trusted.lov on source files (as a Lustre client shows them
+    to root) are neither copied nor taken for a difference; a user's xattrs still are."""
+    require_root()
+    src, state = tmp_path / "src", tmp_path / "state"
+    with contextlib.ExitStack() as stack:
+        if where == "xfs":
+            src = stack.enter_context(loop_fs(tmp_path / "src", "xfs", size_mb=300))
+        src.mkdir(exist_ok=True)
+        (src / "f").write_text("data")
+        (src / "d").mkdir()
+        for path in (src / "f", src / "d"):
+            for name in ("trusted.lma", "trusted.link", "trusted.lov"):
+                os.setxattr(path, name, b"\x01\x02 from the MDT")
+            os.setxattr(path, "user.kept", b"yes")
+        dst = tmp_path / "dst"
+        rc, out = fsclone_json("pass", "copy", src, dst, state=state)
+        assert rc == 0, out
+        for rel in ("f", "d"):
+            assert os.listxattr(dst / rel) == ["user.kept"], rel
+        rc, out = fsclone_json("pass", "sync", src, dst, state=state)
+        assert rc == 0, out
+        assert out["counters"].get("updated", 0) == 0, out

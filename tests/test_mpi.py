@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shlex
 import signal
 import subprocess
@@ -212,11 +213,14 @@ def test_with_a_broker_rank_0_coordinates_it_and_the_ranks_consume_it(
     password = tmp_path / "password"
     password.write_text(rabbitmq_server.password + "\n")
     password.chmod(0o600)
+    key = tmp_path / "signing.key"
+    key.write_text(secrets.token_hex(32))
+    key.chmod(0o600)
     s = rabbitmq_server
     proc = subprocess.run(
         command(require_mpi, "pass", "copy", "--json", src, dst),
         env=fsclone_env(state, broker=f"amqp://{s.user}@{s.host}:{s.port}/{s.vhost}",
-                        password_file=password),
+                        password_file=password, signing_key_file=key),
         capture_output=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr.decode()
     out = summary(proc)

@@ -143,7 +143,7 @@ def _start(cfg: Config, req: PassRequest, kw: dict[str, Any]) -> NoReturn:
         sys.exit(code)
     job = MpiJob(os.environ)  # rank 0 coordinates, the other ranks work
     if job.rank > 0:
-        sys.exit(job.serve(select.rank_service(kind, cfg, job.rank)))
+        sys.exit(job.serve(select.rank_service(kind, cfg, job.rank, (req.src, req.dst))))
     with job.coordinating():
         sys.exit(_coordinate(cfg, req, kw, select.transport(kind, cfg, job)))
 

@@ -18,6 +18,7 @@ from fsclone.chunk import Chunk, ItemError, ManifestRow, Result
 from fsclone.engine.retry import Seed
 from fsclone.engine.worker import worker_name
 from fsclone.errors import GuardError
+from fsclone.signing import Signer, may_issue
 from fsclone.state import DONE, INTERRUPTED, REFUSED, PassStore
 from fsclone.stats import counters as C
 from fsclone.stats.snapshot import Snapshot
@@ -74,6 +75,9 @@ class Coordinator:
         self.hooks = hooks or Hooks()
         self.seed = seed
         self._next_stats = 0.0
+        #: signs the chunks that remove or publish entries as they are issued (the transport
+        #: knows how its workers learn the key)
+        self.signer = Signer(transport.key)
 
     def run(self) -> Summary:
         """Run the phases left. Every way out leaves the record telling the truth: done,
@@ -118,7 +122,7 @@ class Coordinator:
             pending = self._seed(phase)
             store.add_chunks(pending)
         store.commit()
-        self.transport.submit(pending)
+        self._submit(pending)
         self._drain()
         store.set_phase(index + 1)
         store.commit()
@@ -182,13 +186,32 @@ class Coordinator:
                 self.transport.settle()
                 dirty, last_commit = False, now
             if submit:
-                self.transport.submit(submit)
+                self._submit(submit)
             if now >= next_report:
                 hooks.progress(store.counters, store.outstanding)
                 next_report = now + hooks.interval
             if now >= self._next_stats:
                 self._report()
         hooks.progress(store.counters, store.outstanding)
+
+    def _submit(self, chunks: list[Chunk]) -> None:
+        """Hand chunks to the workers, those only a plan may issue signed for this pass."""
+        pass_id = self.store.spec.id
+        self.transport.submit([self.signer.sign(pass_id, c) for c in chunks])
+
+    def _issued(self, result: Result) -> None:
+        """Drop (and list) what the result hands on that its op may not: a chunk that removes
+        or publishes entries comes only from the op that plans or starts that removal."""
+        chunk = result.chunk
+        refused = [c for c in (*result.children, *(g.then for g in result.groups))
+                   if not may_issue(chunk.op, c.op)]
+        if not refused:
+            return
+        result.children = [c for c in result.children if c not in refused]
+        result.groups = [g for g in result.groups if g.then not in refused]
+        result.errors.extend(ItemError(c.subject, c.op, 0, f"refused: a {chunk.op} chunk "
+                                       f"cannot hand on a {c.op} chunk") for c in refused)
+        result.counters[C.ERRORS] = result.counters.get(C.ERRORS, 0) + len(refused)
 
     def _report(self, final: bool = False) -> None:
         """Hand the stats sinks a snapshot (the last one after the transport's last result)."""
@@ -212,6 +235,7 @@ class Coordinator:
             why = f"chunk failed {chunk.attempt + 1} times: {result.failed}"
             result = Result(chunk=chunk, counters={C.ERRORS: 1}, worker=result.worker,
                             errors=[ItemError(chunk.subject, chunk.op, 0, why)])
+        self._issued(result)
         if result.errors and chunk.group:
             self._fail_member(result, chunk.group)
         store.add_counters(result.counters, result.worker or COORDINATOR)

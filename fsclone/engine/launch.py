@@ -22,6 +22,7 @@ from fsclone.state import (
     TargetLock,
     find_unfinished,
     new_pass_id,
+    open_state_dir,
     pass_dir,
     read_record,
 )
@@ -107,22 +108,22 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         raise UsageError("--workers must be at least 1")
     writes = not req.dry_run and req.op in ("copy", "sync")
     src, dst = check_roots(req.src, req.dst, needs_dst=not writes and req.op != "copy")
-    state = cfg.state_path
-    state.mkdir(parents=True, exist_ok=True)
-    lock = TargetLock(state, dst)
+    state = open_state_dir(cfg.state_path)
+    lock = TargetLock(state, dst, shared=req.dry_run)
     try:
         lock.acquire(f"a {req.op} pass starting")
         spec, resume = _to_run(cfg, req, state, src, dst)
         if spec.op in ("delete", "sync") and not spec.dry_run:
             check_delete_guards(src, dst, spec.sentinel, spec.source_mounts)
+        if writes and not os.path.isdir(dst):
+            os.mkdir(dst, 0o700)
+        lock.hold_target()
         if spec.op in WRITERS and not spec.dry_run:
             _sweep(state, spec, resume, hooks)
         store = PassStore(state / spec.id) if resume else PassStore.create(state, spec)
         lock.describe(f"pass {spec.id}")
         if resume:
             hooks.note(f"resuming pass {spec.id} (its options apply; --restart starts anew)")
-        if writes and not os.path.isdir(dst):
-            os.mkdir(dst, 0o700)
         seed = retry_seed(state, req.retry_of, req.op, cfg.dir_slice) if req.retry_of else None
         coordinator = Coordinator(store, transport or LocalTransport(cfg.workers), hooks,
                                   seed=seed)

@@ -29,7 +29,44 @@ def check_roots(src: str, dst: str, needs_dst: bool) -> tuple[str, str]:
         raise UsageError(f"target {dst} is inside source {src}")
     if rsrc.startswith(rdst.rstrip("/") + "/"):
         raise UsageError(f"source {src} is inside target {dst}")
+    _check_identities(src, dst, rsrc, rdst)
     return rsrc, rdst
+
+
+def _check_identities(src: str, dst: str, rsrc: str, rdst: str) -> None:
+    """The same checks by (st_dev, st_ino), which a bind mount cannot hide as it hides paths:
+    SRC's root against every directory on DST's path up to /, and DST's root (when it
+    exists) against every directory on SRC's."""
+    src_id = _identity(rsrc)
+    for where in _up(rdst):
+        if _identity(where) == src_id:
+            if where == rdst:
+                raise UsageError(f"source {src} and target {dst} are the same directory "
+                                 "(through a bind mount)")
+            raise UsageError(f"target {dst} is inside source {src} (through a bind mount at "
+                             f"{where})")
+    if os.path.isdir(rdst):
+        dst_id = _identity(rdst)
+        for where in _up(rsrc):
+            if _identity(where) == dst_id:
+                raise UsageError(f"source {src} is inside target {dst} (through a bind mount "
+                                 f"at {where})")
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _up(path: str) -> list[str]:
+    """``path`` and every directory above it, up to /."""
+    out = [path]
+    while out[-1] != "/":
+        out.append(os.path.dirname(out[-1]))
+    return out
 
 
 def check_delete_guards(src: str, dst: str, sentinel: str | None,

@@ -13,7 +13,7 @@ from fsclone.engine.coordinator import Coordinator, Hooks, Summary
 from fsclone.engine.launch import PassRequest, build_spec
 from fsclone.errors import UsageError
 from fsclone.spec import PassSpec
-from fsclone.state import PassStore, find_unfinished
+from fsclone.state import PassStore, find_unfinished, open_state_dir
 from fsclone.stats.trees import record_tree
 from fsclone.transport.base import Transport
 from fsclone.transport.local import LocalTransport
@@ -27,8 +27,7 @@ def run_scan(cfg: Config, src: str, hooks: Hooks, restart: bool = False,
     if not os.path.isdir(src):
         raise UsageError(f"source {src} is missing or not a directory")
     root = os.path.realpath(src)
-    state = cfg.state_path
-    state.mkdir(parents=True, exist_ok=True)
+    state = open_state_dir(cfg.state_path)
     resume = None if restart else find_unfinished(state, "scan", root, "")
     if resume:
         hooks.note(f"resuming scan {resume} (--restart starts anew)")

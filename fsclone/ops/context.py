@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
@@ -13,38 +12,19 @@ from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
 from fsclone.fs import dirs, inodeflags, meta, profile
 from fsclone.fs.unnamed import UnnamedFiles
+from fsclone.schema import TMP_PREFIX as TMP_PREFIX  # fsclone's temp names live with the schema
+from fsclone.schema import is_temp_for as is_temp_for
+from fsclone.schema import temp_name as temp_name
+from fsclone.schema import temp_pass as temp_pass
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 
-TMP_PREFIX = ".fsclone-tmp."
 LINKS_PREFIX = ".fsclone-links."
 #: passes whose workers compare target times with the source's
 _PROBING_OPS = {"copy", "sync", "mtime", "verify"}
 
 
-#: what fsclone's own temp names look like: prefix, pass id, crc32 of the final name, a tag
-#: unique to one run of a chunk. The pass id makes a user's ``.fsclone-tmp.x`` unmistakable
-#: for ours.
-_TEMP = re.compile(r"\.fsclone-tmp\.(\d{8}-\d{6}-[a-z]+-[0-9a-f]{6})\.([0-9a-f]{8})\.[0-9a-f]{12}")
-
-
-def temp_name(pass_id: str, name: str, tag: str) -> str:
-    """A temp name in the target directory: our prefix, the pass id, a hash of the final name
-    (so a redone chunk can find its own leftovers), and a tag unique to this run."""
-    return f"{TMP_PREFIX}{pass_id}.{_crc(name)}.{tag}"
-
-
-def _crc(name: str) -> str:
-    return f"{zlib.crc32(os.fsencode(name)):08x}"
-
-
 _STAGING = re.compile(r"\.fsclone-links\.(\d{8}-\d{6}-[a-z]+-[0-9a-f]{6})")
-
-
-def temp_pass(name: str) -> str | None:
-    """The pass id in one of fsclone's temp names, None for any other name."""
-    match = _TEMP.fullmatch(name)
-    return match.group(1) if match else None
 
 
 def staging_pass(name: str) -> str | None:
@@ -52,15 +32,6 @@ def staging_pass(name: str) -> str | None:
     for any other name."""
     match = _STAGING.fullmatch(name)
     return match.group(1) if match else None
-
-
-def is_temp_for(tmp: str, pass_id: str, names: set[str] | None) -> bool:
-    """Whether ``tmp`` is a temp name of pass ``pass_id``, for one of ``names`` (None: for any
-    name)."""
-    match = _TEMP.fullmatch(tmp)
-    if match is None or match.group(1) != pass_id:
-        return False
-    return names is None or any(_crc(n) == match.group(2) for n in names)
 
 
 class Context:
@@ -80,8 +51,10 @@ class Context:
         except FileNotFoundError:
             if not spec.dry_run:
                 raise
-        #: the target's device, for what the kernel's copy between the two learns (fs.data)
-        self.dst_dev = os.fstat(self.dst_root).st_dev if self.dst_root is not None else 0
+        #: the target root's identity: its device, for what the kernel's copy between the two
+        #: learns (fs.data), and with its inode, the directory a walk must never enter
+        dst_st = os.fstat(self.dst_root) if self.dst_root is not None else None
+        self.dst_dev, self.dst_ino = (dst_st.st_dev, dst_st.st_ino) if dst_st else (0, 0)
         self.staging = LINKS_PREFIX + spec.id
         self.unnamed = UnnamedFiles()
         #: project IDs and flags each side supports, learnt at the first refusal
@@ -105,6 +78,11 @@ class Context:
         if self.spec.op == "verify":
             return meta.TimeRule(window, step_ns=facts.step_ns)
         return meta.TimeRule.of(window, facts.low_ns, facts.high_ns, facts.step_ns)
+
+    def is_target_root(self, st: os.stat_result) -> bool:
+        """Whether a source directory is the target's root (bind-mounted into the source):
+        walking into it would copy the copy without end. Ints compared, once per directory."""
+        return st.st_dev == self.dst_dev and st.st_ino == self.dst_ino
 
     def staging_fd(self) -> int:
         """The hard-link staging directory at the target root, made on first use."""

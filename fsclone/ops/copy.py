@@ -24,13 +24,12 @@ from fsclone.ops.context import (
     Outcome,
     file_of,
     file_path,
-    is_temp_for,
     on_both_dirs,
-    temp_name,
 )
 from fsclone.ops.delete import plan_deletes
 from fsclone.ops.dirmeta import apply_dir_meta, created
 from fsclone.ops.mountguard import check_mounted, other_filesystem
+from fsclone.schema import is_temp_for, temp_name
 from fsclone.stats import counters as C
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -283,6 +282,11 @@ class DirCopier:
             self.out.count(C.TIMES_CLAMPED)
         mode = st.st_mode
         if stat.S_ISDIR(mode):
+            if self.ctx.is_target_root(st):
+                self.out.fail(self.out.path(name), OSError(
+                    errno.ELOOP, "is the target's root (a bind mount into the source?): "
+                    "not entered"))
+                return
             if not other_filesystem(self.ctx, self.out, name, st):
                 self.directory(name, self.out.path(name))
             return
@@ -374,8 +378,9 @@ class DirCopier:
                   ) -> None:
         """Metadata-only changes are applied in place: no data is rewritten. ``sx`` and ``dx``
         are the source's and the target's xattrs, ``attrs`` both sides' project IDs and
-        flags (None: not compared). A target that refuses the change (immutable, append-only)
-        has its flags compared after all, cleared and set again."""
+        flags (None: not compared); ``dst``, the target's lstat, is the inode changed (a user
+        may have swapped the name since). A target that refuses the change (immutable,
+        append-only) has its flags compared after all, cleared and set again."""
         assert self.dfd is not None
         diff = meta.with_xattrs(meta.inode_diff(st, dst, self.ctx.times), sx, dx)
         self.out.act("attrs", self.out.path(name),
@@ -394,7 +399,7 @@ class DirCopier:
               sx: dict[str, bytes], dx: dict[str, bytes], attrs: Attrs | None) -> None:
         assert self.dfd is not None
         if attrs is None:
-            meta.apply_all(name, st, sx, dx, self.dfd, current=dst)
+            meta.apply_at(name, self.dfd, st, sx, dx, compared=dst)
             return
         side = self.ctx.dst_flags
         fd = dirs.open_file(name, self.dfd)
@@ -402,8 +407,8 @@ class DirCopier:
             if os.fstat(fd).st_ino != dst.st_ino:
                 raise OSError(errno.ESTALE, "replaced while compared", name)
             with side.unlocked(fd, restore=False):
-                meta.apply_all(name, st, sx, dx, self.dfd, current=dst,
-                               pending=inodeflags.Pending(fd, attrs[0], side))
+                meta.apply_at(name, self.dfd, st, sx, dx, compared=dst,
+                              pending=inodeflags.Pending(fd, attrs[0], side))
         finally:
             os.close(fd)
 
@@ -635,7 +640,7 @@ class DirCopier:
         """Metadata onto a new non-regular temp entry, then rename it into place."""
         assert self.dfd is not None
         try:
-            meta.apply_all(tmp, st, meta.read_xattrs(name, self.sfd), {}, self.dfd)
+            meta.apply_at(tmp, self.dfd, st, meta.read_xattrs(name, self.sfd), {}, None)
             replace_entry(self.dfd, tmp, name)
         except BaseException:
             discard(self.dfd, tmp)

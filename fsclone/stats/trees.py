@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fsclone.pathkey import path_key
 from fsclone.spec import PassSpec
-from fsclone.state import DONE
+from fsclone.state import DONE, create_private, private_subdir
 from fsclone.stats import counters as C
 
 #: ops whose SCANNED counts every entry of the source (excluded ones included, not below them)
@@ -45,10 +45,12 @@ def record_tree(state_dir: Path, spec: PassSpec, status: str, counters: dict[str
     if status != DONE or not whole or not counters.get(C.SCANNED):
         return
     path = _path(state_dir, spec.src)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_subdir(path.parent)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"src": spec.src, "pass": spec.id, "when": time.time(),
-                               "counters": counters}))
+    with open(create_private(tmp), "w") as f:
+        f.truncate()
+        f.write(json.dumps({"src": spec.src, "pass": spec.id, "when": time.time(),
+                            "counters": counters}))
     tmp.replace(path)
 
 

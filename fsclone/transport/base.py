@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 
 from fsclone.chunk import Chunk, ItemError, Result
+from fsclone.signing import new_key
 from fsclone.spec import PassSpec
 
 
@@ -15,6 +16,21 @@ class Transport(ABC):
     Delivery is at least once: a chunk whose worker died is delivered again (``attempt`` + 1),
     and the coordinator ignores a second result for a chunk it already finished.
     """
+
+    _key: bytes | None = None
+
+    @property
+    def key(self) -> bytes:
+        """The secret the coordinator signs planned chunks with and the workers check them
+        with (fsclone.signing). By default a random one of this transport's own, which it hands
+        its workers (forks, MPI ranks); the amqp transport's is the site's key file."""
+        if self._key is None:
+            self._key = new_key()
+        return self._key
+
+    @key.setter
+    def key(self, key: bytes) -> None:
+        self._key = key
 
     @abstractmethod
     def start(self, spec: PassSpec) -> None:

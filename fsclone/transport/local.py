@@ -63,7 +63,8 @@ class LocalTransport(Transport):
         results_r, results_w = ctx.Pipe(duplex=False)
         ours = [chunks_w, results_r, *(c for w in self.workers for c in (w.chunks, w.results))]
         proc = ctx.Process(target=_worker_main,
-                           args=(self.spec, index, chunks_r, results_w, ours, os.getpid()),
+                           args=(self.spec, self.key, index, chunks_r, results_w, ours,
+                                 os.getpid()),
                            name=f"fsclone-worker-{index}", daemon=True)
         proc.start()
         chunks_r.close()
@@ -145,8 +146,8 @@ class LocalTransport(Transport):
 
 
 
-def _worker_main(spec: PassSpec, index: int, chunks: Connection, results: Connection,
-                 inherited: list[Connection], coordinator: int) -> None:
+def _worker_main(spec: PassSpec, key: bytes, index: int, chunks: Connection,
+                 results: Connection, inherited: list[Connection], coordinator: int) -> None:
     """A worker process: run chunks until told to stop or the coordinator goes away.
 
     ``inherited`` are the coordinator's ends of every pipe, which fork copied here: while any
@@ -166,7 +167,7 @@ def _worker_main(spec: PassSpec, index: int, chunks: Connection, results: Connec
             inbox.put(_STOP)
 
     threading.Thread(target=read, daemon=True).start()
-    runner = ChunkRunner(spec, worker_name(index))
+    runner = ChunkRunner(spec, worker_name(index), key)
     try:
         while (chunk := inbox.get()) is not _STOP:
             results.send_bytes(pickle.dumps(runner.run(chunk), pickle.HIGHEST_PROTOCOL))

@@ -142,7 +142,8 @@ class MpiTransport(Transport):
         self.stopped_cleanly = True
 
     def start(self, spec: PassSpec) -> None:
-        body = json.dumps(spec.to_wire(), ensure_ascii=True).encode("ascii")
+        body = json.dumps({"spec": spec.to_wire(), "key": self.key.hex()},
+                          ensure_ascii=True).encode("ascii")
         for rank in self.ranks:
             self.outbox.send(rank, SPEC, body)
         self.serving = True
@@ -272,7 +273,8 @@ class MpiJob:
             while (message := _receive(self.comm, 0, None)) is not None:
                 _, tag, body = message
                 if tag == SPEC:
-                    runner = ChunkRunner(_load_spec(body), worker_name(self.rank))
+                    spec, key = _load_spec(body)
+                    runner = ChunkRunner(spec, worker_name(self.rank), key)
                 elif tag == CHUNK and runner is not None:
                     outbox.send(0, RESULT, dumps(runner.run(loads_chunk(body))))
                 elif tag == STOP:
@@ -312,8 +314,10 @@ class MpiJob:
         return told[0]
 
 
-def _load_spec(body: bytes) -> PassSpec:
+def _load_spec(body: bytes) -> tuple[PassSpec, bytes]:
+    """The pass spec and the key of a SPEC message."""
     try:
-        return PassSpec.from_wire(json.loads(body))
-    except ValueError as exc:
-        raise MessageError(f"pass spec is not JSON: {exc}") from exc
+        data = json.loads(body)
+        return PassSpec.from_wire(data["spec"]), bytes.fromhex(data["key"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MessageError(f"bad pass spec message: {exc}") from exc

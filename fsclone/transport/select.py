@@ -40,22 +40,23 @@ def transport(kind: str, cfg: Config, job: MpiJob | None = None) -> Transport | 
     return job.transport() if kind == "mpi" and job is not None else None
 
 
-def rank_service(kind: str, cfg: Config, rank: int) -> Service | None:
-    """What a worker rank runs: an AMQP consumer for amqp; None: the chunks rank 0 sends."""
+def rank_service(kind: str, cfg: Config, rank: int, roots: tuple[str, str]) -> Service | None:
+    """What a worker rank runs: an AMQP consumer for amqp, which serves the job's own
+    ``roots`` only; None: the chunks rank 0 sends."""
     if kind != "amqp":
         return None
     from fsclone.transport.amqp.consumer import Consumer
-    from fsclone.transport.amqp.settings import broker_settings
+    from fsclone.transport.amqp.settings import broker_settings, signing_key
 
-    return Consumer(broker_settings(cfg), worker_name(rank))
+    return Consumer(broker_settings(cfg), worker_name(rank), signing_key(cfg), (roots,))
 
 
 def amqp(cfg: Config) -> Transport:
     """The AMQP transport, already connected: bad credentials or an unreachable broker fail
     here, before a pass record or the target is written. (pika is loaded only now.)"""
     from fsclone.transport.amqp.coordinator import AmqpTransport
-    from fsclone.transport.amqp.settings import broker_settings
+    from fsclone.transport.amqp.settings import broker_settings, signing_key
 
-    transport = AmqpTransport(broker_settings(cfg))
+    transport = AmqpTransport(broker_settings(cfg), signing_key(cfg))
     transport.connect()
     return transport

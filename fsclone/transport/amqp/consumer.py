@@ -5,7 +5,12 @@ spec, and consumes the pass's chunk queue with a prefetch of one message. The ch
 message run in a thread while this process's main thread keeps pika's I/O loop going (pika's
 BlockingConnection is not thread-safe; heartbeats must flow while a huge file is copied). The
 message is acknowledged only after its results are published and confirmed. A message that is
-not valid JSON of chunks goes to the dead-letter queue with the reason, never crashing us.
+not valid JSON of chunks, or holds a chunk its pass's worker may not run (see
+ChunkRunner.admit), goes to the dead-letter queue with the reason, never crashing us.
+
+A worker serves only passes whose announcement is signed with the site's key and whose roots
+its node's ``ALLOWED_ROOTS`` holds (see :mod:`.allowed`); it says once, in one line, why it
+ignores any other. Its result messages are signed with the same key.
 """
 
 from __future__ import annotations
@@ -31,14 +36,18 @@ from fsclone.config import Config
 from fsclone.engine.pool import run_pool
 from fsclone.engine.worker import ChunkRunner, worker_name
 from fsclone.errors import MessageError
+from fsclone.signing import Signer
 from fsclone.spec import PassSpec
 from fsclone.transport.amqp import link, wire
+from fsclone.transport.amqp.allowed import Roots, admitted
 from fsclone.transport.amqp.link import BrokerAuthError
-from fsclone.transport.amqp.settings import BrokerSettings, broker_settings
+from fsclone.transport.amqp.settings import BrokerSettings, broker_settings, signing_key
 
 log = logging.getLogger("fsclone.amqp")
 #: exit code of a worker process that lost the broker in the middle of a chunk (EX_TEMPFAIL)
 LOST_MID_CHUNK = 75
+#: the most reasons to ignore an announcement that a worker remembers having logged
+_TOLD = 1000
 
 
 @dataclass
@@ -72,9 +81,13 @@ class Consumer:
     """Serves every pass announced on the broker until asked to stop, then drains: the chunk
     in hand is finished, the rest of its message goes back to the queue."""
 
-    def __init__(self, settings: BrokerSettings, name: str) -> None:
+    def __init__(self, settings: BrokerSettings, name: str, key: bytes, allowed: Roots) -> None:
         self.settings = settings
         self.name = name
+        self.key = key
+        self.signer = Signer(key)
+        self.allowed = allowed
+        self.told: set[str] = set()  # why announcements were ignored, each logged once
         self.conn: pika.BlockingConnection | None = None
         self.ch: BlockingChannel | None = None
         self.channel = 0
@@ -174,9 +187,9 @@ class Consumer:
     def _on_announce(self, ch: BlockingChannel, method: Any, properties: Any,
                      body: bytes) -> None:
         try:
-            event, spec = wire.decode_announcement(body)
+            event, spec = wire.decode_announcement(body, self.signer)
         except MessageError as exc:
-            log.warning("ignored an announcement: %s", exc)
+            self._tell(f"ignored an announcement: {exc}")
             return
         served = self.passes.get(spec.id)
         if event == wire.ENDED:
@@ -193,9 +206,24 @@ class Consumer:
             if served.tag is None:
                 self._consume(served)
 
-    def _open(self, spec: PassSpec) -> _Pass | None:
+    def _tell(self, line: str) -> None:
+        """Log why a pass is ignored, once (its announcements come every few seconds; a flood
+        of made-up ones is remembered up to a point, then logged again)."""
+        if line not in self.told:
+            if len(self.told) >= _TOLD:
+                self.told.clear()
+            self.told.add(line)
+            log.warning("%s", line)
+
+    def _open(self, announced: PassSpec) -> _Pass | None:
+        spec, why = admitted(announced, self.allowed)
+        if spec is None:
+            self._tell(f"ignoring pass {announced.id} ({announced.op} {announced.src!r} -> "
+                       f"{announced.dst!r}): {why}")
+            self.refused.add(announced.id)
+            return None
         try:
-            runner = ChunkRunner(spec, self.name)
+            runner = ChunkRunner(spec, self.name, self.key)
         except OSError as exc:
             log.error("cannot serve pass %s: %s: %s", spec.id, exc.filename, exc.strerror)
             self.refused.add(spec.id)
@@ -271,6 +299,8 @@ class Consumer:
                 continue
             try:
                 chunks = wire.decode_chunks(delivery.body)
+                for chunk in chunks:
+                    delivery.served.runner.admit(chunk)
             except MessageError as exc:
                 self._dead_letter(delivery, str(exc))
                 continue
@@ -302,7 +332,9 @@ class Consumer:
         if job is None or not job.done.is_set():
             return
         delivery, served = job.delivery, job.delivery.served
-        self._publish(served.queues.results, wire.encode_results(job.results))
+        body = wire.encode_results(job.results)
+        self._publish(served.queues.results, body, {
+            wire.SIGNATURE_HEADER: self.signer.mac(wire.results_purpose(served.spec.id), body)})
         rest = job.chunks[len(job.results):]
         if rest:
             self._publish(served.queues.chunks, wire.encode_chunks(rest))
@@ -337,16 +369,21 @@ class Consumer:
         """A malformed message: to the pass's dead-letter queue, with the reason, for its
         coordinator to report."""
         queues = delivery.served.queues
-        log.error("pass %s: malformed work message moved to %s: %s", delivery.served.spec.id,
-                  queues.dead, why)
+        log.error("pass %s: malformed or refused work message moved to %s: %s",
+                  delivery.served.spec.id, queues.dead, why)
         self._publish(queues.dead, delivery.body, {wire.REASON_HEADER: why})
         self._ack(delivery)
 
 
 def serve(cfg: Config) -> int:
     """``fsclone worker``: check the broker once (exit 2 at once if it refuses us or is not
-    there), then run ``cfg.workers`` consumer processes until SIGTERM."""
-    settings = broker_settings(cfg)
+    there), then run ``cfg.workers`` consumer processes until SIGTERM. They serve the passes
+    whose roots ``ALLOWED_ROOTS`` holds, none when it is empty (said at start)."""
+    settings, key = broker_settings(cfg), signing_key(cfg)
     link.check(settings)
     log.info("serving the passes of %s with %d processes", settings, cfg.workers)
-    return run_pool(cfg.workers, lambda index: Consumer(settings, worker_name(index)))
+    if not cfg.allowed_roots:
+        log.warning("ALLOWED_ROOTS is empty: no pass will be served until it names the "
+                    "(SRC, DST) roots this node may serve")
+    return run_pool(cfg.workers, lambda index: Consumer(settings, worker_name(index), key,
+                                                        cfg.allowed_roots))

@@ -7,6 +7,10 @@ acknowledged in :meth:`AmqpTransport.settle`, after the coordinator committed th
 coordinator killed at any moment loses nothing: unacknowledged results are delivered again
 to the next one, which ignores those it already has. A lost connection (broker restart) is
 re-established with backoff and whatever was being published is published again.
+
+Announcements are signed with the site's key, and a result message counts only with a
+worker's signature (fsclone.signing): a broker account can neither start a pass nor answer
+for a worker. A work message a worker refused (dead-lettered with its reason) is listed.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from fsclone.chunk import Chunk, ItemError, Result
 from fsclone.errors import LockedError, MessageError, TransportError
+from fsclone.signing import Signer
 from fsclone.spec import PassSpec
 from fsclone.transport.amqp import link, wire
 from fsclone.transport.amqp.settings import BrokerSettings
@@ -69,8 +74,10 @@ def _dead_reason(properties: pika.BasicProperties) -> tuple[str, int]:
 class AmqpTransport(Transport):
     """Chunks out through a RabbitMQ broker to ``fsclone worker`` processes anywhere."""
 
-    def __init__(self, settings: BrokerSettings) -> None:
+    def __init__(self, settings: BrokerSettings, key: bytes) -> None:
         self.settings = settings
+        self.key = key
+        self.signer = Signer(key)
         self.conn: pika.BlockingConnection | None = None
         self.ch: BlockingChannel | None = None
         self.spec: PassSpec | None = None
@@ -279,7 +286,7 @@ class AmqpTransport(Transport):
         assert self.spec is not None
         ttl = str(int(wire.ANNOUNCE_INTERVAL * 1000))
         self._channel().basic_publish(wire.CONTROL_EXCHANGE, "",
-                                      wire.encode_announcement(event, self.spec),
+                                      wire.encode_announcement(event, self.spec, self.signer),
                                       pika.BasicProperties(expiration=ttl))
         self.carried["announcement"] += 1
         self._announced = time.monotonic()
@@ -301,6 +308,12 @@ class AmqpTransport(Transport):
     def _on_result(self, ch: BlockingChannel, method: Any, properties: Any, body: bytes) -> None:
         self._tags.append(method.delivery_tag)
         self.carried["result"] += 1
+        assert self.spec is not None
+        signature = (properties.headers or {}).get(wire.SIGNATURE_HEADER)
+        if not self.signer.verify(wire.results_purpose(self.spec.id), body, signature):
+            self._lost.append(ItemError("", "result", 0, "a result message without a worker's "
+                                        f"signature was dropped; it began {body[:60]!r}"))
+            return
         try:
             self._results.extend(wire.decode_results(body))
         except MessageError as exc:
@@ -325,6 +338,10 @@ class AmqpTransport(Transport):
             return
         self._tags.append(method.delivery_tag)
         chunk = chunks[0]
+        if wire.REASON_HEADER in (properties.headers or {}):
+            # listed whether or not the chunk is one of ours (a forged one is never outstanding)
+            self._lost.append(ItemError(chunk.subject, chunk.op, 0,
+                                        f"work message dead-lettered: {why}"))
         failed = dataclasses.replace(chunk, attempt=chunk.attempt + tries - 1)
         self._results.append(Result(chunk=failed, failed=f"dead-lettered: {why}"))
 

@@ -4,19 +4,23 @@ The URL names the user and vhost (``amqp://USERNAME@host/vhost``); the password 
 file that only its owner may read, by default ``~/.fsclone/rabbitmq_<USERNAME>.conf`` (the SDSC
 tool kept ``rabbitmq/rabbitmq_<USERNAME>.conf``). With ``amqps://`` and a client certificate
 (``BROKER_CERT_FILE``) the broker authenticates the certificate instead (EXTERNAL).
+
+Whoever holds the broker's credentials can publish; what they cannot do is sign: the
+coordinator and its workers share a secret of their own (``SIGNING_KEY_FILE``, see
+fsclone.signing) that the broker never carries.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from fsclone.config import Config
 from fsclone.errors import ConfigError, UsageError
+from fsclone.private import read_private
+from fsclone.signing import read_key
 
 _DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 _USERINFO = re.compile(r"(://[^:/@\s]*):[^@/\s]*@")
@@ -52,19 +56,11 @@ def default_password_file(username: str) -> Path:
 
 def read_password(path: str) -> str:
     """The first line of ``path``, refused unless only its owner can read or write it."""
+    data = read_private(path, "password file", "deploy/rabbitmq/init.sh writes one; "
+                        "PASSWORD_FILE names another")
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError(f"password file {path} is not a regular file")
-            if st.st_mode & 0o077:
-                raise ConfigError(f"password file {path} is open to others (mode "
-                                  f"{stat.S_IMODE(st.st_mode):04o}): chmod 600 {path}")
-            lines = f.read().decode().splitlines()
-    except FileNotFoundError:
-        raise ConfigError(f"no password file {path} (deploy/rabbitmq/init.sh writes one; "
-                          "PASSWORD_FILE names another)") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = data.decode().splitlines()
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"cannot read password file {path}: {exc}") from None
     password = lines[0].strip() if lines else ""
     if not password:
@@ -101,3 +97,12 @@ def broker_settings(cfg: Config) -> BrokerSettings:
     return BrokerSettings(url.scheme, url.hostname, port, vhost, username, password,
                           None if cert else password_file, cfg.broker_ca_file, cert,
                           cfg.broker_key_file)
+
+
+def signing_key(cfg: Config) -> bytes:
+    """The secret of ``SIGNING_KEY_FILE``, which every amqp coordinator and worker needs."""
+    if not cfg.signing_key_file:
+        raise UsageError("the amqp transport needs SIGNING_KEY_FILE: a 0600 file holding a "
+                         "secret shared by the coordinator's and the workers' nodes (see "
+                         "docs/amqp.md)")
+    return read_key(cfg.signing_key_file)

@@ -3,7 +3,9 @@
 Every message body is JSON built from :mod:`fsclone.chunk`: a work message is a list of chunks
 (a batch, see :func:`batches`) and a result message the list of their results, in order.
 Announcements on the ``fsclone.control`` fanout exchange tell idle workers which passes are
-active and give them each pass's spec.
+active and give them each pass's spec. Announcements and result messages are signed with the
+site's key (fsclone.signing): a broker account can publish, but neither start a pass nor pass
+off a result as a worker's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from fsclone.chunk import Chunk, Result, dumps
 from fsclone.errors import MessageError
 from fsclone.pathkey import path_key
+from fsclone.signing import Signer
 from fsclone.spec import PassSpec
 
 CONTROL_EXCHANGE = "fsclone.control"
@@ -28,6 +31,8 @@ ACTIVE, ENDED = "active", "ended"
 MAX_BATCH = 32
 #: header of a message a worker moved to the dead-letter queue itself: why
 REASON_HEADER = "fsclone-reason"
+#: header of a result message: its signature, by a worker that holds the key
+SIGNATURE_HEADER = "fsclone-signature"
 
 
 @dataclass(frozen=True)
@@ -80,20 +85,39 @@ def decode_results(body: bytes) -> list[Result]:
     return [Result.from_wire(item) for item in _list(body, "result")]
 
 
-def encode_announcement(event: str, spec: PassSpec) -> bytes:
-    return json.dumps({"event": event, "spec": spec.to_wire()}).encode()
+def _announced(event: Any, spec: Any) -> bytes:
+    """What an announcement's signature covers."""
+    return json.dumps([event, spec], sort_keys=True, ensure_ascii=True).encode()
 
 
-def decode_announcement(body: bytes) -> tuple[str, PassSpec]:
+def encode_announcement(event: str, spec: PassSpec, signer: Signer) -> bytes:
+    wired = spec.to_wire()
+    return json.dumps({"event": event, "spec": wired,
+                       "signature": signer.mac("announce", _announced(event, wired))}).encode()
+
+
+def decode_announcement(body: bytes, signer: Signer) -> tuple[str, PassSpec]:
+    """The event and spec of an announcement whose signature is ours; MessageError for any
+    other (a broker account cannot start a pass)."""
     try:
         data = json.loads(body)
         event = data["event"]
+        signed = signer.verify("announce", _announced(event, data["spec"]),
+                               data.get("signature"))
         spec = PassSpec.from_wire(data["spec"])
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise MessageError(f"malformed announcement: {exc}") from exc
+    if not signed:
+        raise MessageError(f"announcement of pass {spec.id} ({spec.op} {spec.src!r} -> "
+                           f"{spec.dst!r}) is not signed with this node's SIGNING_KEY_FILE")
     if event not in (ACTIVE, ENDED):
         raise MessageError(f"unknown announcement {event!r}")
     return event, spec
+
+
+def results_purpose(pass_id: str) -> str:
+    """What a result message of pass ``pass_id`` is signed as (fsclone.signing.Signer)."""
+    return f"result {pass_id}"
 
 
 def batches(chunks: Sequence[Chunk], in_flight: int, consumers: int) -> list[Sequence[Chunk]]:
