@@ -84,6 +84,17 @@ def build(src: Path, projects: bool) -> None:
     chattr("+i", src / "frozen", src / "twice", src / "locked")
 
 
+@contextmanager
+def copied(tmp_path: Path, src_kind: str = "xfs") -> Iterator[tuple[Path, Path, Path]]:
+    """The roots, the source built and copied once: (src, dst, state dir)."""
+    state = tmp_path / "state"
+    with roots(tmp_path, src_kind) as (src, dst):
+        build(src, projects=src_kind == "xfs")
+        rc, out = fsclone_json("pass", "copy", src, dst, state=state)
+        assert rc == 0, out["errors"]
+        yield src, dst, state
+
+
 @pytest.mark.parametrize("src_kind", ["tmpfs", "xfs"])
 def test_project_ids_and_flags_are_kept_on_copy_and_a_second_pass_changes_nothing(
         tmp_path: Path, src_kind: str) -> None:
@@ -111,10 +122,7 @@ def test_project_ids_and_flags_are_kept_on_copy_and_a_second_pass_changes_nothin
 @pytest.mark.parametrize("src_kind", ["tmpfs", "xfs"])
 def test_changed_flags_and_project_ids_are_metadata_updates(tmp_path: Path,
                                                             src_kind: str) -> None:
-    state = tmp_path / "state"
-    with roots(tmp_path, src_kind) as (src, dst):
-        build(src, projects=src_kind == "xfs")
-        assert fsclone_json("pass", "copy", src, dst, state=state)[0] == 0
+    with copied(tmp_path, src_kind) as (src, dst, state):
         chattr("-i", src / "frozen")
         chattr("+d", src / "frozen")  # immutable → nodump: the target must be unlocked first
         chattr("+i", src / "nodump")
@@ -142,10 +150,7 @@ def test_an_immutable_target_whose_source_changed_is_rewritten_and_locked_again(
     """The target's frozen file (and the one in its immutable directory, and the append-only
     log) refuse the rename that replaces them: their flags are cleared, the new content goes
     in, and the flags are set again."""
-    state = tmp_path / "state"
-    with roots(tmp_path, "xfs") as (src, dst):
-        build(src, projects=True)
-        assert fsclone_json("pass", "copy", src, dst, state=state)[0] == 0
+    with copied(tmp_path) as (src, dst, state):
         chattr("-i", src / "frozen", src / "locked")
         chattr("-a", src / "log")
         (src / "frozen").write_text("thawed, rewritten, frozen again")
@@ -166,10 +171,7 @@ def test_an_immutable_target_whose_source_changed_is_rewritten_and_locked_again(
 
 
 def test_verify_reports_a_differing_project_id_and_flag(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    with roots(tmp_path, "xfs") as (src, dst):
-        build(src, projects=True)
-        assert fsclone_json("pass", "copy", src, dst, state=state)[0] == 0
+    with copied(tmp_path) as (src, dst, state):
         chproj(99, dst / "plain")
         chattr("-d", dst / "nodump")
         proc = fsclone("pass", "verify", src, dst, state=state)
@@ -181,10 +183,7 @@ def test_verify_reports_a_differing_project_id_and_flag(tmp_path: Path) -> None:
 
 
 def test_the_mtime_pass_carries_directory_flags(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    with roots(tmp_path, "xfs") as (src, dst):
-        build(src, projects=True)
-        assert fsclone_json("pass", "copy", src, dst, state=state)[0] == 0
+    with copied(tmp_path) as (src, dst, state):
         chattr("+d", src / "proj")
         chproj(43, src / "proj")
         rc, out = fsclone_json("pass", "mtime", src, dst, state=state)
@@ -198,10 +197,7 @@ def test_a_flag_changed_on_the_target_alone_is_seen_with_checksum(tmp_path: Path
     """An unchanged file's flags are compared only where the source changed after the copy
     (see docs/design.md): a target that lost a flag by other hands (or was made by another
     tool) is mended by a --checksum pass, which opens every file anyway."""
-    state = tmp_path / "state"
-    with roots(tmp_path, "xfs") as (src, dst):
-        build(src, projects=True)
-        assert fsclone_json("pass", "copy", src, dst, state=state)[0] == 0
+    with copied(tmp_path) as (src, dst, state):
         chattr("-d", dst / "nodump")
         chproj(5, dst / "plain")
         rc, out = fsclone_json("pass", "sync", src, dst, state=state)

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from fsclone.fs import dirs
+from fsclone.fs.meta import EntryChanged
 
 
 def _ioc(direction: int, kind: str, nr: int, size: int) -> int:
@@ -138,11 +139,8 @@ class Side:
         the inode ``st`` was taken of (O_NOFOLLOW, O_NONBLOCK, O_NOATIME)."""
         if not self.any:
             return NONE
-        fd = dirs.open_file(name, dir_fd)
+        fd = open_checked(name, dir_fd, st)
         try:
-            now = os.fstat(fd)
-            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-                raise OSError(errno.ESTALE, "replaced while compared", name)
             return self.read(fd)
         finally:
             os.close(fd)
@@ -254,11 +252,8 @@ class Side:
                                                 or stat.S_ISDIR(st.st_mode)):
             yield
             return
-        opener = dirs.open_dir if stat.S_ISDIR(st.st_mode) else dirs.open_file
-        fd = opener(name, dir_fd)
+        fd = open_checked(name, dir_fd, st)
         try:
-            if os.fstat(fd).st_ino != st.st_ino:
-                raise OSError(errno.ESTALE, "replaced while unlocked", name)
             with self.unlocked(fd):
                 yield
         finally:
@@ -271,6 +266,25 @@ class Side:
     @staticmethod
     def _set(fd: int, flags: int) -> None:
         fcntl.ioctl(fd, FS_IOC_SETFLAGS, _FLAGS.pack(flags))
+
+
+def open_checked(name: str, dir_fd: int, st: os.stat_result) -> int:
+    """Open the regular file or directory ``name`` of ``dir_fd`` for the ioctls (O_RDONLY,
+    O_NOFOLLOW, O_NONBLOCK, O_NOATIME), proved to be the inode ``st`` was taken of; a user's
+    swap since (a symlink, another file) raises EntryChanged, and nothing is done."""
+    try:
+        fd = dirs.open_dir(name, dir_fd) if stat.S_ISDIR(st.st_mode) \
+            else dirs.open_file(name, dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise EntryChanged(name) from exc
+        raise
+    now = os.fstat(fd)
+    if (now.st_dev, now.st_ino, stat.S_IFMT(now.st_mode)) != (
+            st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode)):
+        os.close(fd)
+        raise EntryChanged(name)
+    return fd
 
 
 def _supported(exc: OSError) -> bool:

@@ -12,9 +12,12 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fsclone.fs.inodeflags import Pending
 from fsclone.fs.lustre.xattrs import is_internal
+
+if TYPE_CHECKING:  # fs.inodeflags uses EntryChanged
+    from fsclone.fs.inodeflags import Pending
 
 IS_ROOT = os.geteuid() == 0
 #: xattr errors meaning "this filesystem or object has none": not an item failure

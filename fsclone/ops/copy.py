@@ -402,10 +402,8 @@ class DirCopier:
             meta.apply_at(name, self.dfd, st, sx, dx, compared=dst)
             return
         side = self.ctx.dst_flags
-        fd = dirs.open_file(name, self.dfd)
+        fd = inodeflags.open_checked(name, self.dfd, dst)
         try:
-            if os.fstat(fd).st_ino != dst.st_ino:
-                raise OSError(errno.ESTALE, "replaced while compared", name)
             with side.unlocked(fd, restore=False):
                 meta.apply_at(name, self.dfd, st, sx, dx, compared=dst,
                               pending=inodeflags.Pending(fd, attrs[0], side))
