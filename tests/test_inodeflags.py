@@ -256,3 +256,22 @@ def test_a_large_immutable_file_in_ranges_is_locked_once_renamed(tmp_path: Path)
             chattr("-i", src / "big")
             (src / "big").write_bytes(os.urandom(3 << 20))
             chattr("+i", src / "big")
+
+
+def test_a_sync_deletes_immutable_and_append_only_entries(tmp_path: Path) -> None:
+    """Files gone from the source are removed from the target even where they, or their
+    directory, are immutable or append-only there (set on the target by hand too, so that
+    the test does not lean on the copy having carried them)."""
+    with copied(tmp_path) as (src, dst, state):
+        chattr("+i", dst / "frozen", dst / "twice", dst / "locked")
+        chattr("+a", dst / "log")
+        chattr("-i", src / "frozen", src / "twice", src / "locked")
+        chattr("-a", src / "log")
+        for gone in ("frozen", "log", "twice", "twice-too", "locked/inside"):
+            (src / gone).unlink()
+        chattr("+i", src / "locked")
+        rc, out = fsclone_json("pass", "sync", src, dst, state=state)
+        assert rc == 0, out["errors"]
+        assert out["counters"]["deleted"] == 5, out
+        assert_same_tree(src, dst)
+        assert lsattr(dst / "locked") == "i"
