@@ -71,6 +71,9 @@ CARRIED = sum(NAMES)
 IMMUTABLE, APPEND = 0x10, 0x20
 #: the flags that forbid any later change of the inode: set last
 LOCKS = IMMUTABLE | APPEND
+#: filesystems whose project ID reads 0 for every inode and can be nothing else (the kernel
+#: fills it in for them): not read, on either side
+NO_PROJECT_IDS = {"tmpfs", "btrfs"}
 #: "this filesystem (or this kind of inode) has no such thing"
 _UNSUPPORTED = {errno.ENOTTY, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 
@@ -105,8 +108,9 @@ class Side:
     """One side of a pass (one per worker): reads and sets what its filesystem supports, and
     remembers what it refused (learnt at the first refusal, never asked again)."""
 
-    def __init__(self) -> None:
-        self.projids = True
+    def __init__(self, kind: str = "other") -> None:
+        """``kind``: the side's filesystem (fs.fstype), for what it is known to lack."""
+        self.projids = kind not in NO_PROJECT_IDS
         self.flags = True
         #: whether :meth:`probe` tried a project ID on a new file of ours yet
         self.probed = False
