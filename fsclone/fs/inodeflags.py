@@ -17,8 +17,9 @@ Immutable and append-only (:data:`LOCKS`) forbid every later change, a rename or
 inode included: they are set last, after times, and on a new file only once it has its name.
 
 Each worker learns once per side what a filesystem does not support (the first refusal with
-ENOTTY, EOPNOTSUPP, EINVAL), and then asks that side no more: tmpfs costs one failed call per
-worker for project IDs, not one per file.
+ENOTTY, EOPNOTSUPP, EINVAL), and then asks that side no more: a target without project IDs
+costs one failed call per worker (:meth:`Side.probe`, on a new file of ours), not one per file;
+tmpfs and btrfs, known by their statfs magic to have none, cost none.
 """
 
 from __future__ import annotations
