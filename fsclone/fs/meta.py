@@ -12,13 +12,9 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from fsclone.fs.lease import LEASE_XATTR
 from fsclone.fs.lustre.xattrs import is_internal
-
-if TYPE_CHECKING:  # fs.inodeflags uses EntryChanged
-    from fsclone.fs.inodeflags import Pending
 
 IS_ROOT = os.geteuid() == 0
 #: xattr errors meaning "this filesystem or object has none": not an item failure
@@ -129,11 +125,8 @@ def apply_times(target: Target, st: os.stat_result) -> None:
 
 
 def apply_all(target: Target, st: os.stat_result, want: dict[str, bytes],
-              have: dict[str, bytes], current: os.stat_result | None = None,
-              pending: Pending | None = None) -> None:
-    """Owner → mode → ACLs/xattrs → times → project ID → flags (``pending``, through its own
-    descriptor: immutable and append-only forbid all else, so they come last; see
-    fs.inodeflags), as the module docstring explains. With ``current``,
+              have: dict[str, bytes], current: os.stat_result | None = None) -> None:
+    """Owner → mode → ACLs/xattrs → times, as the module docstring explains. With ``current``,
     the target's stat, owner and mode are set only where they differ. A chown clears set-id
     bits and the kernel drops ``security.capability`` with it, so after one a mode that has
     them is set again, and the xattrs are compared with what the target holds after it."""
@@ -146,14 +139,10 @@ def apply_all(target: Target, st: os.stat_result, want: dict[str, bytes],
     if want or have:
         apply_xattrs(target, want, have)
     apply_times(target, st)
-    if pending is not None:
-        pending.project()
-        pending.flags()
 
 
 def apply_at(name: str, dir_fd: int, st: os.stat_result, want: dict[str, bytes],
-             have: dict[str, bytes], compared: os.stat_result | None,
-             pending: Pending | None = None) -> None:
+             have: dict[str, bytes], compared: os.stat_result | None) -> None:
     """:func:`apply_all` to the entry ``name`` below ``dir_fd``, through a descriptor of the
     entry itself (O_PATH | O_NOFOLLOW, and its ``/proc/self/fd`` path for the calls that
     refuse such a descriptor): chmod by name follows a symlink a user swapped in, a path from
@@ -173,7 +162,7 @@ def apply_at(name: str, dir_fd: int, st: os.stat_result, want: dict[str, bytes],
                     and now.st_uid == os.geteuid() and now.st_nlink == 1)
         if not same:
             raise EntryChanged(name)
-        apply_all(f"/proc/self/fd/{fd}", st, want, have, current=compared, pending=pending)
+        apply_all(f"/proc/self/fd/{fd}", st, want, have, current=compared)
     finally:
         os.close(fd)
 

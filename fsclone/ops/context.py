@@ -10,7 +10,7 @@ from contextlib import contextmanager, suppress
 
 from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
-from fsclone.fs import dirs, fstype, inodeflags, meta, profile
+from fsclone.fs import dirs, meta, profile
 from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.schema import TMP_PREFIX as TMP_PREFIX  # fsclone's temp names live with the schema
 from fsclone.schema import is_temp_for as is_temp_for
@@ -57,10 +57,6 @@ class Context:
         self.dst_dev, self.dst_ino = (dst_st.st_dev, dst_st.st_ino) if dst_st else (0, 0)
         self.staging = LINKS_PREFIX + spec.id
         self.unnamed = UnnamedFiles()
-        #: project IDs and flags each side supports, learnt at the first refusal
-        self.src_flags = inodeflags.Side(fstype.fs_kind(self.src_root))
-        self.dst_flags = inodeflags.Side(
-            fstype.fs_kind(self.dst_root) if self.dst_root is not None else "other")
         #: when a target time counts as the source's (see fs.meta.TimeRule)
         self.times = self._time_rule()
         self._staging_fd: int | None = None

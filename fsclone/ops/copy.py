@@ -18,7 +18,7 @@ import os
 import stat
 
 from fsclone.chunk import Chunk, Group, Result, new_id
-from fsclone.fs import data, dirs, inodeflags, meta
+from fsclone.fs import data, dirs, meta
 from fsclone.ops.context import (
     Context,
     Outcome,
@@ -33,13 +33,6 @@ from fsclone.schema import is_temp_for, temp_name
 from fsclone.stats import counters as C
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-#: a file's project ID and flags: the source's, the target's
-Attrs = tuple[inodeflags.Attrs, inodeflags.Attrs]
-
-
-def _differ(attrs: Attrs | None) -> bool:
-    """Whether the source's project ID or flags (``attrs[0]``) differ from the target's."""
-    return attrs is not None and bool(attrs[0].differences(attrs[1]))
 
 
 class SourceChanged(Exception):
@@ -51,21 +44,12 @@ def changed(before: os.stat_result, after: os.stat_result) -> bool:
         after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns)
 
 
-def replace_entry(dfd: int, tmp: str, name: str, side: inodeflags.Side | None = None) -> None:
+def replace_entry(dfd: int, tmp: str, name: str) -> None:
     """Rename a finished temp over ``name``, which replaces anything but a directory. A
     directory is never removed here (it is a deletion, planned and guarded): one that appeared
-    since the listing makes the rename fail, an item error, and the temp is discarded. An
-    immutable or append-only ``name`` refuses to be renamed over: with ``side``, its flags are
-    cleared for the rename (and put back on the old inode, which other names may still hold);
-    the new inode brings its own."""
+    since the listing makes the rename fail, an item error, and the temp is discarded."""
     try:
-        try:
-            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except PermissionError:
-            if side is None:
-                raise
-            with side.unlocked_at(name, dfd):
-                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     except BaseException:
         discard(dfd, tmp)
         raise
@@ -114,18 +98,6 @@ class DirCopier:
         self.unsettled: list[tuple[str, os.stat_result, os.stat_result]] = []
         #: each large file's range chunks, handed out interleaved by :meth:`_finish`
         self.ranges: list[list[Chunk]] = []
-        #: the flags the file just written gets once it has its name (immutable or
-        #: append-only forbid the link or rename that gives it one), see :meth:`_lock`
-        self.locks: int | None = None
-        #: the project IDs and flags read while the data was compared (``--checksum``)
-        self.known: dict[str, Attrs] = {}
-
-    @functools.cached_property
-    def fresh(self) -> inodeflags.Attrs:
-        """What a file made in the target directory has before it is given anything: read
-        once per chunk, from the directory, so that a new file costs no read of its own."""
-        assert self.dfd is not None
-        return inodeflags.fresh_in(self.ctx.dst_flags.read(self.dfd))
 
     @functools.cached_property
     def barrier(self) -> str:
@@ -168,17 +140,10 @@ class DirCopier:
         try:
             self.entry(name, st)
         except PermissionError:
-            if self.unlocked or self.dfd is None or self.dry or not self._open_up(self.dfd):
+            if self.unlocked or self.dfd is None or self.dry or not dirs.make_writable(self.dfd):
                 raise
             self.unlocked = True
             self.entry(name, st)
-
-    def _open_up(self, dfd: int) -> bool:
-        """Let entries of the target directory change: a non-root pass's own read-only
-        directory is made writable, an immutable or append-only one loses those flags. Its
-        metadata, applied after its entries, restores both."""
-        return dirs.make_writable(dfd) or bool(self.ctx.dst_flags.unlock(dfd)
-                                               & inodeflags.LOCKS)
 
     def _settle(self) -> None:
         """Compare (and mend) the metadata of the entries whose data is current. xattr calls
@@ -193,39 +158,19 @@ class DirCopier:
         times = self.ctx.times
         same = 0
         for (name, st, dst), sx, dx in zip(self.unsettled, wanted, present, strict=True):
+            if sx == dx and meta.inode_same(st, dst, times):
+                same += 1
+                continue
             try:
-                # the no-change path: one comparison, no call, for a file copied after its
-                # source last changed (see _attrs)
-                attrs = self._attrs(name, st, dst) \
-                    if self.known or st.st_ctime_ns >= dst.st_ctime_ns else None
-                if sx == dx and meta.inode_same(st, dst, times) and (attrs is None
-                                                                     or not _differ(attrs)):
-                    same += 1
-                    continue
                 if isinstance(sx, OSError):
                     raise sx
                 if isinstance(dx, OSError):
                     raise dx
-                self.mend_meta(name, st, dst, sx, dx, attrs)
+                self.mend_meta(name, st, dst, sx, dx)
             except OSError as exc:
                 self.out.fail(self.out.path(name), exc)
         if same:
             self.out.count(C.SAME, same)
-
-    def _attrs(self, name: str, st: os.stat_result, dst: os.stat_result) -> Attrs | None:
-        """The project IDs and flags of a regular file on both sides, when they may differ:
-        only where the source's inode changed (its ctime) since the copy's did (setting
-        either moves the ctime), so an unchanged file costs no open, or where ``--checksum``
-        read them with the data. None: not compared."""
-        known = self.known.pop(name, None)
-        if known is not None:
-            return known
-        if (st.st_ctime_ns < dst.st_ctime_ns or not stat.S_ISREG(st.st_mode)
-                or not (self.ctx.src_flags.any and self.ctx.dst_flags.any)):
-            return None
-        assert self.dfd is not None
-        return (self.ctx.src_flags.read_at(name, self.sfd, st),
-                self.ctx.dst_flags.read_at(name, self.dfd, dst))
 
     def _prepare_target(self, names: set[str] | None) -> None:
         assert self.dfd is not None
@@ -356,8 +301,7 @@ class DirCopier:
         if written is None:
             tmp, written = self.copy_to_temp(name, st)
             assert self.dfd is not None
-            replace_entry(self.dfd, tmp, name, self.ctx.dst_flags)
-        self._lock(name)
+            replace_entry(self.dfd, tmp, name)
         self.out.count(C.COPIED)
         self.out.count(C.BYTES, written)
 
@@ -369,59 +313,19 @@ class DirCopier:
         assert self.dfd is not None
         with dirs.FilePair(name, self.sfd, self.dfd) as (src, dst_fd):
             size = st.st_size
-            if self.ctx.src_flags.any and self.ctx.dst_flags.any:  # every file, while open
-                self.known[name] = self.ctx.src_flags.read(src), self.ctx.dst_flags.read(dst_fd)
             return data.hash_range(src, 0, size)[0] == data.hash_range(dst_fd, 0, size)[0]
 
     def mend_meta(self, name: str, st: os.stat_result, dst: os.stat_result,
-                  sx: dict[str, bytes], dx: dict[str, bytes], attrs: Attrs | None = None,
-                  ) -> None:
+                  sx: dict[str, bytes], dx: dict[str, bytes]) -> None:
         """Metadata-only changes are applied in place: no data is rewritten. ``sx`` and ``dx``
-        are the source's and the target's xattrs, ``attrs`` both sides' project IDs and
-        flags (None: not compared); ``dst``, the target's lstat, is the inode changed (a user
-        may have swapped the name since). A target that refuses the change (immutable,
-        append-only) has its flags compared after all, cleared and set again."""
+        are the source's and the target's xattrs; ``dst``, the target's lstat, is the inode
+        changed (a user may have swapped the name since)."""
         assert self.dfd is not None
         diff = meta.with_xattrs(meta.inode_diff(st, dst, self.ctx.times), sx, dx)
-        self.out.act("attrs", self.out.path(name),
-                     ",".join(diff.names() + (["flags"] if _differ(attrs) else [])))
+        self.out.act("attrs", self.out.path(name), ",".join(diff.names()))
         if not self.dry:
-            try:
-                self._mend(name, st, dst, sx, dx, attrs)
-            except PermissionError:
-                if attrs is not None or not stat.S_ISREG(st.st_mode):
-                    raise
-                self._mend(name, st, dst, sx, dx,
-                           (self.ctx.src_flags.read_at(name, self.sfd, st), inodeflags.NONE))
-        self.out.count(C.UPDATED)
-
-    def _mend(self, name: str, st: os.stat_result, dst: os.stat_result,
-              sx: dict[str, bytes], dx: dict[str, bytes], attrs: Attrs | None) -> None:
-        assert self.dfd is not None
-        if attrs is None:
             meta.apply_at(name, self.dfd, st, sx, dx, compared=dst)
-            return
-        side = self.ctx.dst_flags
-        fd = inodeflags.open_checked(name, self.dfd, dst)
-        try:
-            with side.unlocked(fd, restore=False):
-                meta.apply_at(name, self.dfd, st, sx, dx, compared=dst,
-                              pending=inodeflags.Pending(fd, attrs[0], side))
-        finally:
-            os.close(fd)
-
-    def _lock(self, name: str) -> None:
-        """Set immutable and append-only on the file just published as ``name``, now that
-        nothing more is to be done to it (see :attr:`locks`)."""
-        locks, self.locks = self.locks, None
-        if locks is None:
-            return
-        assert self.dfd is not None
-        fd = dirs.open_file(name, self.dfd)
-        try:
-            self.ctx.dst_flags.lock(fd, locks)
-        finally:
-            os.close(fd)
+        self.out.count(C.UPDATED)
 
     def copy_unnamed(self, name: str, st: os.stat_result) -> int | None:
         """Copy a file whose name the target lacks into an unnamed file, then link it in: the
@@ -439,7 +343,7 @@ class DirCopier:
             except FileExistsError:  # the name appeared since the listing: replace it
                 tmp = temp_name(self.spec.id, name, self.tag)
                 unnamed.link(dst, self.dfd, tmp)
-                replace_entry(self.dfd, tmp, name, self.ctx.dst_flags)
+                replace_entry(self.dfd, tmp, name)
         finally:
             os.close(dst)
         return written
@@ -464,7 +368,6 @@ class DirCopier:
         ``meta.creation_mode(st)``); returns the bytes written. Raises SourceChanged when the
         source was replaced or written since ``st`` was taken: one fstat after the copy proves
         the fd is the listed file, unchanged, so none is needed before it."""
-        self.locks = None
         src = dirs.open_file(name, self.sfd)
         try:
             written = data.copy_whole(src, dst, st.st_size, data.is_sparse(st),
@@ -476,16 +379,7 @@ class DirCopier:
             # inherited ACL is replaced in full
             have = meta.read_xattrs(dst) if self.inherits else {}
             current = os.fstat(dst) if fresh and not self.inherits else None
-            side = self.ctx.dst_flags
-            if fresh:
-                side.probe(dst)
-            attrs = self.ctx.src_flags.read(src, side.projids) if side.any else inodeflags.NONE
-            # most files have none to carry into a directory that gave them none
-            pending = None if attrs == self.fresh else inodeflags.Pending(
-                dst, attrs, side, False, self.fresh)
-            meta.apply_all(dst, st, meta.read_xattrs(src), have, current=current,
-                           pending=pending)
-            self.locks = attrs.flags if (attrs.flags or 0) & inodeflags.LOCKS else None
+            meta.apply_all(dst, st, meta.read_xattrs(src), have, current=current)
         finally:
             os.close(src)
         return written
@@ -519,25 +413,15 @@ class DirCopier:
                 discard(self.dfd, tmp)
                 raise
             else:
-                replace_entry(self.dfd, tmp, name, self.ctx.dst_flags)
-                self._lock(name)
+                replace_entry(self.dfd, tmp, name)
                 self.out.count(C.COPIED)
                 self.out.count(C.BYTES, written)
                 return
         self.out.act("link", self.out.path(name))
-        try:
-            self._link_from(stg, key, name)
-        except PermissionError:  # an immutable or append-only inode takes no new name
-            with self.ctx.dst_flags.unlocked_at(key, stg):
-                self._link_from(stg, key, name)
-        self.out.count(C.CREATED)
-
-    def _link_from(self, stg: int, key: str, name: str) -> None:
-        """Give ``name`` the staged inode ``key``: a link to a temp name, renamed over."""
-        assert self.dfd is not None
         tmp = temp_name(self.spec.id, name, self.tag)
         os.link(key, tmp, src_dir_fd=stg, dst_dir_fd=self.dfd, follow_symlinks=False)
-        replace_entry(self.dfd, tmp, name, self.ctx.dst_flags)
+        replace_entry(self.dfd, tmp, name)
+        self.out.count(C.CREATED)
 
     def _claim(self, name: str, key: str, current: os.stat_result, stg: int) -> bool:
         """Publish an up-to-date target file as the copy of source inode ``key``, unless that
@@ -551,12 +435,7 @@ class DirCopier:
             if os.readlink(owner, dir_fd=stg) != key:
                 return False
         try:
-            try:
-                os.link(name, key, src_dir_fd=self.dfd, dst_dir_fd=stg, follow_symlinks=False)
-            except PermissionError:  # an immutable or append-only inode takes no new name
-                with self.ctx.dst_flags.unlocked_at(name, self.dfd):
-                    os.link(name, key, src_dir_fd=self.dfd, dst_dir_fd=stg,
-                            follow_symlinks=False)
+            os.link(name, key, src_dir_fd=self.dfd, dst_dir_fd=stg, follow_symlinks=False)
         except FileExistsError:
             return False
         return True
@@ -677,15 +556,12 @@ def _finalize(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
             out.count(C.CHANGED)
             out.act("changed", out.path(name), "(during copy; next pass takes it)")
             return
-        attrs = ctx.src_flags.read_at(name, sfd, st) if ctx.dst_flags.any else inodeflags.NONE
         fd = os.open(a["tmp"], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         try:
-            meta.apply_all(fd, st, meta.read_xattrs(name, sfd), meta.read_xattrs(fd),
-                           pending=inodeflags.Pending(fd, attrs, ctx.dst_flags, False))
-            replace_entry(dfd, a["tmp"], name, ctx.dst_flags)
-            ctx.dst_flags.lock(fd, attrs.flags)
+            meta.apply_all(fd, st, meta.read_xattrs(name, sfd), meta.read_xattrs(fd))
         finally:
             os.close(fd)
+        replace_entry(dfd, a["tmp"], name)
     except BaseException:
         discard(dfd, a["tmp"])
         raise

@@ -126,11 +126,7 @@ def run_unlink(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
             if is_dir:
                 subtrees.append(name)
                 continue
-            try:
-                os.unlink(name, dir_fd=dfd)
-            except PermissionError:  # immutable or append-only: the entry or its directory
-                with ctx.dst_flags.unlocked(dfd), ctx.dst_flags.unlocked_at(name, dfd):
-                    os.unlink(name, dir_fd=dfd)
+            os.unlink(name, dir_fd=dfd)
             changed = True
             removed += not ours(name, is_dir)
         except FileNotFoundError:

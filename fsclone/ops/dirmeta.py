@@ -7,34 +7,29 @@ from __future__ import annotations
 import os
 
 from fsclone.chunk import Chunk, Result
-from fsclone.fs import dirs, inodeflags, meta
+from fsclone.fs import dirs, meta
 from fsclone.ops.context import Context, Outcome, on_both_dirs
 from fsclone.stats import counters as C
 
 
 def apply_dir_meta(ctx: Context, out: Outcome, relpath: str, sfd: int, dfd: int,
                    count: bool | None = None) -> None:
-    """Make the target directory's owner, mode, xattrs/ACLs, times, project ID and flags those
-    of the source. What counts as an update: by default a change of owner, mode, xattrs,
-    project ID or flags (a copy pass restores times after every write into a directory, which
-    is no news); with ``count`` True any change (the mtime pass); with False nothing (a
-    directory this pass created). A directory's flags are always compared (its fds are open:
-    two ioctls a side), which also sets them again on one a copy had to unlock."""
+    """Make the target directory's owner, mode, xattrs/ACLs and times those of the source.
+    What counts as an update: by default a change of owner, mode or xattrs (a copy pass restores
+    times after every write into a directory, which is no news); with ``count`` True any change
+    (the mtime pass); with False nothing (a directory this pass created)."""
     try:
         sst, dst = os.fstat(sfd), os.fstat(dfd)
         diff = meta.inode_diff(sst, dst, ctx.times)
         sx, dx = meta.read_xattrs(sfd), meta.read_xattrs(dfd)
         diff = meta.with_xattrs(diff, sx, dx)
-        want = ctx.src_flags.read(sfd) if ctx.dst_flags.any else inodeflags.NONE
-        flags = bool(want.differences(ctx.dst_flags.read(dfd)))
-        if not diff and not flags:
+        if not diff:
             return
-        out.act("attrs", relpath or ".", ",".join(diff.names() + (["flags"] if flags else [])))
+        out.act("attrs", relpath or ".", ",".join(diff.names()))
         if ctx.spec.dry_run:
             return
-        with ctx.dst_flags.unlocked(dfd, restore=False):
-            meta.apply_all(dfd, sst, sx, dx, pending=inodeflags.Pending(dfd, want, ctx.dst_flags))
-        if count or (count is None and (diff.owner or diff.mode or diff.xattrs or flags)):
+        meta.apply_all(dfd, sst, sx, dx)
+        if count or (count is None and (diff.owner or diff.mode or diff.xattrs)):
             out.count(C.UPDATED)
     except OSError as exc:
         out.fail(relpath, exc, "dirmeta")
@@ -51,19 +46,6 @@ def run_dirmeta(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     apply_dir_meta(ctx, out, out.chunk.path, sfd, dfd, created(out.chunk))
 
 
-def _unlink_locked(ctx: Context, root: int, name: str) -> None:
-    """Remove the staged names of immutable or append-only inodes (which refuse to lose a
-    name): each is unlocked for its unlink, and locked again through the fd held on it, for
-    the names it keeps in the tree."""
-    stg = dirs.open_dir(name, root)
-    try:
-        for staged in dirs.list_names(stg):
-            with ctx.dst_flags.unlocked_at(staged, stg):
-                os.unlink(staged, dir_fd=stg)
-    finally:
-        os.close(stg)
-
-
 def run_cleanup(ctx: Context, chunk: Chunk) -> Result:
     """End of a copy or sync pass: remove the hard-link staging directory, then give the target
     root back its times (the staging directory's removal moved them)."""
@@ -71,11 +53,7 @@ def run_cleanup(ctx: Context, chunk: Chunk) -> Result:
     if ctx.dst_root is None or ctx.spec.dry_run:
         return out.result
     try:
-        try:
-            dirs.remove_tree_at(ctx.dst_root, ctx.staging)
-        except PermissionError:
-            _unlink_locked(ctx, ctx.dst_root, ctx.staging)
-            dirs.remove_tree_at(ctx.dst_root, ctx.staging)
+        dirs.remove_tree_at(ctx.dst_root, ctx.staging)
     except FileNotFoundError:
         pass
     except OSError as exc:
