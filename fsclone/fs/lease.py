@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from fsclone.errors import LockedError
+from fsclone.process import alive
 
 #: the xattr on the target root
 LEASE_XATTR = "user.fsclone.lease"
@@ -101,7 +102,7 @@ class TargetLease:
         if age > EXPIRES:
             return
         if held.get("host") == self.mine["host"] and (
-                self.flocked or not _alive(int(held.get("pid", 0)))):
+                self.flocked or not alive(int(held.get("pid", 0)))):
             return
         raise LockedError(f"target {self.dst} is leased to {_who(held)}, heartbeat {age:.0f} s "
                           f"ago: another pass runs there (the lease expires {EXPIRES:.0f} s "
@@ -124,15 +125,3 @@ def _read(fd: int) -> dict[str, Any] | None:
 
 def _who(held: dict[str, Any]) -> str:
     return f"pass {held.get('pass', '?')} on {held.get('host', '?')} (pid {held.get('pid', '?')})"
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -5,7 +5,6 @@ is known (``fsclone scan SRC``, or an earlier full pass over the same source).
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any
 from fsclone.config import Config
 from fsclone.engine.coordinator import PHASES
 from fsclone.errors import UsageError
+from fsclone.process import alive
 from fsclone.state import (
     RUNNING,
     PassRecord,
@@ -116,7 +116,7 @@ def from_record(rec: PassRecord, state_dir: Path, with_workers: bool) -> PassVie
     spec = rec.spec
     phases = PHASES.get(spec.op, ())
     status = rec.status
-    if status == RUNNING and rec.host == socket.gethostname() and not _alive(rec.pid):
+    if status == RUNNING and rec.host == socket.gethostname() and not alive(rec.pid):
         status = "dead"  # its coordinator is gone without a word: run the pass again to resume
     snap = Snapshot(
         pass_id=spec.id, op=spec.op, src=spec.src, dst=spec.dst, status=status,
@@ -139,16 +139,6 @@ def from_doc(doc: dict[str, Any], workers: dict[str, dict[str, Any]]) -> PassVie
         retry_of=doc.get("retry_of", ""), rates=rates)
     view = PassView(snap, "memcached")
     return view if view.running else _averaged(view)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Views:
