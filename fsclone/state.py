@@ -183,8 +183,10 @@ class PassStore:
         return True
 
     def complete_member(self, group_id: str) -> Chunk | None:
-        """One member of a barrier is done; returns its ``then`` chunk when it was the last,
-        with ``members_failed`` in its args when any member failed (see :meth:`fail_member`)."""
+        """One member of a barrier is done; returns its ``then`` chunk when it was the last.
+        A ``finalize`` (the one chunk that publishes what its members built) comes with
+        ``members_failed`` in its args when any member failed (see :meth:`fail_member`); any
+        other (a directory's times, an emptied directory's removal) runs as always."""
         self.db.execute("UPDATE groups SET remaining = remaining - 1 WHERE id=?", (group_id,))
         row = self.db.execute("SELECT remaining, then_chunk, failed FROM groups WHERE id=?",
                               (group_id,)).fetchone()
@@ -192,7 +194,9 @@ class PassStore:
             return None
         self.db.execute("DELETE FROM groups WHERE id=?", (group_id,))
         then = loads_chunk(row[1])
-        return then if row[2] is None else replace(then, args={**then.args, "members_failed": True})
+        if row[2] is None or then.op != "finalize":
+            return then
+        return replace(then, args={**then.args, "members_failed": True})
 
     # -- results ------------------------------------------------------------------------------
     def add_counters(self, delta: dict[str, int], worker: str) -> None:

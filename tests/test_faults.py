@@ -221,3 +221,19 @@ def test_a_source_file_that_cannot_be_opened_is_listed_not_fatal(tmp_path: Path,
             assert (sc.dst / rel).read_bytes() == (sc.src / rel).read_bytes()
         assert not (sc.dst / "victim/small").exists()
         sc.assert_converges()
+
+
+def test_a_failed_entry_of_a_split_directory_still_gets_the_directory_its_times(
+        tmp_path: Path) -> None:
+    """A barrier whose member listed an error releases its chunk all the same: only a large
+    file's finalize discards what its members built; a split directory's dirmeta still runs."""
+    with faulty(tmp_path, "dst") as (dst, fs):
+        src, state = tmp_path / "src", tmp_path / "state"
+        (src / "many").mkdir(parents=True)
+        for i in range(9):
+            (src / "many" / f"f{i}").write_bytes(b"x" * (i + 1))
+        fs.fail("WRITE", "EIO", path="many/*", nth=7, count=1)  # in a slice
+        proc = fsclone("pass", "copy", src, dst, state=state, dir_slice=3)
+        assert proc.returncode == 1, output(proc)
+        assert "chunk failed" not in output(proc), output(proc)
+        assert os.stat(dst / "many").st_mtime_ns == os.stat(src / "many").st_mtime_ns
