@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from fsclone.fs.lease import LEASE_XATTR
 from fsclone.fs.lustre.xattrs import is_internal
 
-IS_ROOT = os.geteuid() == 0
+_EUID = os.geteuid()
+IS_ROOT = _EUID == 0
+#: the xattr the kernel drops on every chown
+_CAPS = "security.capability"
 #: xattr errors meaning "this filesystem or object has none": not an item failure
 _NO_XATTR = {errno.ENOTSUP, errno.ENODATA}
 #: what metadata is applied to: an open fd, or the ``/proc/self/fd`` path of an O_PATH
@@ -128,13 +131,13 @@ def apply_all(target: Target, st: os.stat_result, want: dict[str, bytes],
               have: dict[str, bytes], current: os.stat_result | None = None) -> None:
     """Owner → mode → ACLs/xattrs → times, as the module docstring explains. With ``current``,
     the target's stat, owner and mode are set only where they differ. A chown clears set-id
-    bits and the kernel drops ``security.capability`` with it, so after one a mode that has
-    them is set again, and the xattrs are compared with what the target holds after it."""
+    bits and the kernel drops ``security.capability`` with it (and nothing else), so after
+    one a mode that has them is set again, and the caps are taken as gone."""
     if apply_owner(target, st, current):
         if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
             current = None
-        if want:
-            have = _read_xattrs(target, True)
+        if _CAPS in have:
+            have = {k: v for k, v in have.items() if k != _CAPS}
     apply_mode(target, st, current)
     if want or have:
         apply_xattrs(target, want, have)
@@ -159,10 +162,10 @@ def apply_at(name: str, dir_fd: int, st: os.stat_result, want: dict[str, bytes],
                     == (compared.st_dev, compared.st_ino, stat.S_IFMT(compared.st_mode)))
         else:
             same = (stat.S_IFMT(now.st_mode) == stat.S_IFMT(st.st_mode)
-                    and now.st_uid == os.geteuid() and now.st_nlink == 1)
+                    and now.st_uid == _EUID and now.st_nlink == 1)
         if not same:
             raise EntryChanged(name)
-        apply_all(f"/proc/self/fd/{fd}", st, want, have, current=compared)
+        apply_all(f"/proc/self/fd/{fd}", st, want, have, current=now)
     finally:
         os.close(fd)
 
