@@ -158,11 +158,15 @@ def lstat_at(name: str, dir_fd: int) -> os.stat_result | None:
 def remove_tree_at(dir_fd: int, name: str) -> int:
     """Remove the flat directory ``name`` below ``dir_fd``: the non-directories in it, then
     itself. Only for directories of fsclone's own making (the hard-link staging directory), so
-    a subdirectory in it is an error; a user's subtree is removed by ``prune`` chunks, spread
-    over the workers (fsclone.ops.subtree). Returns the number of entries removed."""
+    one with a subdirectory is refused (IsADirectoryError) before anything in it goes; a
+    user's subtree is removed by ``prune`` chunks, spread over the workers
+    (fsclone.ops.subtree). Returns the number of entries removed."""
     sub = open_dir(name, dir_fd)
     try:
-        names = list_names(sub)
+        kinds = list_kinds(sub)
+        if any(kinds.values()):
+            raise IsADirectoryError(errno.EISDIR, "not flat, so not of fsclone's making", name)
+        names = list(kinds)
         for child in names:
             os.unlink(child, dir_fd=sub)
     finally:

@@ -518,10 +518,10 @@ class DirCopier:
         assert self.dfd is not None
         try:
             meta.apply_at(tmp, self.dfd, st, meta.read_xattrs(name, self.sfd), {}, None)
-            replace_entry(self.dfd, tmp, name)
         except BaseException:
             discard(self.dfd, tmp)
             raise
+        replace_entry(self.dfd, tmp, name)  # which discards the temp if it cannot
 
 
 def _copy_range(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
@@ -544,15 +544,14 @@ def _finalize(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     (its error is listed already) or the source changed. The temp is never left behind."""
     a = out.chunk.args
     name = file_of(out.chunk)
+    published = False
     try:
         if a.get("members_failed"):
-            discard(dfd, a["tmp"])
             out.act("not published", out.path(name), "(a range failed; next pass takes it)")
             return
         st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
         if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
                 a["ino"], a["size"], a["mtime_ns"], a["ctime_ns"]):
-            discard(dfd, a["tmp"])
             out.count(C.CHANGED)
             out.act("changed", out.path(name), "(during copy; next pass takes it)")
             return
@@ -562,9 +561,10 @@ def _finalize(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
         finally:
             os.close(fd)
         replace_entry(dfd, a["tmp"], name)
-    except BaseException:
-        discard(dfd, a["tmp"])
-        raise
+        published = True
+    finally:
+        if not published:
+            discard(dfd, a["tmp"])
     out.count(C.COPIED)
 
 
