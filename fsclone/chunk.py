@@ -16,9 +16,6 @@ from typing import Any
 from fsclone.errors import MessageError
 from fsclone.schema import check_chunk, validate_name, validate_relpath
 
-__all__ = ["Chunk", "Group", "ItemError", "Result", "join", "new_id", "validate_name",
-           "validate_relpath"]
-
 
 def join(parent: str, name: str) -> str:
     """Join a relative directory and an entry name ('' is the root)."""

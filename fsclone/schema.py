@@ -67,6 +67,18 @@ def temp_pass(name: str) -> str | None:
     return match.group(1) if match else None
 
 
+#: the hard-link staging directory of a pass, at the target root: this prefix and the pass id
+LINKS_PREFIX = ".fsclone-links."
+_STAGING = re.compile(r"\.fsclone-links\.(\d{8}-\d{6}-[a-z]+-[0-9a-f]{6})")
+
+
+def staging_pass(name: str) -> str | None:
+    """The pass id in the name of a hard-link staging directory (at the target root), None
+    for any other name."""
+    match = _STAGING.fullmatch(name)
+    return match.group(1) if match else None
+
+
 def is_temp_for(tmp: str, pass_id: str, names: set[str] | None) -> bool:
     """Whether ``tmp`` is a temp name of pass ``pass_id``, for one of ``names`` (None: for any
     name)."""

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fsclone.chunk import Chunk, Group, ItemError, new_id, validate_name, validate_relpath
+from fsclone.chunk import Chunk, Group, ItemError, new_id
 from fsclone.errors import MessageError, UsageError
+from fsclone.schema import validate_name, validate_relpath
 from fsclone.state import pass_dir, read_errors, read_record
 
 #: ops whose errors a copy pass cannot redo: the cleanup phase runs again anyway, and deletions

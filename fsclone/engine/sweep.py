@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fsclone.chunk import Chunk
 from fsclone.fs import dirs
-from fsclone.ops.context import staging_pass, temp_pass
+from fsclone.schema import staging_pass, temp_pass
 from fsclone.spec import PassSpec
 from fsclone.state import (
     SUPERSEDED,

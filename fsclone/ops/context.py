@@ -4,7 +4,6 @@ Result builder that turns OS errors into listed item errors."""
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
@@ -12,26 +11,12 @@ from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
 from fsclone.fs import dirs, meta, profile
 from fsclone.fs.unnamed import UnnamedFiles
-from fsclone.schema import TMP_PREFIX as TMP_PREFIX  # fsclone's temp names live with the schema
-from fsclone.schema import is_temp_for as is_temp_for
-from fsclone.schema import temp_name as temp_name
-from fsclone.schema import temp_pass as temp_pass
+from fsclone.schema import LINKS_PREFIX
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 
-LINKS_PREFIX = ".fsclone-links."
 #: passes whose workers compare target times with the source's
 _PROBING_OPS = {"copy", "sync", "mtime", "verify"}
-
-
-_STAGING = re.compile(r"\.fsclone-links\.(\d{8}-\d{6}-[a-z]+-[0-9a-f]{6})")
-
-
-def staging_pass(name: str) -> str | None:
-    """The pass id in the name of a hard-link staging directory (at the target root), None
-    for any other name."""
-    match = _STAGING.fullmatch(name)
-    return match.group(1) if match else None
 
 
 class Context:

@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from fsclone.chunk import Chunk, Group, new_id
 from fsclone.fs import dirs
 from fsclone.ops import mountguard
-from fsclone.ops.context import Context, Outcome, on_both_dirs, staging_pass
+from fsclone.ops.context import Context, Outcome, on_both_dirs
 from fsclone.ops.dirmeta import apply_dir_meta
 from fsclone.ops.subtree import prune
-from fsclone.schema import temp_pass
+from fsclone.schema import staging_pass, temp_pass
 from fsclone.stats import counters as C
 
 

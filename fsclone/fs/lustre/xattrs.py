@@ -3,8 +3,10 @@
 Set on a Lustre target each costs a metadata-server RPC and is ignored (the MDT returns 0),
 and ``trusted.lmv`` with a user magic restripes a directory; off Lustre they are meaningless
 copies of the source's FIDs and link records. ``lustre.*`` is the client's synthetic view: the
-layout (``lustre.lov``) travels through the create path (:mod:`fsclone.fs.lustre.create`),
-never as an xattr. The same names mpiFileUtils skips by default (``--xattrs non-lustre``).
+layout (``lustre.lov``) is meant to travel through the create path
+(:mod:`fsclone.fs.lustre.create`), never as an xattr; until that path is wired in, a
+layout is not carried at all (the target's default applies). The same names mpiFileUtils
+skips by default (``--xattrs non-lustre``).
 """
 
 from __future__ import annotations
