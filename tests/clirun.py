@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,39 +37,58 @@ _LOADED_FIRST = ("fsclone.cli", "fsclone.cli.passes", "fsclone.engine.launch",
                  "multiprocessing.popen_fork", "multiprocessing.connection")
 
 
+#: the unprivileged user the tests race and run passes as
+NOBODY, NOGROUP = 65534, 65534
+
+
+def as_user(uid: int, gid: int, action: Callable[[], None]) -> int:
+    """Start ``action`` in a fork of this process as another user (what a hostile user can
+    do, or a user's own pass); returns its pid, for :func:`wait_ok` or ``os.waitpid``. The
+    fork exits 0 when ``action`` returns, with a SystemExit's code, or 99 after a traceback."""
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            action()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+
+def wait_ok(pid: int) -> None:
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the user's action failed"
+
+
 def fsclone_as(uid: int, gid: int, *args: PathLike, state: Path,
                **settings: object) -> subprocess.CompletedProcess[bytes]:
     """Run the ``fsclone`` command as an unprivileged user. The interpreter may live where
     that user cannot read (a root-only home), so the command runs in a fork of the test's
-    own process, with the CLI loaded beforehand, after setgid/setuid."""
+    own process (:func:`as_user`), with the CLI loaded beforehand."""
     for module in _LOADED_FIRST:  # before the user loses the right to read them
         importlib.import_module(module)
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        pid = os.fork()
-        if pid == 0:
-            code = 99
-            try:
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                sys.stdout, sys.stderr = os.fdopen(1, "w"), os.fdopen(2, "w")
-                os.setgroups([])
-                os.setgid(gid)
-                os.setuid(uid)
-                os.environ.clear()
-                os.environ.update(fsclone_env(state, **settings))
-                sys.argv = ["fsclone", *map(os.fsdecode, args)]
-                sys.modules["fsclone.cli"].main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        def command() -> None:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            sys.stdout, sys.stderr = os.fdopen(1, "w"), os.fdopen(2, "w")
+            os.environ.clear()
+            os.environ.update(fsclone_env(state, **settings))
+            sys.argv = ["fsclone", *map(os.fsdecode, args)]
+            sys.modules["fsclone.cli"].main()
+
+        _, status = os.waitpid(as_user(uid, gid, command), 0)
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess(args, os.waitstatus_to_exitcode(status),

@@ -17,6 +17,7 @@ import socket
 import stat
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
@@ -546,3 +547,62 @@ def leftovers(root: str | os.PathLike[str]) -> list[str]:
         for _dir, subdirs, files in os.walk(os.fspath(root)):
             found += [n for n in subdirs + files if n.startswith(".fsclone-")]
     return found
+
+
+def _regular_files(root: Path) -> Iterator[str]:
+    """Relative paths of the regular files under root, fsclone's temp names left out."""
+    for top, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".fsclone-")]
+        for name in names:
+            path = Path(top, name)
+            if not name.startswith(".fsclone-") and stat.S_ISREG(path.lstat().st_mode):
+                yield str(path.relative_to(root))
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def wrong_under_final_names(src: Path, dst: Path) -> list[str]:
+    """Target files that look current (a regular file of the source's size and mtime under
+    the same name) and hold other bytes: no later pass without --checksum would mend them.
+    Reads the backing trees, never moving an atime."""
+    wrong = []
+    with preserving_atimes(src, dst):
+        for rel in _regular_files(dst):
+            try:
+                s = (src / rel).lstat()
+            except FileNotFoundError:
+                continue
+            d = (dst / rel).lstat()
+            if (stat.S_ISREG(s.st_mode) and (s.st_size, s.st_mtime_ns) == (d.st_size,
+                                                                           d.st_mtime_ns)
+                    and not _same_bytes(src / rel, dst / rel)):
+                wrong.append(rel)
+    return wrong
+
+
+def assert_nothing_wrong_under_final_names(src: Path, dst: Path) -> None:
+    wrong = wrong_under_final_names(src, dst)
+    assert not wrong, f"published with the source's size and mtime and wrong bytes: {wrong}"
+
+
+def entries_below(root: Path) -> int:
+    """Every entry below ``root`` (not ``root`` itself)."""
+    return sum(len(subdirs) + len(files) for _, subdirs, files in os.walk(root))
+
+
+def subtree(root: Path, dirs: int, files: int) -> int:
+    """``root`` with ``dirs`` subdirectories of ``files`` files each; returns the entries a
+    removal of ``root`` removes (itself included)."""
+    for d in range(dirs):
+        (root / f"d{d}").mkdir(parents=True)
+        for f in range(files):
+            (root / f"d{d}/f{f}").write_text(f"{d}/{f}")
+    return 1 + dirs * (files + 1)

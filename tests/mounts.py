@@ -19,9 +19,10 @@ def require_root() -> None:
 
 
 def _mount(*args: str | os.PathLike[str]) -> None:
-    proc = subprocess.run(["mount", *map(os.fspath, args)], capture_output=True, check=False)
+    words = [os.fspath(a) for a in args]
+    proc = subprocess.run(["mount", *words], capture_output=True, check=False)
     if proc.returncode:
-        skip_or_fail(f"mount {' '.join(map(os.fspath, args))} failed: "
+        skip_or_fail(f"mount {' '.join(words)} failed: "
                      f"{proc.stderr.decode(errors='replace').strip()}")
 
 

@@ -52,7 +52,7 @@ class Broker:
     key_file: Path
 
     @property
-    def settings(self) -> dict[str, Path]:
+    def settings(self) -> dict[str, Any]:
         """The settings of a coordinator or a worker of this broker."""
         return {"password_file": self.password_file, "signing_key_file": self.key_file}
 

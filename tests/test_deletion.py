@@ -7,29 +7,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.clirun import fsclone, fsclone_env, fsclone_json
+from tests.clirun import fsclone, fsclone_as, fsclone_json
 from tests.faultmount import faulty
-from tests.fstree import assert_rsync_clean, assert_same_tree, leftovers
-
-
-def entries_below(root: Path) -> int:
-    """Every entry below ``root`` (not ``root`` itself)."""
-    return sum(len(subdirs) + len(files) for _, subdirs, files in os.walk(root))
-
-
-def subtree(root: Path, dirs: int, files: int) -> int:
-    """``root`` with ``dirs`` subdirectories of ``files`` files each; returns the entries a
-    removal of ``root`` removes (itself included)."""
-    for d in range(dirs):
-        (root / f"d{d}").mkdir(parents=True)
-        for f in range(files):
-            (root / f"d{d}/f{f}").write_text(f"{d}/{f}")
-    return 1 + dirs * (files + 1)
+from tests.fstree import assert_rsync_clean, assert_same_tree, entries_below, leftovers, subtree
 
 
 def copied(tmp_path: Path, big: bool = True) -> tuple[Path, Path, Path]:
@@ -181,9 +165,7 @@ def test_a_read_only_subtree_of_ones_own_is_deleted_without_root(tmp_path: Path)
             os.chown(path, uid, uid)
         for sub in (dst / "gone", *(dst / "gone").iterdir()):
             sub.chmod(0o555)
-        cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable,
-               "-m", "fsclone", "pass", "delete", "--json", src, dst]
-        proc = subprocess.run(cmd, env=fsclone_env(state), capture_output=True, check=False)
+        proc = fsclone_as(uid, uid, "pass", "delete", "--json", src, dst, state=state)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout.splitlines()[-1])["counters"]["deleted"] == 10
         assert sorted(os.listdir(dst)) == ["keep"]

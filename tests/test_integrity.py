@@ -16,37 +16,20 @@ from fsclone.chunk import Chunk
 from fsclone.config import Config
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.launch import PassRequest, run_pass
-from tests.clirun import fsclone, fsclone_as, fsclone_json
-from tests.fstree import assert_rsync_clean, assert_same_tree, leftovers, preserving_atimes
+from tests.clirun import NOBODY, NOGROUP, fsclone, fsclone_as, fsclone_json
+from tests.fstree import (
+    assert_nothing_wrong_under_final_names,
+    assert_rsync_clean,
+    assert_same_tree,
+    leftovers,
+    preserving_atimes,
+)
 from tests.inline import InlineTransport
 from tests.mounts import loop_fs, require_root, resize_tmpfs, tmpfs
 
 MIB = 1 << 20
 #: a "large" file is one of 1 MiB or more, copied in 1 MiB ranges
 RANGES = {"large_file_size": MIB, "range_size": MIB}
-
-
-def published_wrong(src: Path, dst: Path) -> list[str]:
-    """Target files that look done (the source's name, size and mtime) but hold other bytes:
-    the one outcome a pass must never leave behind, whatever failed."""
-    wrong: list[str] = []
-    with preserving_atimes(src, dst):
-        _compare_done(src, dst, wrong)
-    return wrong
-
-
-def _compare_done(src: Path, dst: Path, wrong: list[str]) -> None:
-    for dirpath, _dirs, files in os.walk(src):
-        for name in files:
-            s = Path(dirpath, name)
-            d = dst / s.relative_to(src)
-            try:
-                sst, dst_st = s.lstat(), d.lstat()
-            except FileNotFoundError:
-                continue
-            if (sst.st_size, sst.st_mtime_ns) == (dst_st.st_size, dst_st.st_mtime_ns) \
-                    and s.read_bytes() != d.read_bytes():
-                wrong.append(str(d))
 
 
 @pytest.mark.parametrize("remedy", ["plain pass", "retry errors"])
@@ -68,7 +51,7 @@ def test_a_large_file_whose_range_ran_out_of_room_is_never_published(
         rc, out = fsclone_json("pass", "copy", *again, state=state, **RANGES)
         assert rc == 0, out
         assert out["counters"].get("files_copied") == 1, out
-        assert published_wrong(src, dst) == []
+        assert_nothing_wrong_under_final_names(src, dst)
         assert_same_tree(src, dst)
         assert_rsync_clean(src, dst)
 
@@ -152,8 +135,6 @@ def nobody_tree() -> Iterator[Path]:
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
-
-NOBODY, NOGROUP = 65534, 65534
 
 
 def test_a_user_syncs_into_their_own_read_only_directories(nobody_tree: Path) -> None:

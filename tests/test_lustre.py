@@ -105,11 +105,16 @@ def test_v3_pool_is_decoded_kept_mapped_or_dropped():
     assert lov.encode(layout) == POOLED_V3
     assert lov.encode(lov.sanitize(layout)) == v3(RAID0, 4 * MiB, 1, 0xFFFF, b"flash",
                                                   oi=(0, 0))
-    assert lov.sanitize(layout, {"flash": "ssd"}).pool == "ssd"
-    assert lov.sanitize(layout, {"flash": "ssd"}, {"ssd", "hdd"}).pool == "ssd"
-    assert lov.sanitize(layout, {"flash": "ssd"}, {"hdd"}).pool == ""  # the target lacks it
-    assert lov.sanitize(layout, None, {"flash"}).pool == "flash"
-    assert lov.sanitize(layout, {"other": "x"}, set()).pool == ""
+    def pool(pool_map: dict[str, str] | None, target_pools: set[str] | None = None) -> str:
+        plain = lov.sanitize(layout, pool_map, target_pools)
+        assert isinstance(plain, Plain)
+        return plain.pool
+
+    assert pool({"flash": "ssd"}) == "ssd"
+    assert pool({"flash": "ssd"}, {"ssd", "hdd"}) == "ssd"
+    assert pool({"flash": "ssd"}, {"hdd"}) == ""  # the target lacks it
+    assert pool(None, {"flash"}) == "flash"
+    assert pool({"other": "x"}, set()) == ""
     dropped = lov.encode(lov.sanitize(layout, None, {"hdd"}))
     assert dropped == v3(RAID0, 4 * MiB, 1, 0xFFFF, b"", oi=(0, 0))
 
@@ -166,7 +171,9 @@ def test_released_files_are_detected_and_sanitize_clears_the_flag():
     composite = comp([(1, INIT, 0, EOF, v3(RAID0 | RELEASED, MiB, 1, 0, b""))])
     assert lov.is_released(composite)
     assert not lov.is_released(PFL)
-    assert lov.sanitize(lov.decode(composite)).components[0].layout.pattern == RAID0
+    sanitized = lov.sanitize(lov.decode(composite))
+    assert isinstance(sanitized, Composite)
+    assert sanitized.components[0].layout.pattern == RAID0
 
 
 def test_foreign_layouts_are_kept_opaque_and_never_reused():
@@ -223,7 +230,9 @@ def test_every_truncation_of_a_sized_layout_is_refused(blob):
 def test_plain_truncations_are_refused_except_at_whole_objects():
     for end in range(len(PLAIN_V1)):
         if end in (32, 56):  # the header alone, or with one object: valid v1 layouts
-            assert len(lov.decode(PLAIN_V1[:end]).objects) == (end - 32) // 24
+            plain = lov.decode(PLAIN_V1[:end])
+            assert isinstance(plain, Plain)
+            assert len(plain.objects) == (end - 32) // 24
         else:
             with pytest.raises(LayoutError):
                 lov.decode(PLAIN_V1[:end])

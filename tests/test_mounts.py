@@ -16,9 +16,8 @@ from fsclone.engine import layout
 from fsclone.fs import mounts
 from fsclone.spec import PassSpec, as_flags, differences
 from tests.clirun import fsclone, fsclone_json
-from tests.fstree import assert_same_tree, snapshot
+from tests.fstree import assert_same_tree, entries_below, snapshot, subtree
 from tests.mounts import tmpfs
-from tests.test_deletion import entries_below, subtree
 
 SENTINEL = "SENTINEL"
 

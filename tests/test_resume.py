@@ -8,6 +8,7 @@ import os
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from fsclone.engine.coordinator import Coordinator
 from fsclone.spec import PassSpec, as_flags, differences
 from fsclone.state import UNFINISHED, PassStore, pass_ids, read_chunks, read_record
 from fsclone.transport.base import Transport
-from tests.clirun import fsclone, spawn
+from tests.clirun import PathLike, fsclone, spawn
 from tests.fstree import assert_same_tree, leftovers
 from tests.midpass import Lease, held, many_files
 from tests.services import wait_for
@@ -29,7 +30,7 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
-def _interrupt(args: Iterable[object], lease: Lease, state: Path, **settings: object) -> str:
+def _interrupt(args: Iterable[PathLike], lease: Lease, state: Path, **settings: Any) -> str:
     """Start a pass, kill its coordinator once a worker waits on the held file, and return the
     id of the pass left unfinished."""
     before = set(pass_ids(state))
@@ -41,7 +42,7 @@ def _interrupt(args: Iterable[object], lease: Lease, state: Path, **settings: ob
     return pass_id
 
 
-def _once_unlocked(*args: object, state: Path, **settings: object,
+def _once_unlocked(*args: PathLike, state: Path, **settings: Any,
                    ) -> subprocess.CompletedProcess[bytes]:
     """Run a command once the killed coordinator's workers have let go of the target lock."""
     def run() -> subprocess.CompletedProcess[bytes] | None:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,7 +162,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, case: s
         "config-workers-zero": ["pass", "copy", "--config", noworkers, src, dst],
         "config-negative-age": ["pass", "copy", "--config", negage, src, dst],
     }
-    settings = {"env-dir-slice-zero": {"dir_slice": "0"},
+    settings: dict[str, Any] = {"env-dir-slice-zero": {"dir_slice": "0"},
                 "env-range-size-negative": {"range_size": "-1"},
                 "env-report-interval-nan": {"report_interval": "nan"},
                 "env-max-delete-negative": {"max_delete": "-1"}}.get(case, {})

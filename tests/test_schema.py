@@ -258,9 +258,10 @@ def test_a_worker_node_serves_only_the_roots_it_allows(tmp_path: Path) -> None:
     served, why = admitted(spec(old / "proj", new / "proj" / "sub"), allowed)
     assert served is not None and served.dst == str(new / "proj" / "sub") and not why
     assert admitted(spec(old, new), ())[1].startswith("ALLOWED_ROOTS is empty")
-    for src, dst in [(tmp_path / "etc", new), (old, tmp_path / "etc"),
-                     (old, tmp_path / "new-evil"), (old, new / "proj" / "link"),
-                     (new, old), (old, "")]:
+    forbidden: list[tuple[Path | str, Path | str]] = [
+        (tmp_path / "etc", new), (old, tmp_path / "etc"), (old, tmp_path / "new-evil"),
+        (old, new / "proj" / "link"), (new, old), (old, "")]
+    for src, dst in forbidden:
         served, why = admitted(spec(src, dst), allowed)
         assert served is None and why, (src, dst)
     assert admitted(spec(old, "", op="scan"), allowed)[0] is not None

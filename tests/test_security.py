@@ -14,19 +14,17 @@ import socket
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fsclone.fs.lease import LEASE_XATTR
-from tests.clirun import fsclone, spawn
+from tests.clirun import NOBODY, NOGROUP, as_user, fsclone, spawn, wait_ok
 from tests.fstree import snapshot
 from tests.midpass import held
 from tests.mounts import bind, require_root
 from tests.services import wait_for
-
-NOBODY, NOGROUP = 65534, 65534
 
 
 @pytest.fixture
@@ -44,28 +42,6 @@ def world() -> Iterator[Path]:
         yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)
-
-
-def start_as_nobody(action: Callable[[], None]) -> int:
-    """Start ``action`` in a fork of this process as ``nobody`` (what a hostile user can do);
-    returns its pid, for :func:`wait_ok`."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setgroups([])
-            os.setgid(NOGROUP)
-            os.setuid(NOBODY)
-            action()
-            code = 0
-        finally:
-            os._exit(code)
-    return pid
-
-
-def wait_ok(pid: int) -> None:
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the user's action failed"
 
 
 def shared_tree(world: Path, count: int) -> tuple[Path, Path, Path, list[str]]:
@@ -107,7 +83,7 @@ def test_mode_mended_in_place_never_follows_a_symlink_swapped_in(world: Path) ->
         def swap() -> None:
             os.unlink(dst / "shared" / victim)
             os.symlink(world / "canary" / "secret", dst / "shared" / victim)
-        wait_ok(start_as_nobody(swap))
+        wait_ok(as_user(NOBODY, NOGROUP, swap))
     out, err = proc.communicate(timeout=120)
     assert snapshot(world / "canary") == before
     assert stat.S_IMODE(os.stat(world / "canary" / "secret").st_mode) == 0o600
@@ -134,7 +110,7 @@ def test_a_user_racing_repeated_syncs_never_changes_the_canary(world: Path) -> N
                     time.sleep(random.random() / 500)
                     os.unlink(dst / "shared" / n)
                     os.symlink(world / "canary" / "secret", dst / "shared" / n)
-    racer = start_as_nobody(race)
+    racer = as_user(NOBODY, NOGROUP, race)
     try:
         for mode in [0o666, 0o644] * 5:
             for n in names:
@@ -228,7 +204,8 @@ def test_a_pass_from_another_node_holding_the_targets_lease_is_respected(
     """Where the target's locks are not shared between nodes (NFS, Lustre without flock),
     the lease recorded on its root keeps a second node's pass out while the first beats."""
     src, dst = _lease_tree(tmp_path)
-    os.setxattr(dst, LEASE_XATTR, _lease(host="node-b", pid=4242, pass_="x", beat=time.time()))
+    held = _lease(host="node-b", pid=4242, beat=time.time(), **{"pass": "x"})
+    os.setxattr(dst, LEASE_XATTR, held)
     before = snapshot(dst)
     proc = fsclone("pass", "sync", src, dst, state=tmp_path / "state")
     assert proc.returncode == 2, proc
