@@ -347,33 +347,44 @@ def list_passes(state_dir: Path) -> list[PassRecord]:
     return [r for r in records if r is not None]
 
 
+def _resumable_spec(state_dir: Path, pass_id: str) -> PassSpec | None:
+    """The spec of pass ``pass_id`` when a run could resume it: unfinished, and not a dry run
+    (which leaves nothing to resume). Only the pass row is read: every pass command asks this
+    of many records at start."""
+    try:
+        with closing(_read_only(state_dir / pass_id)) as db:
+            spec_json, status = db.execute("SELECT spec, status FROM pass").fetchone()
+    except sqlite3.Error:
+        return None
+    if status not in UNFINISHED:
+        return None
+    spec = PassSpec.from_wire(json.loads(spec_json))
+    return None if spec.rehearsal else spec
+
+
+def resumable_by_id(state_dir: Path, pass_id: str) -> bool:
+    return _resumable_spec(state_dir, pass_id) is not None
+
+
+def _resumable_specs(state_dir: Path, ops: tuple[str, ...]) -> Iterator[PassSpec]:
+    """The resumable passes of ``ops``, newest first; others are skipped by their id alone."""
+    for pass_id in reversed(pass_ids(state_dir)):
+        if op_of(pass_id) in ops:
+            spec = _resumable_spec(state_dir, pass_id)
+            if spec is not None:
+                yield spec
+
+
 def find_unfinished(state_dir: Path, op: str, src: str, dst: str) -> str | None:
     """The newest pass with the same op and roots that did not finish, to be resumed. A
-    ``--retry-errors`` pass is never resumed by a plain pass: it covers only a few items; nor
-    is a dry run: it leaves nothing to resume.
-
-    Every pass command asks this at start, and a long migration piles up records: passes of
-    other ops are skipped by their id alone, and of the rest only the pass row is read."""
-    for pass_id in reversed(pass_ids(state_dir)):
-        if op_of(pass_id) != op:
-            continue
-        try:
-            with closing(_read_only(state_dir / pass_id)) as db:
-                spec_json, status = db.execute("SELECT spec, status FROM pass").fetchone()
-        except sqlite3.Error:
-            continue
-        if status in UNFINISHED:
-            spec = PassSpec.from_wire(json.loads(spec_json))
-            if (spec.src, spec.dst) == (src, dst) and not (spec.retry_of or spec.rehearsal):
-                return spec.id
-    return None
+    ``--retry-errors`` pass is never resumed by a plain pass: it covers only a few items."""
+    return next((spec.id for spec in _resumable_specs(state_dir, (op,))
+                 if (spec.src, spec.dst) == (src, dst) and not spec.retry_of), None)
 
 
-def unfinished_on(state_dir: Path, dst: str, ops: tuple[str, ...]) -> list[PassRecord]:
-    """The unfinished passes of ``ops`` on target ``dst`` (dry runs aside)."""
-    records = (try_read_record(state_dir, i) for i in pass_ids(state_dir) if op_of(i) in ops)
-    return [r for r in records if r is not None and r.status in UNFINISHED
-            and r.spec.dst == dst and not r.spec.rehearsal]
+def unfinished_on(state_dir: Path, dst: str, ops: tuple[str, ...]) -> list[PassSpec]:
+    """The resumable passes of ``ops`` on target ``dst``."""
+    return [spec for spec in _resumable_specs(state_dir, ops) if spec.dst == dst]
 
 
 class TargetLock:

@@ -111,7 +111,7 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
     delete guards) runs before the record exists or anything is written."""
     if cfg.workers < 1:
         raise UsageError("--workers must be at least 1")
-    writes = not req.dry_run and req.op in ("copy", "sync")
+    writes = not req.dry_run and req.op in WRITERS
     src, dst = check_roots(req.src, req.dst, needs_dst=not writes and req.op != "copy")
     state = open_state_dir(cfg.state_path)
     lock = TargetLock(state, dst, shared=req.dry_run)

@@ -21,10 +21,9 @@ from fsclone.schema import staging_pass, temp_pass
 from fsclone.spec import PassSpec
 from fsclone.state import (
     SUPERSEDED,
-    UNFINISHED,
     mark,
     read_chunks,
-    try_read_record,
+    resumable_by_id,
     unfinished_on,
 )
 
@@ -37,8 +36,8 @@ def supersede(state: Path, spec: PassSpec) -> list[str]:
     resumed: this new pass goes over the same ground) and remove the temp files they left;
     returns their ids."""
     superseded = []
-    for record in unfinished_on(state, spec.dst, WRITERS):
-        old = record.spec.id
+    for old_spec in unfinished_on(state, spec.dst, WRITERS):
+        old = old_spec.id
         if old == spec.id:
             continue
         mark(state / old, SUPERSEDED)
@@ -76,7 +75,7 @@ def remove_staging(state: Path, dst: str, keep: str) -> list[str]:
     with dirs.opened(dirs.open_root(dst)) as root:
         for name in dirs.list_names(root):
             owner = staging_pass(name)
-            if owner is None or owner == keep or _resumable(state, owner):
+            if owner is None or owner == keep or resumable_by_id(state, owner):
                 continue
             try:
                 dirs.remove_tree_at(root, name)
@@ -84,8 +83,3 @@ def remove_staging(state: Path, dst: str, keep: str) -> list[str]:
                 continue
             removed.append(owner)
     return removed
-
-
-def _resumable(state: Path, pass_id: str) -> bool:
-    record = try_read_record(state, pass_id)
-    return record is not None and record.status in UNFINISHED and not record.spec.rehearsal

@@ -39,7 +39,8 @@ def plan_deletes(ctx: Context, out: Outcome, sfd: int, dfd: int,
     chunk = out.chunk
     target = dirs.list_kinds(dfd)
     gone = [name for name, is_dir in target.items() if _goes(ctx, out, name, is_dir, source)]
-    if any(not ours(name, target[name]) for name in gone):
+    temps = {name for name in gone if ours(name, target[name])}
+    if len(temps) < len(gone):
         mountguard.check_emptied(ctx, out, sfd, dfd, source)
     dst_dev = os.fstat(dfd).st_dev if gone else 0
     planned: list[str] = []
@@ -47,7 +48,7 @@ def plan_deletes(ctx: Context, out: Outcome, sfd: int, dfd: int,
     for name in gone:
         is_dir = target[name]
         rel = out.path(name)
-        if ours(name, is_dir):
+        if name in temps:
             planned.append(name)  # a temp file left by a dead run: not news to anyone
             continue
         if is_dir and mountguard.target_mount(dfd, name, dst_dev):
@@ -117,7 +118,8 @@ def run_unlink(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
             if dst is None:
                 continue
             is_dir = stat.S_ISDIR(dst.st_mode)
-            src = None if ours(name, is_dir) else dirs.lstat_at(name, sfd)
+            mine = ours(name, is_dir)
+            src = None if mine else dirs.lstat_at(name, sfd)
             if src is not None and stat.S_ISDIR(src.st_mode) == is_dir:
                 out.act("kept", rel, "(back in the source)")
                 continue
@@ -128,7 +130,7 @@ def run_unlink(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
                 continue
             os.unlink(name, dir_fd=dfd)
             changed = True
-            removed += not ours(name, is_dir)
+            removed += not mine
         except FileNotFoundError:
             continue
         except OSError as exc:
