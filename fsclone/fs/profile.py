@@ -5,8 +5,8 @@ directory's mtime could see."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
+from fsclone.fs.meta import TimeRule
 from fsclone.fs.unnamed import UnnamedFiles
 
 #: seconds far outside any filesystem's range (year ~36800 either side of 1970): the kernel
@@ -21,27 +21,18 @@ _STEPS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000
           1_000_000_000, 2_000_000_000)
 
 
-@dataclass(frozen=True)
-class TimeFacts:
-    """What times the target keeps: the earliest and latest (ns; None: no limit seen) and
-    the step it keeps them in (1: nanoseconds)."""
-
-    low_ns: int | None = None
-    high_ns: int | None = None
-    step_ns: int = 1
-
-
-def probe_times(root_fd: int, unnamed: UnnamedFiles) -> TimeFacts:
-    """Stamp an unnamed file on the filesystem of ``root_fd`` and read back what it kept;
-    nothing learnt where it has no unnamed files."""
+def probe_times(root_fd: int, unnamed: UnnamedFiles) -> TimeRule:
+    """What times the filesystem of ``root_fd`` keeps (its range and step, as a TimeRule with
+    no window): stamp an unnamed file and read back what it kept; nothing learnt where it
+    has no unnamed files."""
     fd = unnamed.open(root_fd, 0o600)
     if fd is None:
-        return TimeFacts()
+        return TimeRule()
     try:
         os.utime(fd, ns=(_PROBE_NS, _PROBE_NS))
         kept = os.fstat(fd).st_mtime_ns
         step = next((s for s in _STEPS if kept == _PROBE_NS - _PROBE_NS % s), 1)
-        return TimeFacts(_stored(fd, -_FAR), _stored(fd, _FAR), step)
+        return TimeRule.of(0, _stored(fd, -_FAR), _stored(fd, _FAR), step)
     finally:
         os.close(fd)
 

@@ -3,6 +3,7 @@ Result builder that turns OS errors into listed item errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -55,12 +56,12 @@ class Context:
         if self.dst_root is None or self.spec.dry_run or self.spec.op not in _PROBING_OPS:
             return meta.TimeRule(window)
         try:
-            facts = profile.probe_times(self.dst_root, self.unnamed)
+            kept = profile.probe_times(self.dst_root, self.unnamed)
         except OSError:
             return meta.TimeRule(window)
         if self.spec.op == "verify":
-            return meta.TimeRule(window, step_ns=facts.step_ns)
-        return meta.TimeRule.of(window, facts.low_ns, facts.high_ns, facts.step_ns)
+            return meta.TimeRule(window, step_ns=kept.step_ns)
+        return dataclasses.replace(kept, window_ns=window)
 
     def is_target_root(self, st: os.stat_result) -> bool:
         """Whether a source directory is the target's root (bind-mounted into the source):
