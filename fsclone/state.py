@@ -75,6 +75,17 @@ def create_private(path: Path) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, PRIVATE_FILE)
 
 
+def write_private_json(path: Path, value: object) -> None:
+    """Replace ``path`` (a file of the state directory, 0600 in a 0700 directory) with
+    ``value`` as JSON, complete or not at all: written to a temp name, then renamed."""
+    private_subdir(path.parent)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    with open(create_private(tmp), "w") as f:
+        f.truncate()
+        json.dump(value, f)
+    tmp.replace(path)
+
+
 def new_pass_id(op: str) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{op}-{new_id()[:6]}"
 

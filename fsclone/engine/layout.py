@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fsclone.fs import dirs, mounts
 from fsclone.pathkey import path_key
+from fsclone.state import write_private_json
 
 
 def layout_file(state_dir: Path, src: str) -> Path:
@@ -37,13 +38,7 @@ def source_layout(state_dir: Path, src: str) -> tuple[str, ...]:
     recorded = recorded_mounts(state_dir, src)
     layout = recorded | mounts.mount_points_below(src)
     if layout != recorded:
-        path = layout_file(state_dir, src)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"src": src, "mounts": sorted(layout)}, f)
-        tmp.replace(path)
+        write_private_json(layout_file(state_dir, src), {"src": src, "mounts": sorted(layout)})
     return tuple(sorted(layout))
 
 

@@ -8,14 +8,13 @@ source compares its progress with that count.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fsclone.pathkey import path_key
 from fsclone.spec import PassSpec
-from fsclone.state import DONE, create_private, private_subdir
+from fsclone.state import DONE, write_private_json
 from fsclone.stats import counters as C
 
 #: ops whose SCANNED counts every entry of the source (excluded ones included, not below them)
@@ -44,14 +43,8 @@ def record_tree(state_dir: Path, spec: PassSpec, status: str, counters: dict[str
     whole = spec.op in FULL_WALK_OPS and not spec.retry_of and spec.sample >= 1.0
     if status != DONE or not whole or not counters.get(C.SCANNED):
         return
-    path = _path(state_dir, spec.src)
-    private_subdir(path.parent)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(create_private(tmp), "w") as f:
-        f.truncate()
-        f.write(json.dumps({"src": spec.src, "pass": spec.id, "when": time.time(),
-                            "counters": counters}))
-    tmp.replace(path)
+    write_private_json(_path(state_dir, spec.src), {"src": spec.src, "pass": spec.id,
+                                                    "when": time.time(), "counters": counters})
 
 
 def tree_total(state_dir: Path, src: str) -> TreeTotal | None:
