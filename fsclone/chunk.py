@@ -116,20 +116,26 @@ class Group:
 
 @dataclass(frozen=True)
 class ItemError:
-    """A per-item failure: listed with path and errno, never stops the rest of a chunk."""
+    """A per-item failure: listed with path and errno, never stops the rest of a chunk.
+
+    ``step`` and ``side`` say where in the item's work it failed (see fsclone.fs.steps): ""
+    when nobody knows (a chunk that failed as a whole, a record written before they existed).
+    """
 
     path: str
     op: str
     errno: int
     message: str
+    step: str = ""
+    side: str = ""
 
     def to_wire(self) -> list[Any]:
-        return [self.path, self.op, self.errno, self.message]
+        return [self.path, self.op, self.errno, self.message, self.step, self.side]
 
     @classmethod
     def from_wire(cls, data: Any) -> ItemError:
-        path, op, errno, message = data
-        return cls(str(path), str(op), int(errno), str(message))
+        path, op, errno, message, step, side = data
+        return cls(str(path), str(op), int(errno), str(message), str(step), str(side))
 
 
 #: one manifest row of the verify pass: relative path, size, mtime_ns, xxh3-128 hex of bytes

@@ -10,7 +10,7 @@ from contextlib import contextmanager, suppress
 
 from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
-from fsclone.fs import dirs, meta, profile
+from fsclone.fs import dirs, meta, profile, steps
 from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.schema import LINKS_PREFIX
 from fsclone.spec import PassSpec
@@ -117,7 +117,9 @@ class Outcome:
     def fail(self, path: str, exc: OSError | str, op: str | None = None) -> None:
         """List an item error; the rest of the chunk goes on."""
         if isinstance(exc, OSError):
-            err = ItemError(path, op or self.chunk.op, exc.errno or 0, exc.strerror or str(exc))
+            step, side = steps.step_of(exc)
+            err = ItemError(path, op or self.chunk.op, exc.errno or 0, exc.strerror or str(exc),
+                            step, side)
         else:
             err = ItemError(path, op or self.chunk.op, 0, exc)
         self.result.errors.append(err)
