@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from fsclone.fs.lease import LEASE_XATTR
 from fsclone.fs.lustre.xattrs import is_internal
+from fsclone.fs.steps import MODE, OWNER, TARGET, TIMES, XATTR, mark
 
 _EUID = os.geteuid()
 IS_ROOT = _EUID == 0
@@ -102,7 +103,11 @@ def apply_owner(target: Target, st: os.stat_result,
     if not IS_ROOT or (current is not None
                        and (current.st_uid, current.st_gid) == (st.st_uid, st.st_gid)):
         return False
-    os.chown(target, st.st_uid, st.st_gid)
+    try:
+        os.chown(target, st.st_uid, st.st_gid)
+    except OSError as exc:
+        mark(exc, OWNER, TARGET)
+        raise
     return True
 
 
@@ -111,20 +116,32 @@ def apply_mode(target: Target, st: os.stat_result, current: os.stat_result | Non
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISLNK(st.st_mode) or (current is not None and stat.S_IMODE(current.st_mode) == mode):
         return  # Linux symlinks have no mode of their own
-    os.chmod(target, mode)
+    try:
+        os.chmod(target, mode)
+    except OSError as exc:
+        mark(exc, MODE, TARGET)
+        raise
 
 
 def apply_xattrs(target: Target, want: dict[str, bytes], have: dict[str, bytes]) -> None:
     """Make the target's xattrs equal ``want``, touching only those that differ."""
-    for name in have.keys() - want.keys():
-        os.removexattr(target, name)
-    for name, value in want.items():
-        if have.get(name) != value:
-            os.setxattr(target, name, value)
+    try:
+        for name in have.keys() - want.keys():
+            os.removexattr(target, name)
+        for name, value in want.items():
+            if have.get(name) != value:
+                os.setxattr(target, name, value)
+    except OSError as exc:
+        mark(exc, XATTR, TARGET)
+        raise
 
 
 def apply_times(target: Target, st: os.stat_result) -> None:
-    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    try:
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    except OSError as exc:
+        mark(exc, TIMES, TARGET)
+        raise
 
 
 def apply_all(target: Target, st: os.stat_result, want: dict[str, bytes],

@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
 from fsclone.fs import dirs, meta, profile, steps
+from fsclone.fs.target import TargetDir, open_staging
 from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.schema import LINKS_PREFIX
 from fsclone.spec import PassSpec
@@ -45,7 +46,7 @@ class Context:
         self.unnamed = UnnamedFiles()
         #: when a target time counts as the source's (see fs.meta.TimeRule)
         self.times = self._time_rule()
-        self._staging_fd: int | None = None
+        self._staging: TargetDir | None = None
 
     def _time_rule(self) -> meta.TimeRule:
         """When a target time counts as the source's, from what the target keeps: probed on
@@ -68,17 +69,20 @@ class Context:
         walking into it would copy the copy without end. Ints compared, once per directory."""
         return st.st_dev == self.dst_dev and st.st_ino == self.dst_ino
 
-    def staging_fd(self) -> int:
+    def staging_dir(self) -> TargetDir:
         """The hard-link staging directory at the target root, made on first use."""
-        if self._staging_fd is None:
+        if self._staging is None:
             assert self.dst_root is not None
-            with suppress(FileExistsError):
-                os.mkdir(self.staging, 0o700, dir_fd=self.dst_root)
-            self._staging_fd = dirs.open_dir(self.staging, self.dst_root)
-        return self._staging_fd
+            self._staging = self.target_dir(open_staging(self.dst_root, self.staging))
+        return self._staging
+
+    def target_dir(self, fd: int, tag: str = "") -> TargetDir:
+        """The target directory ``fd`` as a TargetDir of this pass (``tag``: see there)."""
+        return TargetDir(fd, self.spec.id, self.unnamed, self.dst_dev, tag)
 
     def close(self) -> None:
-        for fd in (self.src_root, self.dst_root, self._staging_fd):
+        staging = self._staging.fd if self._staging is not None else None
+        for fd in (self.src_root, self.dst_root, staging):
             if fd is not None:
                 os.close(fd)
 
@@ -86,15 +90,23 @@ class Context:
     def open_dirs(self, relpath: str) -> Iterator[tuple[int, int | None]]:
         """Source and target directory fds for ``relpath``; the target is None only in a dry run
         when it does not exist yet."""
-        sfd = dirs.open_path(self.src_root, relpath)
+        try:
+            sfd = dirs.open_path(self.src_root, relpath)
+        except OSError as exc:
+            steps.mark(exc, steps.OPEN, steps.SOURCE)
+            raise
         dfd: int | None = None
         try:
             if self.dst_root is not None:
                 try:
                     dfd = dirs.open_path(self.dst_root, relpath)
-                except FileNotFoundError:
+                except FileNotFoundError as exc:
                     if not self.spec.dry_run:
+                        steps.mark(exc, steps.OPEN, steps.TARGET)
                         raise
+                except OSError as exc:
+                    steps.mark(exc, steps.OPEN, steps.TARGET)
+                    raise
             yield sfd, dfd
         finally:
             os.close(sfd)
