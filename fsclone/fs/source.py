@@ -104,22 +104,6 @@ class SourceDir:
         finally:
             os.close(src)
 
-    def fstat(self, fd: int) -> os.stat_result:
-        """fstat a file opened here (by :meth:`open_file`)."""
-        try:
-            return os.fstat(fd)
-        except OSError as exc:
-            mark(exc, STAT, SOURCE)
-            raise
-
-    def fd_xattrs(self, fd: int) -> Xattrs:
-        """The xattrs of a file opened here."""
-        try:
-            return meta.read_xattrs(fd)
-        except OSError as exc:
-            mark(exc, XATTR, SOURCE)
-            raise
-
 
 def _digest(fd: int, size: int, side: str) -> bytes:
     try:
@@ -131,7 +115,11 @@ def _digest(fd: int, size: int, side: str) -> bytes:
 
 def marked(values: list[Xattrs | OSError], side: str) -> list[Xattrs | OSError]:
     """``values`` (of meta.read_xattrs_of), each OSError in it marked as an xattr read."""
-    for value in values:
-        if isinstance(value, OSError):
-            mark(value, XATTR, side)
+    if not _ALL_READ.issuperset(map(type, values)):  # one C-level pass while none failed
+        for value in values:
+            if isinstance(value, OSError):
+                mark(value, XATTR, side)
     return values
+
+
+_ALL_READ = frozenset({dict})

@@ -28,6 +28,7 @@ from fsclone.fs.steps import (
     PUBLISH,
     READ,
     REMOVE,
+    SOURCE,
     STAT,
     TARGET,
     XATTR,
@@ -119,21 +120,22 @@ class TargetDir:
             return None
         try:
             written = self._fill(fd, src, name, st, fresh=True)
-            self._link_in(fd, name)
+            try:
+                self.unnamed.link(fd, self.fd, name)
+            except FileExistsError:  # the name appeared since the listing: replace it
+                self._link_over(fd, name)
+            except OSError as exc:
+                mark(exc, PUBLISH, TARGET)
+                raise
         finally:
             os.close(fd)
         return written
 
-    def _link_in(self, fd: int, name: str) -> None:
-        """Name the complete unnamed file ``fd``; a name that appeared since the listing is
-        replaced, through a temp name and rename."""
+    def _link_over(self, fd: int, name: str) -> None:
+        """Put the unnamed file ``fd`` in place of the entry ``name``."""
+        tmp = self.temp(name)
         try:
-            try:
-                self.unnamed.link(fd, self.fd, name)
-                return
-            except FileExistsError:
-                tmp = self.temp(name)
-                self.unnamed.link(fd, self.fd, tmp)
+            self.unnamed.link(fd, self.fd, tmp)
         except OSError as exc:
             mark(exc, PUBLISH, TARGET)
             raise
@@ -163,22 +165,40 @@ class TargetDir:
         ``meta.creation_mode(st)``); returns the bytes written. Raises SourceChanged when the
         source was replaced or written since ``st`` was taken: one fstat after the copy proves
         the fd is the listed file, unchanged, so none is needed before it."""
-        sfd = src.open_file(name)
+        try:
+            sfd = dirs.open_file(name, src.fd)  # not src.open_file: a call less a file
+        except OSError as exc:
+            mark(exc, OPEN, SOURCE)
+            raise
         try:
             written = data.copy_whole(sfd, fd, st.st_size, data.is_sparse(st),
                                       (st.st_dev, self.dev))
-            if changed(st, src.fstat(sfd)):
+            try:
+                after = os.fstat(sfd)
+            except OSError as exc:
+                mark(exc, STAT, SOURCE)
+                raise
+            if changed(st, after):
                 raise SourceChanged()
+            try:
+                want = meta.read_xattrs(sfd)
+            except OSError as exc:
+                mark(exc, XATTR, SOURCE)
+                raise
             # a new file got its owner and mode from the directory (setgid, grpid, umask): one
             # fstat tells which of chown and chmod are still needed; under a default ACL the
             # inherited ACL is replaced in full
             try:
                 have = meta.read_xattrs(fd) if self.inherits else {}
-                current = os.fstat(fd) if fresh and not self.inherits else None
             except OSError as exc:
                 mark(exc, XATTR, TARGET)
                 raise
-            meta.apply_all(fd, st, src.fd_xattrs(sfd), have, current=current)
+            try:
+                current = os.fstat(fd) if fresh and not self.inherits else None
+            except OSError as exc:
+                mark(exc, STAT, TARGET)
+                raise
+            meta.apply_all(fd, st, want, have, current=current)
         finally:
             os.close(sfd)
         return written

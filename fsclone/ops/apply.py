@@ -39,7 +39,7 @@ class Applier:
 
     def apply(self, action: Action) -> None:
         kind, name, st, dst = action
-        _APPLY[kind](self, name, st, dst)
+        _APPLY[kind](self, name, st, dst)  # a dict, not a method per call: built once
 
     def new_file(self, name: str, st: os.stat_result, dst: os.stat_result | None) -> None:
         """A file the target lacks: unnamed, where the filesystem has them, else a temp."""

@@ -121,6 +121,9 @@ class Outcome:
         self.ctx = ctx
         self.chunk = chunk
         self.result = Result(chunk=chunk)
+        #: whether actions are recorded (see :meth:`act`): a check that spares the hot path
+        #: the joining of paths nobody reads
+        self.shows = ctx.spec.dry_run or ctx.spec.verbose
 
     def count(self, key: str, n: int = 1) -> None:
         c = self.result.counters
@@ -139,7 +142,7 @@ class Outcome:
 
     def act(self, verb: str, path: str, detail: str = "") -> None:
         """Record what was (or, in a dry run, would be) done, when someone will read it."""
-        if self.ctx.spec.dry_run or self.ctx.spec.verbose:
+        if self.shows:
             self.result.actions.append(f"{verb} {printable(path)}{' ' + detail if detail else ''}")
 
     def child(self, op: str, relpath: str, **kw: object) -> Chunk:

@@ -85,7 +85,11 @@ class CopyChunk:
         self.out.count(C.SCANNED, len(entries))
         for name, st in entries:
             try:
-                self._entry_in_own_dir(name, st)
+                try:
+                    self.entry(name, st)
+                except PermissionError as exc:
+                    self._unlock(exc)
+                    self.entry(name, st)
             except SourceChanged:
                 self.out.count(C.CHANGED)
                 self.out.act("changed", self.out.path(name), "(during copy; next pass takes it)")
@@ -102,33 +106,35 @@ class CopyChunk:
             self.tgt.discard_leftovers(names)
         self.tgt.inherits = self.tgt.has_default_acl()
 
-    def _entry_in_own_dir(self, name: str, st: os.stat_result) -> None:
-        """One entry; a non-root pass refused a change in its own read-only target directory
-        makes it writable and tries again (the directory's metadata restores the mode)."""
-        try:
-            self.entry(name, st)
-        except PermissionError:
-            if self.unlocked or self.applier is None or not self.applier.tgt.make_writable():
-                raise
-            self.unlocked = True
-            self.entry(name, st)
+    def _unlock(self, refused: PermissionError) -> None:
+        """A non-root pass refused a change in its own read-only target directory makes it
+        writable, once, for the entry to be tried again (the directory's metadata restores
+        the mode); ``refused`` is raised when that cannot help."""
+        if self.unlocked or self.applier is None or not self.applier.tgt.make_writable():
+            raise refused
+        self.unlocked = True
 
     def entry(self, name: str, st: os.stat_result) -> None:
-        """Decide, then apply (or, in a dry run, rehearse)."""
+        """Decide, then carry out (the metadata of current entries is settled later)."""
         action = self.plan.decide(name, st)
         if action is None:
             return
-        kind = action[0]
-        if kind == SAME:
+        if action[0] == SAME:
             self.unsettled.append(action)
-        elif kind == DESCEND:
-            self.out.child(self.out.chunk.op, self.out.path(name), args={})
         else:
+            self.carry(action)
+
+    def carry(self, action: Action) -> None:
+        """Apply an action (or, in a dry run, rehearse it): shown first, when shown at all."""
+        if action[0] == DESCEND:
+            self.out.child(self.out.chunk.op, self.out.path(action[1]), args={})
+            return
+        if self.out.shows:
             show(self.out, action)
-            if self.applier is None:
-                rehearse(self.out, action)
-            else:
-                self.applier.apply(action)
+        if self.applier is None:
+            rehearse(self.out, action)
+        else:
+            self.applier.apply(action)
 
     def _settle(self) -> None:
         """Compare (and mend) the metadata of the entries whose data is current: all source
