@@ -2,7 +2,8 @@
 
 The source is read-only to fsclone: entries are looked up and opened relative to the
 directory's fd, never following a symlink, atimes untouched (fs/dirs.py). Every OSError that
-leaves here is marked with its step and SOURCE (fs/steps.py), so an item error says what failed.
+leaves here is marked with its step and SOURCE (fs/steps.py), so an item error says what failed
+(TARGET for the target half of a ``--checksum`` compare).
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 import os
 
 from fsclone.fs import data, dirs, meta
-from fsclone.fs.steps import COMPARE, LIST, OPEN, READ, SOURCE, STAT, TARGET, XATTR, mark
-
-Xattrs = dict[str, bytes]
+from fsclone.fs.side import DirSide, Xattrs
+from fsclone.fs.steps import COMPARE, LIST, OPEN, SOURCE, STAT, TARGET, XATTR, mark
 
 
 class SourceChanged(Exception):
@@ -26,13 +26,11 @@ def changed(before: os.stat_result, after: os.stat_result) -> bool:
         after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns)
 
 
-class SourceDir:
+class SourceDir(DirSide):
     """A source directory held by its fd (owned by the caller) for one chunk."""
 
-    __slots__ = ("fd",)
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    __slots__ = ()
+    SIDE = SOURCE
 
     def entries(self) -> list[tuple[str, os.stat_result]]:
         """Every entry with its lstat (a complete listing, or an error: see dirs.list_dir)."""
@@ -40,16 +38,6 @@ class SourceDir:
             return dirs.list_dir(self.fd)
         except OSError as exc:
             mark(exc, LIST, SOURCE)
-            raise
-
-    def lookup(self, name: str) -> os.stat_result | None:
-        """The entry's lstat, None when there is none."""
-        try:
-            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            mark(exc, STAT, SOURCE)
             raise
 
     def lstat(self, name: str) -> os.stat_result:
@@ -68,24 +56,12 @@ class SourceDir:
             mark(exc, OPEN, SOURCE)
             raise
 
-    def readlink(self, name: str) -> str:
-        try:
-            return os.readlink(name, dir_fd=self.fd)
-        except OSError as exc:
-            mark(exc, READ, SOURCE)
-            raise
-
     def xattrs(self, name: str) -> Xattrs:
         try:
             return meta.read_xattrs(name, self.fd)
         except OSError as exc:
             mark(exc, XATTR, SOURCE)
             raise
-
-    def xattrs_of(self, names: list[str]) -> list[Xattrs | OSError]:
-        """The xattrs of many names (meta.read_xattrs_of), each error marked, for the caller
-        to list."""
-        return marked(meta.read_xattrs_of(names, self.fd), SOURCE)
 
     def same_bytes(self, name: str, target_fd: int, size: int) -> bool:
         """Whether the file ``name`` holds the same ``size`` bytes here and in the target
@@ -111,15 +87,3 @@ def _digest(fd: int, size: int, side: str) -> bytes:
     except OSError as exc:
         mark(exc, COMPARE, side)
         raise
-
-
-def marked(values: list[Xattrs | OSError], side: str) -> list[Xattrs | OSError]:
-    """``values`` (of meta.read_xattrs_of), each OSError in it marked as an xattr read."""
-    if not _ALL_READ.issuperset(map(type, values)):  # one C-level pass while none failed
-        for value in values:
-            if isinstance(value, OSError):
-                mark(value, XATTR, side)
-    return values
-
-
-_ALL_READ = frozenset({dict})

@@ -18,7 +18,8 @@ import os
 import stat
 
 from fsclone.fs import data, dirs, meta
-from fsclone.fs.source import SourceChanged, SourceDir, Xattrs, changed, marked
+from fsclone.fs.side import DirSide, Xattrs
+from fsclone.fs.source import SourceChanged, SourceDir, changed
 from fsclone.fs.steps import (
     CREATE,
     DATA,
@@ -26,7 +27,6 @@ from fsclone.fs.steps import (
     MODE,
     OPEN,
     PUBLISH,
-    READ,
     REMOVE,
     SOURCE,
     STAT,
@@ -53,46 +53,27 @@ def open_staging(root_fd: int, name: str) -> int:
         raise
 
 
-class TargetDir:
+class TargetDir(DirSide):
     """A target directory held by its fd (owned by the caller) for one chunk. ``tag`` makes
     this run's temp names its own; ``inherits`` says whether new files get a default ACL
     (:meth:`has_default_acl`), which their metadata then replaces in full."""
 
-    __slots__ = ("dev", "fd", "inherits", "pass_id", "tag", "unnamed")
+    __slots__ = ("dev", "inherits", "pass_id", "tag", "unnamed")
+    SIDE = TARGET
 
     def __init__(self, fd: int, pass_id: str, unnamed: UnnamedFiles, dev: int,
                  tag: str = "") -> None:
-        self.fd, self.pass_id, self.unnamed, self.dev, self.tag = fd, pass_id, unnamed, dev, tag
+        super().__init__(fd)
+        self.pass_id, self.unnamed, self.dev, self.tag = pass_id, unnamed, dev, tag
         self.inherits = False
 
     # -- reads ----------------------------------------------------------------------------
-    def lookup(self, name: str) -> os.stat_result | None:
-        """The entry's lstat, None when there is none."""
-        try:
-            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            mark(exc, STAT, TARGET)
-            raise
-
     def names(self) -> list[str]:
         try:
             return dirs.list_names(self.fd)
         except OSError as exc:
             mark(exc, LIST, TARGET)
             raise
-
-    def readlink(self, name: str) -> str:
-        try:
-            return os.readlink(name, dir_fd=self.fd)
-        except OSError as exc:
-            mark(exc, READ, TARGET)
-            raise
-
-    def xattrs_of(self, names: list[str]) -> list[Xattrs | OSError]:
-        """The xattrs of many names (meta.read_xattrs_of), each error marked."""
-        return marked(meta.read_xattrs_of(names, self.fd), TARGET)
 
     def has_default_acl(self) -> bool:
         """Whether new entries here inherit a default ACL (unreadable: taken as none)."""
@@ -145,11 +126,7 @@ class TargetDir:
         """Copy data and metadata into a new temp file; returns its name and the bytes
         written. The temp is removed on any failure."""
         tmp = self.temp(name)
-        try:
-            fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=self.fd)
-        except OSError as exc:
-            mark(exc, CREATE, TARGET)
-            raise
+        fd = self._create(tmp)
         try:
             written = self._fill(fd, src, name, st)
         except BaseException:
@@ -166,7 +143,7 @@ class TargetDir:
         source was replaced or written since ``st`` was taken: one fstat after the copy proves
         the fd is the listed file, unchanged, so none is needed before it."""
         try:
-            sfd = dirs.open_file(name, src.fd)  # not src.open_file: a call less a file
+            sfd = dirs.open_file(name, src.fd)  # not src.open_file: one call fewer a file
         except OSError as exc:
             mark(exc, OPEN, SOURCE)
             raise
@@ -205,13 +182,9 @@ class TargetDir:
 
     def sized_temp(self, name: str, size: int, tag: str) -> str:
         """A new temp file of ``size`` bytes (all hole) for the byte ranges of a large file,
-        to be written by several workers (:meth:`open_temp`); returns its name."""
+        to be written by several workers (:meth:`copy_range`); returns its name."""
         tmp = temp_name(self.pass_id, name, tag)
-        try:
-            fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=self.fd)
-        except OSError as exc:
-            mark(exc, CREATE, TARGET)
-            raise
+        fd = self._create(tmp)
         try:
             os.ftruncate(fd, size)
         except OSError as exc:
@@ -222,7 +195,29 @@ class TargetDir:
             os.close(fd)
         return tmp
 
-    def open_temp(self, tmp: str) -> int:
+    def _create(self, tmp: str) -> int:
+        """A new, empty temp file, for writing; only its owner may open it by name."""
+        try:
+            return os.open(tmp, _NEW_FILE, 0o600, dir_fd=self.fd)
+        except OSError as exc:
+            mark(exc, CREATE, TARGET)
+            raise
+
+    def copy_range(self, src: SourceDir, name: str, tmp: str, start: int, end: int,
+                   sparse: bool) -> int:
+        """Copy bytes [start, end) of the source file ``name`` into the same bytes of the
+        temp file ``tmp`` (:meth:`sized_temp`); returns the bytes written."""
+        sfd = src.open_file(name)
+        try:
+            fd = self._open_temp(tmp)
+            try:
+                return data.copy_range(sfd, fd, start, end, sparse)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(sfd)
+
+    def _open_temp(self, tmp: str) -> int:
         """A temp file of ours, opened for writing."""
         try:
             return os.open(tmp, _TEMP_FILE, dir_fd=self.fd)
@@ -234,7 +229,7 @@ class TargetDir:
         """Give the complete temp file ``tmp`` the metadata of ``st`` (and xattrs ``want``),
         then rename it over ``name``; the temp is discarded on any failure."""
         try:
-            fd = self.open_temp(tmp)
+            fd = self._open_temp(tmp)
             try:
                 meta.apply_all(fd, st, want, meta.read_xattrs(fd))
             except OSError as exc:
@@ -280,7 +275,7 @@ class TargetDir:
     def _place(self, tmp: str, name: str, st: os.stat_result, want: Xattrs) -> None:
         """Metadata onto a new non-regular temp entry, then rename it into place."""
         try:
-            self._apply_at(tmp, st, want, {}, None)
+            self.mend(tmp, st, want, {}, None)
         except BaseException:
             self.discard(tmp)
             raise
@@ -293,13 +288,15 @@ class TargetDir:
         appeared since the listing makes the rename fail, and the temp is discarded."""
         try:
             os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except OSError as exc:
-            self.discard(tmp)
+        except BaseException as exc:
+            self._unpublished(tmp, exc)
+            raise
+
+    def _unpublished(self, tmp: str, exc: BaseException) -> None:
+        """``tmp`` could not be published (``exc``): it goes."""
+        self.discard(tmp)
+        if isinstance(exc, OSError):
             mark(exc, PUBLISH, TARGET)
-            raise
-        except BaseException:
-            self.discard(tmp)
-            raise
 
     def discard(self, tmp: str) -> None:
         """Remove a temp entry of ours, if it is there."""
@@ -329,12 +326,8 @@ class TargetDir:
         except FileExistsError:
             self.discard(tmp)
             return False
-        except OSError as exc:
-            self.discard(tmp)
-            mark(exc, PUBLISH, TARGET)
-            raise
-        except BaseException:
-            self.discard(tmp)
+        except BaseException as exc:
+            self._unpublished(tmp, exc)
             raise
         self.publish(tmp, name)
         return True
@@ -375,13 +368,10 @@ class TargetDir:
 
     # -- metadata -------------------------------------------------------------------------
     def mend(self, name: str, st: os.stat_result, want: Xattrs, have: Xattrs,
-             compared: os.stat_result) -> None:
+             compared: os.stat_result | None) -> None:
         """Make the metadata of the entry ``name`` those of ``st`` in place, in fs.meta's
-        fixed order, on the inode ``compared`` (its lstat) only: see meta.apply_at."""
-        self._apply_at(name, st, want, have, compared)
-
-    def _apply_at(self, name: str, st: os.stat_result, want: Xattrs, have: Xattrs,
-                  compared: os.stat_result | None) -> None:
+        fixed order, on the inode ``compared`` (its lstat; None: an entry just made here)
+        only: see meta.apply_at."""
         try:
             meta.apply_at(name, self.fd, st, want, have, compared)
         except OSError as exc:  # the steps of meta.apply_all are marked already

@@ -17,6 +17,7 @@ import stat
 from fsclone.chunk import Chunk, Result, new_id
 from fsclone.fs import meta
 from fsclone.fs.source import SourceChanged, SourceDir
+from fsclone.fs.target import TargetDir
 from fsclone.ops.apply import Applier
 from fsclone.ops.context import Context, Outcome
 from fsclone.ops.delete import plan_deletes
@@ -79,7 +80,7 @@ class CopyChunk:
         else:
             entries = [(n, st) for n in chunk.names if (st := self.src.lookup(n))]
         if self.applier is not None:
-            self._prepare_target({n for n, _ in entries} if chunk.names else None)
+            self._prepare_target(self.applier.tgt, {n for n, _ in entries} if chunk.names else None)
         if tgt is not None and self.plan.existing is None and chunk.args.get("new"):
             self.plan.existing = set(tgt.names())
         self.out.count(C.SCANNED, len(entries))
@@ -95,16 +96,16 @@ class CopyChunk:
                 self.out.act("changed", self.out.path(name), "(during copy; next pass takes it)")
             except OSError as exc:
                 self.out.fail(self.out.path(name), exc)
-        self._settle()
+        if tgt is not None:  # else nothing was found current
+            self._settle(tgt)
         self._finish()
 
-    def _prepare_target(self, names: set[str] | None) -> None:
+    def _prepare_target(self, tgt: TargetDir, names: set[str] | None) -> None:
         """Before the first change: a redone chunk's leftover temps go, and new files are
         told whether they inherit a default ACL."""
-        assert self.tgt is not None
         if self.out.chunk.redo:
-            self.tgt.discard_leftovers(names)
-        self.tgt.inherits = self.tgt.has_default_acl()
+            tgt.discard_leftovers(names)
+        tgt.inherits = tgt.has_default_acl()
 
     def _unlock(self, refused: PermissionError) -> None:
         """A non-root pass refused a change in its own read-only target directory makes it
@@ -136,15 +137,14 @@ class CopyChunk:
         else:
             self.applier.apply(action)
 
-    def _settle(self) -> None:
+    def _settle(self, tgt: TargetDir) -> None:
         """Compare (and mend) the metadata of the entries whose data is current: all source
         xattrs of the chunk are read in one go, then all target ones (see fs.meta)."""
         if not self.unsettled:
             return
-        assert self.tgt is not None  # entries were found there
         names = [name for _, name, _, _ in self.unsettled]
         wanted = self.src.xattrs_of(names)
-        present = self.tgt.xattrs_of(names)
+        present = tgt.xattrs_of(names)
         times = self.ctx.times
         same = 0
         for (_, name, st, dst), sx, dx in zip(self.unsettled, wanted, present, strict=True):

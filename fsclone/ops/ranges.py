@@ -72,15 +72,9 @@ def _copy_range(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     """Copy one byte range of a large file into its shared temp file. A source that changed is
     left to ``finalize``, which checks the identity once all ranges are done."""
     a = out.chunk.args
-    src = SourceDir(sfd).open_file(file_of(out.chunk))
-    try:
-        dst = ctx.target_dir(dfd).open_temp(a["tmp"])
-        try:
-            out.count(C.BYTES, data.copy_range(src, dst, a["start"], a["end"], a["sparse"]))
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
+    written = ctx.target_dir(dfd).copy_range(SourceDir(sfd), file_of(out.chunk), a["tmp"],
+                                             a["start"], a["end"], a["sparse"])
+    out.count(C.BYTES, written)
 
 
 # an error is the file's, not its directory's
