@@ -19,6 +19,10 @@ from pathlib import Path
 import pytest
 
 from faultfs import FaultFS
+from fsclone.chunk import Chunk, Result
+from fsclone.ops import copy
+from fsclone.ops.context import Context
+from fsclone.spec import PassSpec
 from tests.clirun import fsclone
 from tests.faultmount import faulty
 from tests.fstree import (
@@ -196,3 +200,33 @@ def test_a_failed_entry_of_a_split_directory_still_gets_the_directory_its_times(
         assert proc.returncode == 1, output(proc)
         assert "chunk failed" not in output(proc), output(proc)
         assert os.stat(dst / "many").st_mtime_ns == os.stat(src / "many").st_mtime_ns
+
+
+def copy_in_process(sc: Scene, relpath: str) -> Result:
+    """One copy chunk of ``relpath`` between the scene's roots, run in this process, where its
+    item errors can be looked at whole (with the step and side they failed at)."""
+    src, dst = sc.roots
+    ctx = Context(PassSpec(id="20260101-000000-copy-abcdef", op="copy", src=str(src),
+                           dst=str(dst), started=0.0))
+    try:
+        return copy.run_copy(ctx, Chunk(op="copy", path=relpath))
+    finally:
+        ctx.close()
+
+
+@pytest.mark.parametrize(("side", "op", "step"), [
+    ("src", "OPEN", ("open", "source")), ("src", "READ", ("read", "source")),
+    ("dst", "WRITE", ("data", "target")), ("dst", "SETXATTR", ("xattr", "target")),
+    ("dst", "RENAME", ("publish", "target"))])
+def test_an_item_error_names_the_step_and_the_side_that_failed(
+        tmp_path: Path, side: str, op: str, step: tuple[str, str]) -> None:
+    """A changed file is rewritten under a temp name and renamed over the old copy: whichever
+    step of that fails, on whichever side, its item error says so."""
+    with scene(tmp_path, side) as sc:
+        assert sc.run().returncode == 0
+        (sc.src / "victim/small").write_bytes(os.urandom(3001))
+        sc.fs.fail(op, "EIO", path="victim/*")
+        result = copy_in_process(sc, "victim")
+        assert [(e.path, e.errno, e.step, e.side) for e in result.errors] == [
+            ("victim/small", errno.EIO, *step)]
+        assert leftovers(sc.dst) == []
