@@ -22,6 +22,9 @@ from tests.fstree import assert_same_tree, leftovers
 from tests.midpass import Lease, held, many_files
 from tests.services import wait_for
 
+#: the fixture's (SRC, DST, state, pass id)
+Interrupted = tuple[Path, Path, Path, str]
+
 
 def _tree(root: Path, files: dict[str, str]) -> Path:
     for rel, text in files.items():
@@ -101,7 +104,7 @@ def interrupted_sync(tmp_path: Path) -> tuple[Path, Path, Path, str]:
     return src, dst, state, pass_id
 
 
-def test_a_resume_by_id_keeps_the_max_delete_guard(interrupted_sync) -> None:
+def test_a_resume_by_id_keeps_the_max_delete_guard(interrupted_sync: Interrupted) -> None:
     _, dst, state, pass_id = interrupted_sync
     resumed = _once_unlocked("pass", "resume", pass_id, state=state)
     assert resumed.returncode == 2, resumed.stderr
@@ -109,7 +112,7 @@ def test_a_resume_by_id_keeps_the_max_delete_guard(interrupted_sync) -> None:
     assert len(os.listdir(dst / "gone")) == 500
 
 
-def test_a_resume_by_id_keeps_the_sentinel_guard(interrupted_sync) -> None:
+def test_a_resume_by_id_keeps_the_sentinel_guard(interrupted_sync: Interrupted) -> None:
     src, dst, state, pass_id = interrupted_sync
     (src / ".mounted").unlink()
     resumed = _once_unlocked("pass", "resume", pass_id, state=state)
