@@ -1,0 +1,123 @@
+"""fs/ on its own: xattrs read by name from several threads at once, symlink-safe, and the
+steps and sides the errors leaving fs/ are marked with."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from fsclone.fs import dirs, meta, steps, threadcwd
+
+NAMES = [f"f{i:02d}" for i in range(40)]
+
+
+def _tree(root: Path, label: str) -> int:
+    """A directory whose entries all carry ``user.which = label``, open at the returned fd:
+    two such directories share their names and differ only in the values."""
+    root.mkdir()
+    for name in NAMES:
+        (root / name).touch()
+        os.setxattr(root / name, "user.which", label.encode())
+    return dirs.open_dir(str(root))
+
+
+def _in_threads(*bodies: Callable[[], None]) -> None:
+    """Run each body in a thread of its own (never the test's: its cwd stays where it is) and
+    re-raise the first failure."""
+    failures: list[BaseException] = []
+
+    def guarded(body: Callable[[], None]) -> None:
+        try:
+            body()
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(body,)) for body in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
+@contextmanager
+def _switching_often() -> Iterator[None]:
+    """Let the interpreter switch threads as often as it can, so a race shows in a few rounds."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+class _Refused:
+    """A libc whose unshare fails, as under a seccomp filter that forbids it."""
+
+    def unshare(self, flags: int) -> int:
+        return -1
+
+
+@pytest.fixture(params=["own cwd", "proc paths"])
+def naming(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways fs.threadcwd names entries: a cwd per thread, and, where unshare is refused,
+    ``/proc/self/fd`` paths."""
+    if request.param == "proc paths":
+        monkeypatch.setattr(threadcwd, "_libc", _Refused())
+    return str(request.param)
+
+
+def test_threads_reading_xattrs_by_name_each_get_their_own_directorys(
+        tmp_path: Path, naming: str) -> None:
+    fds = {label: _tree(tmp_path / label, label) for label in ("a", "b")}
+
+    def reader(label: str) -> Callable[[], None]:
+        want = {"user.which": label.encode()}
+
+        def body() -> None:
+            for _ in range(300):
+                got = meta.read_xattrs_of(NAMES, fds[label], side=steps.SOURCE)
+                assert got == [want] * len(NAMES), f"{label} read another directory's xattrs"
+                assert meta.read_xattrs(NAMES[0], fds[label], side=steps.TARGET) == want
+        return body
+
+    try:
+        with _switching_often():
+            _in_threads(reader("a"), reader("b"))
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def test_xattrs_by_name_are_a_symlinks_own_never_its_targets(tmp_path: Path, naming: str) -> None:
+    (tmp_path / "file").touch()
+    os.setxattr(tmp_path / "file", "user.secret", b"s")
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    got: list[object] = []
+    with dirs.opened(dirs.open_dir(str(tmp_path))) as fd:
+        _in_threads(lambda: got.extend([
+            meta.read_xattrs("link", fd, side=steps.SOURCE),
+            meta.read_xattrs_of(["link", "file"], fd, side=steps.SOURCE)]))
+    assert got == [{}, [{}, {"user.secret": b"s"}]]
+
+
+def test_an_xattr_read_that_fails_is_marked_with_its_side(tmp_path: Path, naming: str) -> None:
+    got: list[object] = []
+
+    def body() -> None:
+        with dirs.opened(dirs.open_dir(str(tmp_path))) as fd:
+            got.extend(meta.read_xattrs_of(["gone"], fd, side=steps.TARGET))
+            with pytest.raises(FileNotFoundError) as raised:
+                meta.read_xattrs("gone", fd, side=steps.SOURCE)
+            got.append(raised.value)
+
+    _in_threads(body)
+    assert [steps.step_of(exc) for exc in got if isinstance(exc, OSError)] == [
+        (steps.XATTR, steps.TARGET), (steps.XATTR, steps.SOURCE)]
