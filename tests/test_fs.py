@@ -3,6 +3,7 @@ steps and sides the errors leaving fs/ are marked with."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fsclone.fs import dirs, meta, steps, threadcwd
+from fsclone.fs import dirs, meta, remove, steps, threadcwd
 
 NAMES = [f"f{i:02d}" for i in range(40)]
 
@@ -121,3 +122,31 @@ def test_an_xattr_read_that_fails_is_marked_with_its_side(tmp_path: Path, naming
     _in_threads(body)
     assert [steps.step_of(exc) for exc in got if isinstance(exc, OSError)] == [
         (steps.XATTR, steps.TARGET), (steps.XATTR, steps.SOURCE)]
+
+
+def test_removal_errors_are_marked_as_a_remove_on_the_target(tmp_path: Path) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "sub").mkdir()
+    with dirs.opened(dirs.open_dir(str(tmp_path))) as fd:
+        with pytest.raises(FileNotFoundError) as unlinked:
+            remove.unlink("gone", fd)
+        with pytest.raises(OSError) as rmdired:
+            remove.rmdir("full", fd)
+        with pytest.raises(IsADirectoryError) as flat:
+            remove.remove_flat_tree(fd, "full")
+    assert rmdired.value.errno == errno.ENOTEMPTY
+    assert (tmp_path / "full" / "sub").is_dir()
+    for raised in (unlinked, rmdired, flat):
+        assert steps.step_of(raised.value) == (steps.REMOVE, steps.TARGET)
+
+
+def test_a_flat_tree_goes_and_a_symlink_in_it_leaves_its_target_alone(tmp_path: Path) -> None:
+    (tmp_path / "outside").write_text("kept")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "file").touch()
+    (flat / "link").symlink_to(tmp_path / "outside")
+    with dirs.opened(dirs.open_dir(str(tmp_path))) as fd:
+        assert remove.remove_flat_tree(fd, "flat") == 3
+    assert not flat.exists()
+    assert (tmp_path / "outside").read_text() == "kept"
