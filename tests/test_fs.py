@@ -150,3 +150,21 @@ def test_a_flat_tree_goes_and_a_symlink_in_it_leaves_its_target_alone(tmp_path: 
         assert remove.remove_flat_tree(fd, "flat") == 3
     assert not flat.exists()
     assert (tmp_path / "outside").read_text() == "kept"
+
+
+@pytest.mark.parametrize(("step", "apply"), [
+    pytest.param(steps.OWNER, lambda fd, st: meta.apply_owner(fd, st), marks=pytest.mark.skipif(
+        not meta.IS_ROOT, reason="only root chowns")),
+    (steps.MODE, lambda fd, st: meta.apply_mode(fd, st)),
+    (steps.XATTR, lambda fd, st: meta.apply_xattrs(fd, {"user.x": b"1"}, {})),
+    (steps.TIMES, lambda fd, st: meta.apply_times(fd, st)),
+])
+def test_a_metadata_change_that_fails_is_marked_with_its_step(
+        tmp_path: Path, step: str, apply: Callable[[int, os.stat_result], None]) -> None:
+    st = os.stat(tmp_path)
+    fd = os.open(tmp_path, os.O_RDONLY)
+    os.close(fd)  # a closed descriptor: every change to it fails, EBADF
+    with pytest.raises(OSError) as raised:
+        apply(fd, st)
+    assert raised.value.errno == errno.EBADF
+    assert steps.step_of(raised.value) == (step, steps.TARGET)
