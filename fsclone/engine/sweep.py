@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fsclone.chunk import Chunk
-from fsclone.fs import dirs
+from fsclone.fs import dirs, remove
 from fsclone.schema import staging_pass, temp_pass
 from fsclone.spec import PassSpec
 from fsclone.state import (
@@ -61,7 +61,7 @@ def remove_temps(dst: str, pass_id: str, chunks: Iterable[Chunk]) -> int:
                 for name in dirs.list_names(fd):
                     if temp_pass(name) == pass_id:
                         with contextlib.suppress(OSError):  # a directory is not one of ours
-                            os.unlink(name, dir_fd=fd)
+                            remove.unlink(name, fd)
                             removed += 1
     return removed
 
@@ -78,7 +78,7 @@ def remove_staging(state: Path, dst: str, keep: str) -> list[str]:
             if owner is None or owner == keep or resumable_by_id(state, owner):
                 continue
             try:
-                dirs.remove_tree_at(root, name)
+                remove.remove_flat_tree(root, name)
             except OSError:  # not flat, so not of our making after all: left alone
                 continue
             removed.append(owner)

@@ -18,7 +18,7 @@ import os
 import stat
 
 from fsclone.chunk import Chunk, Group, Result, new_id
-from fsclone.fs import data, dirs, meta
+from fsclone.fs import data, dirs, meta, steps
 from fsclone.ops.context import (
     Context,
     Outcome,
@@ -147,14 +147,14 @@ class DirCopier:
 
     def _settle(self) -> None:
         """Compare (and mend) the metadata of the entries whose data is current. xattr calls
-        take no dir_fd (see fs.meta), so all source xattrs are read from inside the source
+        take no dir_fd (see fs.threadcwd), so all source xattrs are read from inside the source
         directory, then all target ones: two chdirs per chunk, not two per file."""
         if not self.unsettled:
             return
         assert self.dfd is not None
         names = [name for name, _, _ in self.unsettled]
-        wanted = meta.read_xattrs_of(names, self.sfd)
-        present = meta.read_xattrs_of(names, self.dfd)
+        wanted = meta.read_xattrs_of(names, self.sfd, side=steps.SOURCE)
+        present = meta.read_xattrs_of(names, self.dfd, side=steps.TARGET)
         times = self.ctx.times
         same = 0
         for (name, st, dst), sx, dx in zip(self.unsettled, wanted, present, strict=True):
@@ -377,9 +377,9 @@ class DirCopier:
             # a new file got its owner and mode from the directory (setgid, grpid, umask): one
             # fstat tells which of chown and chmod are still needed; under a default ACL the
             # inherited ACL is replaced in full
-            have = meta.read_xattrs(dst) if self.inherits else {}
+            have = meta.read_xattrs(dst, side=steps.TARGET) if self.inherits else {}
             current = os.fstat(dst) if fresh and not self.inherits else None
-            meta.apply_all(dst, st, meta.read_xattrs(src), have, current=current)
+            meta.apply_all(dst, st, meta.read_xattrs(src, side=steps.SOURCE), have, current=current)
         finally:
             os.close(src)
         return written
@@ -517,7 +517,8 @@ class DirCopier:
         """Metadata onto a new non-regular temp entry, then rename it into place."""
         assert self.dfd is not None
         try:
-            meta.apply_at(tmp, self.dfd, st, meta.read_xattrs(name, self.sfd), {}, None)
+            meta.apply_at(tmp, self.dfd, st, meta.read_xattrs(name, self.sfd, side=steps.SOURCE),
+                          {}, None)
         except BaseException:
             discard(self.dfd, tmp)
             raise
@@ -557,7 +558,8 @@ def _finalize(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
             return
         fd = os.open(a["tmp"], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         try:
-            meta.apply_all(fd, st, meta.read_xattrs(name, sfd), meta.read_xattrs(fd))
+            meta.apply_all(fd, st, meta.read_xattrs(name, sfd, side=steps.SOURCE),
+                           meta.read_xattrs(fd, side=steps.TARGET))
         finally:
             os.close(fd)
         replace_entry(dfd, a["tmp"], name)
