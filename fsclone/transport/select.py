@@ -8,10 +8,9 @@ from fsclone.config import Config
 from fsclone.engine.pool import Service
 from fsclone.engine.worker import worker_name
 from fsclone.errors import UsageError
+from fsclone.options import TRANSPORTS
 from fsclone.transport.base import Transport
 from fsclone.transport.mpi import MpiJob, in_mpi_job
-
-TRANSPORTS = ("auto", "local", "amqp", "mpi")
 
 
 def choose(cfg: Config, env: Mapping[str, str]) -> str:
