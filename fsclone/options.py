@@ -45,7 +45,7 @@ class Option:
 
     name: str = ""
     default: Any = None
-    help: str = ""
+    help: str = ""  # the flag's
     #: its name in the site's config.py ("" for none), and how a value there (or in the
     #: environment, always a string) becomes the option's
     setting: str = ""

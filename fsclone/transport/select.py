@@ -1,4 +1,5 @@
-"""Which transport a pass uses: the one place that decides, so each transport adds one line."""
+"""Which transport a pass uses: the one place that decides, so each transport adds one line (and
+its name to fsclone.options.TRANSPORTS, the values of ``--transport``)."""
 
 from __future__ import annotations
 
