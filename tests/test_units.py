@@ -14,9 +14,10 @@ import pytest
 from fsclone.chunk import Chunk, Group, ItemError, Result, dumps, loads_chunk, loads_result
 from fsclone.config import load, read_site_file
 from fsclone.errors import ConfigError, MessageError, UsageError
-from fsclone.filters import Filters, parse_age
+from fsclone.filters import Filters
 from fsclone.fs import data, dirs
 from fsclone.fs.unnamed import UnnamedFiles
+from fsclone.options import parse_age
 from fsclone.spec import PassSpec
 from fsclone.state import DONE, PassStore, find_unfinished
 from tests.midpass import held

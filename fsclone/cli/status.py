@@ -20,6 +20,7 @@ from fsclone.cli import (
     WORKERS_OPTION,
     cli,
     decorate,
+    flag_option,
 )
 from fsclone.config import Config, load
 from fsclone.engine.coordinator import Hooks
@@ -114,7 +115,7 @@ def errors(pass_id: str, limit: int | None, config_file: str | None, state_dir: 
 @cli.command("scan")
 @click.argument("src", required=False)
 @WORKERS_OPTION
-@click.option("--restart", is_flag=True, help="Start anew instead of resuming.")
+@flag_option("restart")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the counts.")
 @_common
 def scan(src: str | None, workers: int | None, restart: bool, quiet: bool,

@@ -7,10 +7,11 @@ A scan has no target: its spec is a dry run with an empty DST, which the workers
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from fsclone.config import Config
 from fsclone.engine.coordinator import Coordinator, Hooks, Summary
-from fsclone.engine.launch import PassRequest, build_spec
+from fsclone.engine.launch import build_spec
 from fsclone.errors import UsageError
 from fsclone.spec import PassSpec
 from fsclone.state import PassStore, find_unfinished, open_state_dir
@@ -33,8 +34,7 @@ def run_scan(cfg: Config, src: str, hooks: Hooks, restart: bool = False,
         hooks.note(f"resuming scan {resume} (--restart starts anew)")
         store = PassStore(state / resume)
     else:
-        req = PassRequest(op="scan", src=root, dst="", dry_run=True)
-        store = PassStore.create(state, build_spec(cfg, req, root, ""))
+        store = PassStore.create(state, build_spec(replace(cfg, dry_run=True), "scan", root, ""))
     try:
         summary = Coordinator(store, transport or LocalTransport(cfg.workers), hooks).run()
         record_tree(state, store.spec, summary.status, summary.counters)
