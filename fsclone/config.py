@@ -14,8 +14,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from fsclone.ages import parse_age
 from fsclone.errors import ConfigError, FscloneError
-from fsclone.filters import parse_age
 
 
 def _default_state_dir() -> str:

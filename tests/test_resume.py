@@ -14,8 +14,11 @@ import pytest
 
 from fsclone.chunk import Chunk, ItemError, Result
 from fsclone.engine.coordinator import Coordinator
+from fsclone.lifecycle import UNFINISHED
 from fsclone.spec import PassSpec, as_flags, differences
-from fsclone.state import UNFINISHED, PassStore, pass_ids, read_chunks, read_record
+from fsclone.state.directory import pass_ids
+from fsclone.state.queries import read_chunks, read_record
+from fsclone.state.record import PassStore
 from fsclone.transport.base import Transport
 from tests.clirun import PathLike, fsclone, spawn
 from tests.fstree import assert_same_tree, leftovers

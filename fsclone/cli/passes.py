@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import click
 
+from fsclone.ages import parse_age
 from fsclone.cli import (
     CONFIG_OPTION,
     EXIT_CHANGED,
@@ -22,15 +23,14 @@ from fsclone.cli import (
     cli,
     decorate,
 )
+from fsclone.cli.display.console import Console
 from fsclone.config import Config, load
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.launch import PassRequest, resumable, run_pass
 from fsclone.engine.retry import retry_roots
-from fsclone.filters import parse_age
 from fsclone.manifest import ManifestWriter, check_location
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
-from fsclone.stats.progress import Console
 from fsclone.stats.reporter import reporter_for
 from fsclone.transport import select
 from fsclone.transport.base import Transport
