@@ -13,6 +13,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from fsclone.fs import steps
 from fsclone.fs.lease import LEASE_XATTR
 from fsclone.fs.lustre.xattrs import is_internal
 
@@ -116,11 +117,15 @@ def apply_mode(target: Target, st: os.stat_result, current: os.stat_result | Non
 
 def apply_xattrs(target: Target, want: dict[str, bytes], have: dict[str, bytes]) -> None:
     """Make the target's xattrs equal ``want``, touching only those that differ."""
-    for name in have.keys() - want.keys():
-        os.removexattr(target, name)
-    for name, value in want.items():
-        if have.get(name) != value:
-            os.setxattr(target, name, value)
+    try:
+        for name in have.keys() - want.keys():
+            os.removexattr(target, name)
+        for name, value in want.items():
+            if have.get(name) != value:
+                os.setxattr(target, name, value)
+    except OSError as exc:
+        steps.mark(exc, steps.XATTR, steps.TARGET)
+        raise
 
 
 def apply_times(target: Target, st: os.stat_result) -> None:
