@@ -18,14 +18,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import click
 
-from fsclone.errors import UsageError
+from fsclone.ages import parse_age
 
 #: the pass commands (``fsclone pass OP``), and those with ``pass resume``: the commands that
 #: run a pass
@@ -80,24 +79,6 @@ def option(default: Any, **declaration: Any) -> Any:
 
 
 # -- parsers of values: from config.py, the environment or a flag ------------------------------
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_age(text: str | int | None) -> int | None:
-    """'90d', '12h', '30m', '45s', '2w' or plain seconds; 0 means no filter (and, given as a
-    flag, overrides the config's setting), None means not set."""
-    if text is None:
-        return None
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise UsageError(f"bad age {text}: an age is not negative")
-        return text
-    m = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", str(text))
-    if not m:
-        raise UsageError(f"bad age {text!r}: use seconds or a number with s, m, h, d or w")
-    return int(m.group(1)) * _UNITS[m.group(2) or "s"]
-
 
 def _age(v: Any) -> int | None:
     return parse_age(v if isinstance(v, int) else str(v))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from faultfs import FaultFS
-from tests.clirun import fsclone
+from tests.clirun import fsclone, fsclone_json
 from tests.faultmount import faulty
 from tests.fstree import (
     assert_nothing_wrong_under_final_names,
@@ -124,6 +125,24 @@ def test_eio_in_a_small_files_data_or_xattrs(tmp_path: Path, side: str, op: str)
         proc = sc.faulted(op, "EIO", path="victim/*")
         assert (sc.dst / "ok/b").read_bytes() == (sc.src / "ok/b").read_bytes()
         sc.assert_failed(proc, "victim/small", errno.EIO)
+        sc.assert_converges()
+
+
+def test_an_item_error_names_its_step_and_side_in_errors_and_json(tmp_path: Path) -> None:
+    """An xattr the target refuses is listed, by the pass summary and by ``fsclone errors``
+    (lines and --json) from the pass record, as the target's xattr step."""
+    with scene(tmp_path, "dst") as sc:
+        sc.fs.fail("SETXATTR", "EIO", path="victim/*")
+        rc, out = fsclone_json("pass", "copy", *sc.roots, state=sc.state, **SETTINGS)
+        assert rc == 1, out
+        want = {"path": "victim/small", "op": "copy", "errno": errno.EIO,
+                "message": os.strerror(errno.EIO), "step": "xattr", "side": "target"}
+        assert out["errors"] == [want]
+        listed = fsclone("errors", out["pass"], "--json", state=sc.state)
+        assert json.loads(listed.stdout) == [want]
+        text = fsclone("errors", out["pass"], state=sc.state).stdout.decode()
+        assert text == (f"target xattr\tvictim/small\tcopy\tEIO ({errno.EIO})\t"
+                        f"{os.strerror(errno.EIO)}\n")
         sc.assert_converges()
 
 

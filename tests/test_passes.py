@@ -198,7 +198,7 @@ def test_nothing_deleted_below_a_source_directory_that_cannot_be_listed(
 
 
 def test_second_pass_on_the_same_target_is_refused(tmp_path: Path) -> None:
-    from fsclone.state import TargetLock
+    from fsclone.state.lock import TargetLock
 
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     tree(src, {"a": "a"})

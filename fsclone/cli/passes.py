@@ -22,6 +22,7 @@ from fsclone.cli import (
     flag_options,
     given,
 )
+from fsclone.cli.display.console import Console
 from fsclone.config import Config, load
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.launch import PassRequest, resumable, run_pass
@@ -30,7 +31,6 @@ from fsclone.manifest import ManifestWriter, check_location
 from fsclone.options import PASSES, Option, pass_options
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
-from fsclone.stats.progress import Console
 from fsclone.stats.reporter import reporter_for
 from fsclone.transport import select
 from fsclone.transport.base import Transport

@@ -10,26 +10,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fsclone.config import Config
-from fsclone.engine.coordinator import Coordinator, Hooks, Summary
+from fsclone.engine.coordinator import Coordinator, Hooks
 from fsclone.engine.layout import source_layout
 from fsclone.engine.retry import retry_seed
 from fsclone.engine.roots import check_delete_guards, check_roots
 from fsclone.engine.sweep import WRITERS, remove_staging, supersede
 from fsclone.errors import UsageError
 from fsclone.fs.lease import TargetLease
+from fsclone.lifecycle import UNFINISHED, Summary
 from fsclone.options import pass_options
 from fsclone.spec import PassSpec, as_flags, differences
-from fsclone.state import (
-    UNFINISHED,
-    PassStore,
-    TargetLock,
-    find_unfinished,
-    new_pass_id,
-    open_state_dir,
-    pass_dir,
-    read_record,
-)
-from fsclone.stats.trees import record_tree
+from fsclone.state.directory import new_pass_id, open_state_dir, pass_dir
+from fsclone.state.lock import TargetLock
+from fsclone.state.queries import find_unfinished, read_record
+from fsclone.state.record import PassStore
+from fsclone.state.trees import record_tree
 from fsclone.transport.base import Transport
 from fsclone.transport.local import LocalTransport
 

@@ -10,12 +10,15 @@ import os
 from dataclasses import replace
 
 from fsclone.config import Config
-from fsclone.engine.coordinator import Coordinator, Hooks, Summary
+from fsclone.engine.coordinator import Coordinator, Hooks
 from fsclone.engine.launch import build_spec
 from fsclone.errors import UsageError
+from fsclone.lifecycle import Summary
 from fsclone.spec import PassSpec
-from fsclone.state import PassStore, find_unfinished, open_state_dir
-from fsclone.stats.trees import record_tree
+from fsclone.state.directory import open_state_dir
+from fsclone.state.queries import find_unfinished
+from fsclone.state.record import PassStore
+from fsclone.state.trees import record_tree
 from fsclone.transport.base import Transport
 from fsclone.transport.local import LocalTransport
 

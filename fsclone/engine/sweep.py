@@ -17,15 +17,11 @@ from pathlib import Path
 
 from fsclone.chunk import Chunk
 from fsclone.fs import dirs, remove
+from fsclone.lifecycle import SUPERSEDED
 from fsclone.schema import staging_pass, temp_pass
 from fsclone.spec import PassSpec
-from fsclone.state import (
-    SUPERSEDED,
-    mark,
-    read_chunks,
-    resumable_by_id,
-    unfinished_on,
-)
+from fsclone.state.queries import read_chunks, resumable_by_id, unfinished_on
+from fsclone.state.record import mark
 
 #: the passes that leave temp files and staging directories in a target
 WRITERS = ("copy", "sync")

@@ -23,10 +23,11 @@ import xxhash
 
 from fsclone.chunk import ItemError
 from fsclone.fs import data, dirs, meta, steps
-from fsclone.ops.context import Context, Outcome, file_of, file_path, on_both_dirs, printable
+from fsclone.ops.context import Context, Outcome, file_of, file_path, on_both_dirs
 from fsclone.ops.mountguard import other_filesystem
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
+from fsclone.text import printable
 
 Xattrs = dict[str, bytes]
 _KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink",
