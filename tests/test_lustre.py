@@ -9,7 +9,9 @@ import errno
 import os
 import platform
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,7 +90,7 @@ PFL = comp([
 
 # -- decode, sanitize, encode -----------------------------------------------------------------
 
-def test_v1_decodes_every_field_and_round_trips():
+def test_v1_decodes_every_field_and_round_trips() -> None:
     layout = lov.decode(PLAIN_V1)
     assert layout == Plain(V1, RAID0, MiB, 2, 7, "", 0x1234, 0x200000401, (
         Stripe(0x41, 0x100000000, 0, 3), Stripe(0x42, 0x100010000, 0, 4)))
@@ -98,7 +100,7 @@ def test_v1_decodes_every_field_and_round_trips():
     assert lov.encode(clean) == v1(RAID0, MiB, 2, 0xFFFF, oi=(0, 0))
 
 
-def test_v3_pool_is_decoded_kept_mapped_or_dropped():
+def test_v3_pool_is_decoded_kept_mapped_or_dropped() -> None:
     layout = lov.decode(POOLED_V3)
     assert layout == Plain(V3, RAID0, 4 * MiB, 1, 7, "flash", 0x1234, 0x200000401,
                            (Stripe(0x51, 0x100020000, 1, 5),))
@@ -119,7 +121,7 @@ def test_v3_pool_is_decoded_kept_mapped_or_dropped():
     assert dropped == v3(RAID0, 4 * MiB, 1, 0xFFFF, b"", oi=(0, 0))
 
 
-def test_specific_becomes_plain_v3_without_its_ost_list():
+def test_specific_becomes_plain_v3_without_its_ost_list() -> None:
     layout = lov.decode(SPECIFIC_OSTS)
     assert isinstance(layout, Plain) and layout.magic == SPECIFIC
     assert [o.ost_index for o in layout.objects] == [3, 5, 7]
@@ -127,7 +129,7 @@ def test_specific_becomes_plain_v3_without_its_ost_list():
     assert lov.encode(lov.sanitize(layout)) == v3(RAID0, MiB, 3, 0xFFFF, b"flash", oi=(0, 0))
 
 
-def test_composite_with_dom_and_pooled_v3_components_round_trips():
+def test_composite_with_dom_and_pooled_v3_components_round_trips() -> None:
     layout = lov.decode(PFL)
     assert isinstance(layout, Composite)
     assert (layout.flags, layout.mirror_count, layout.layout_gen) == (2, 0, 9)
@@ -153,7 +155,7 @@ def test_composite_with_dom_and_pooled_v3_components_round_trips():
     assert lov.decode(clean) == lov.sanitize(layout, {"archive": "cold"})
 
 
-def test_sanitize_keeps_requested_component_flags_and_mirror_ids():
+def test_sanitize_keeps_requested_component_flags_and_mirror_ids() -> None:
     mirrored = comp([((1 << 16) | 1, INIT | PREF_RD, 0, EOF, v1(RAID0, MiB, 1, 4)),
                      ((2 << 16) | 2, STALE, 0, EOF, v1(RAID0, MiB, 1, 4))], mirrors=1, flags=3)
     clean = lov.sanitize(lov.decode(mirrored))
@@ -163,7 +165,7 @@ def test_sanitize_keeps_requested_component_flags_and_mirror_ids():
     assert lov.kind(clean) == "flr"
 
 
-def test_released_files_are_detected_and_sanitize_clears_the_flag():
+def test_released_files_are_detected_and_sanitize_clears_the_flag() -> None:
     released = v1(RAID0 | RELEASED, MiB, 2, 0)  # released: no objects left
     assert lov.is_released(released)
     assert not lov.is_released(PLAIN_V1)
@@ -176,7 +178,7 @@ def test_released_files_are_detected_and_sanitize_clears_the_flag():
     assert sanitized.components[0].layout.pattern == RAID0
 
 
-def test_foreign_layouts_are_kept_opaque_and_never_reused():
+def test_foreign_layouts_are_kept_opaque_and_never_reused() -> None:
     blob = struct.pack("=IIII", FOREIGN, 5, 0xDA05, 7) + b"daos:"
     layout = lov.decode(blob)
     assert layout == Foreign(0xDA05, 7, b"daos:")
@@ -187,7 +189,7 @@ def test_foreign_layouts_are_kept_opaque_and_never_reused():
         lov.sanitize(layout)
 
 
-def test_kinds_name_what_an_older_server_may_refuse():
+def test_kinds_name_what_an_older_server_may_refuse() -> None:
     assert [lov.kind(lov.decode(b)) for b in (PLAIN_V1, POOLED_V3, PFL)] == ["plain", "pool",
                                                                              "dom"]
     assert lov.kind(lov.decode(comp([(1, 0, 0, EOF, v1(RAID0, MiB, 1, 0))]))) == "pfl"
@@ -212,7 +214,7 @@ def test_kinds_name_what_an_older_server_may_refuse():
     (comp([(1, 0, 0, EOF, v1(RAID0, MiB, 1, 0) + b"\0")]), "component 0"),
     (struct.pack("=IIII", FOREIGN, 9, 0, 0) + b"daos:", "foreign"),
 ])
-def test_garbled_layouts_raise_the_typed_error(blob, message):
+def test_garbled_layouts_raise_the_typed_error(blob: bytes, message: str) -> None:
     with pytest.raises(LayoutError, match=message) as caught:
         lov.decode(blob)
     assert isinstance(caught.value, FscloneError)
@@ -221,13 +223,13 @@ def test_garbled_layouts_raise_the_typed_error(blob, message):
 
 
 @pytest.mark.parametrize("blob", [PFL, struct.pack("=IIII", FOREIGN, 5, 0, 0) + b"daos:"])
-def test_every_truncation_of_a_sized_layout_is_refused(blob):
+def test_every_truncation_of_a_sized_layout_is_refused(blob: bytes) -> None:
     for end in range(len(blob)):
         with pytest.raises(LayoutError):
             lov.decode(blob[:end])
 
 
-def test_plain_truncations_are_refused_except_at_whole_objects():
+def test_plain_truncations_are_refused_except_at_whole_objects() -> None:
     for end in range(len(PLAIN_V1)):
         if end in (32, 56):  # the header alone, or with one object: valid v1 layouts
             plain = lov.decode(PLAIN_V1[:end])
@@ -238,7 +240,7 @@ def test_plain_truncations_are_refused_except_at_whole_objects():
                 lov.decode(PLAIN_V1[:end])
 
 
-def test_encode_refuses_what_lustre_cannot_hold():
+def test_encode_refuses_what_lustre_cannot_hold() -> None:
     with pytest.raises(LayoutError, match="15 bytes"):
         lov.encode(Plain(V3, RAID0, MiB, 1, pool="a-very-long-poolname"))
     with pytest.raises(LayoutError, match="no pool"):
@@ -256,7 +258,7 @@ def test_encode_refuses_what_lustre_cannot_hold():
     "trusted.som", "trusted.hsm", "trusted.lmv", "trusted.dmv", "trusted.lfsck_namespace",
     "trusted.lfsck_bitmap", "lustre.lov", "lustre.lov.add", "lustre.anything",
 ])
-def test_lustre_internal_xattrs_are_never_copied(name):
+def test_lustre_internal_xattrs_are_never_copied(name: str) -> None:
     assert is_internal(name)
 
 
@@ -265,7 +267,7 @@ def test_lustre_internal_xattrs_are_never_copied(name):
     "trusted.md5", "security.selinux", "security.capability", "system.posix_acl_access",
     "system.posix_acl_default", "user.comment", "lustre", "trusted.",
 ])
-def test_other_xattrs_are_copied(name):
+def test_other_xattrs_are_copied(name: str) -> None:
     assert not is_internal(name)
 
 
@@ -274,26 +276,27 @@ def test_other_xattrs_are_copied(name):
 class RecordingOS:
     """Records the create path's calls; setxattr answers ``refuse(value)`` with an errno."""
 
-    def __init__(self, refuse=lambda value: None):
-        self.calls: list[tuple] = []
+    def __init__(self, refuse: Callable[[bytes], int | None] = lambda value: None) -> None:
+        self.calls: list[tuple[Any, ...]] = []
         self.refuse = refuse
         self.next_fd = 10
 
-    def open(self, path, flags, mode=0o777, *, dir_fd=None):
+    def open(self, path: str, flags: int, mode: int = 0o777, *,
+             dir_fd: int | None = None) -> int:
         self.next_fd += 1
         self.calls.append(("open", path, flags, mode, dir_fd, self.next_fd))
         return self.next_fd
 
-    def setxattr(self, path, attribute, value, flags=0):
+    def setxattr(self, path: str | int, attribute: str, value: bytes, flags: int = 0) -> None:
         self.calls.append(("setxattr", path, attribute, value))
         err = self.refuse(value)
         if err:
             raise OSError(err, os.strerror(err))
 
-    def close(self, fd):
+    def close(self, fd: int) -> None:
         self.calls.append(("close", fd))
 
-    def unlink(self, path, *, dir_fd=None):
+    def unlink(self, path: str, *, dir_fd: int | None = None) -> None:
         self.calls.append(("unlink", path, dir_fd))
 
 
@@ -302,7 +305,7 @@ def refuse_composites(value: bytes) -> int | None:
     return errno.EINVAL if value[:4] == struct.pack("=I", COMP) else None
 
 
-def test_delay_create_flag_is_the_documented_bits():
+def test_delay_create_flag_is_the_documented_bits() -> None:
     assert O_LOV_DELAY_CREATE == os.O_NOCTTY | os.O_ASYNC
     if platform.machine() == "x86_64":
         assert O_LOV_DELAY_CREATE == 0o20400
@@ -310,7 +313,7 @@ def test_delay_create_flag_is_the_documented_bits():
         assert NEW_FILE & bit
 
 
-def test_layout_is_set_on_the_delayed_open_before_the_caller_gets_the_fd():
+def test_layout_is_set_on_the_delayed_open_before_the_caller_gets_the_fd() -> None:
     rec = RecordingOS()
     create = LustreCreate({"flash": "ssd"}, osapi=rec)
     fd = create.create(5, ".tmp.a", 0o600, POOLED_V3)
@@ -322,13 +325,13 @@ def test_layout_is_set_on_the_delayed_open_before_the_caller_gets_the_fd():
     assert not create.fallbacks and create.report() == []
 
 
-def test_no_source_layout_is_a_plain_create():
+def test_no_source_layout_is_a_plain_create() -> None:
     rec = RecordingOS()
     assert LustreCreate(osapi=rec).create(5, ".tmp.a", 0o600, None) == 11
     assert rec.calls == [("open", ".tmp.a", NEW_FILE, 0o600, 5, 11)]
 
 
-def test_a_refused_kind_falls_back_once_and_is_counted_per_file():
+def test_a_refused_kind_falls_back_once_and_is_counted_per_file() -> None:
     rec = RecordingOS(refuse_composites)
     create = LustreCreate(osapi=rec)
     first = create.create(5, ".tmp.1", 0o600, PFL)
@@ -350,7 +353,7 @@ def test_a_refused_kind_falls_back_once_and_is_counted_per_file():
     assert create.report() == ["2 kept the target's default layout (dom: EINVAL from the target)"]
 
 
-def test_a_target_without_layouts_is_learnt_at_the_first_refusal():
+def test_a_target_without_layouts_is_learnt_at_the_first_refusal() -> None:
     rec = RecordingOS(lambda value: errno.EOPNOTSUPP)
     create = LustreCreate(osapi=rec)
     for name in (".tmp.1", ".tmp.2", ".tmp.3"):
@@ -361,7 +364,7 @@ def test_a_target_without_layouts_is_learnt_at_the_first_refusal():
     assert create.reasons == {"pool": f"{name} from the target", "plain": f"{name} from the target"}
 
 
-def test_another_setxattr_error_removes_the_new_file_and_is_raised():
+def test_another_setxattr_error_removes_the_new_file_and_is_raised() -> None:
     rec = RecordingOS(lambda value: errno.ENOSPC)
     create = LustreCreate(osapi=rec)
     with pytest.raises(OSError) as caught:
@@ -375,7 +378,7 @@ def test_another_setxattr_error_removes_the_new_file_and_is_raised():
     (struct.pack("=IIII", FOREIGN, 5, 0xDA05, 0) + b"daos:", "foreign"),
     (PLAIN_V1[:40], "unreadable"),
 ])
-def test_layouts_that_cannot_be_reused_leave_the_target_default(blob, lkind):
+def test_layouts_that_cannot_be_reused_leave_the_target_default(blob: bytes, lkind: str) -> None:
     rec = RecordingOS()
     create = LustreCreate(osapi=rec)
     create.create(5, ".tmp.1", 0o600, blob)
@@ -383,7 +386,7 @@ def test_layouts_that_cannot_be_reused_leave_the_target_default(blob, lkind):
     assert create.fallbacks == {lkind: 1}
 
 
-def test_the_real_calls_off_lustre_fall_back_and_the_file_takes_data():
+def test_the_real_calls_off_lustre_fall_back_and_the_file_takes_data() -> None:
     """tmpfs has no ``lustre.`` namespace (EOPNOTSUPP): the fallback path with the real os."""
     if _kind_at("/dev/shm") != "tmpfs":
         pytest.skip("no tmpfs on /dev/shm")
@@ -408,7 +411,7 @@ def test_the_real_calls_off_lustre_fall_back_and_the_file_takes_data():
         work.rmdir()
 
 
-def test_directory_defaults_are_refused_by_kind_like_files():
+def test_directory_defaults_are_refused_by_kind_like_files() -> None:
     rec = RecordingOS(refuse_composites)
     create = LustreCreate(osapi=rec)
     create.set_dir_default(7, lov.encode(lov.sanitize(lov.decode(PFL))))
@@ -425,7 +428,7 @@ ROOT_DEFAULT = v3(RAID0, MiB, 1, 0xFFFF, b"flash", oi=(0, 0))
 WIDE = v1(RAID0, 4 * MiB, 8, 0xFFFF, oi=(0, 0))
 
 
-def test_a_directory_showing_its_parents_default_has_none_of_its_own():
+def test_a_directory_showing_its_parents_default_has_none_of_its_own() -> None:
     assert own_default(ROOT_DEFAULT, ROOT_DEFAULT) is None
     assert own_default(None, ROOT_DEFAULT) is None
     assert own_default(WIDE, ROOT_DEFAULT) == WIDE
@@ -434,7 +437,7 @@ def test_a_directory_showing_its_parents_default_has_none_of_its_own():
     assert own_default(v1(RAID0, 4 * MiB, 8, 3), WIDE) is None
 
 
-def test_dir_default_change_sets_removes_or_leaves():
+def test_dir_default_change_sets_removes_or_leaves() -> None:
     assert dir_default_change(None, None) is None
     assert dir_default_change(None, WIDE) == b""  # the target's own goes
     assert dir_default_change(v1(RAID0, 4 * MiB, 8, 5), None) == WIDE
@@ -449,7 +452,7 @@ def test_dir_default_change_sets_removes_or_leaves():
 
 # -- filesystem kinds from statfs -------------------------------------------------------------
 
-def test_statfs_magics_name_their_filesystems():
+def test_statfs_magics_name_their_filesystems() -> None:
     assert {m: fstype.kind_of(m) for m in fstype.KINDS} == {
         0x0BD00BD0: "lustre", 0x47504653: "gpfs", 0x6969: "nfs", 0x58465342: "xfs",
         0xEF53: "ext4", 0x9123683E: "btrfs", 0x01021994: "tmpfs"}
@@ -465,7 +468,7 @@ def _kind_at(path: str | Path) -> str:
         os.close(fd)
 
 
-def test_statfs_kinds_of_this_machines_mounts():
+def test_statfs_kinds_of_this_machines_mounts() -> None:
     assert _kind_at("/dev/shm") == "tmpfs"
     assert _kind_at("/proc") == "other"
     with pytest.raises(OSError) as caught:
@@ -474,7 +477,7 @@ def test_statfs_kinds_of_this_machines_mounts():
 
 
 @pytest.mark.parametrize("kind", ["xfs", "btrfs", "ext4"])
-def test_statfs_kinds_of_loop_mounts(tmp_path, kind):
+def test_statfs_kinds_of_loop_mounts(tmp_path: Path, kind: str) -> None:
     size = 300 if kind == "xfs" else 128
     with loop_fs(tmp_path / kind, kind, size_mb=size) as mnt:
         assert _kind_at(mnt) == kind

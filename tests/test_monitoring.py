@@ -88,7 +88,8 @@ def copied_with_sinks(tmp_path_factory: pytest.TempPathFactory, memcached_server
     return summary
 
 
-def test_memcached_totals_equal_the_pass_summary(copied_with_sinks, memcached_server,
+def test_memcached_totals_equal_the_pass_summary(copied_with_sinks: dict[str, Any],
+                                                 memcached_server: MemcachedServer,
                                                  tmp_path: Path) -> None:
     summary = copied_with_sinks
     pass_id = summary["pass"]
@@ -109,7 +110,7 @@ def test_memcached_totals_equal_the_pass_summary(copied_with_sinks, memcached_se
     assert {w["worker"] for w in view["workers"]} == set(total["workers"])
 
 
-def test_carbon_stores_every_metric_the_dashboard_queries(copied_with_sinks,
+def test_carbon_stores_every_metric_the_dashboard_queries(copied_with_sinks: dict[str, Any],
                                                            carbon_server: CarbonServer) -> None:
     summary = copied_with_sinks
     pass_id = summary["pass"]
@@ -171,7 +172,7 @@ def test_a_pass_outlives_its_stats_services(tmp_path: Path, memcached_server: Me
     assert total["counters"] == summary["counters"]
 
 
-def test_concurrent_coordinators_all_get_into_the_index(memcached_server) -> None:
+def test_concurrent_coordinators_all_get_into_the_index(memcached_server: MemcachedServer) -> None:
     address = (memcached_server.host, memcached_server.port)
     ids = [f"20260101-000000-copy-race{i:02d}" for i in range(8)]
 

@@ -12,6 +12,9 @@ import pytest
 from tests.clirun import fsclone, fsclone_json
 from tests.fstree import assert_rsync_clean, assert_same_tree, build_hostile_tree, snapshot
 
+#: the fixture's (SRC, DST, state)
+Copied = tuple[Path, Path, Path]
+
 
 def tree(root: Path, files: dict[str, str]) -> Path:
     for rel, text in files.items():
@@ -31,7 +34,7 @@ def copied(tmp_path: Path) -> tuple[Path, Path, Path]:
     return src, dst, state
 
 
-def test_delete_removes_only_what_vanished_and_restores_parent_times(copied) -> None:
+def test_delete_removes_only_what_vanished_and_restores_parent_times(copied: Copied) -> None:
     src, dst, state = copied
     shutil.rmtree(src / "extra/sub")
     os.unlink(src / "files/small")
@@ -42,7 +45,7 @@ def test_delete_removes_only_what_vanished_and_restores_parent_times(copied) -> 
     assert_rsync_clean(src, dst)
 
 
-def test_sync_copies_and_deletes_in_one_walk(copied) -> None:
+def test_sync_copies_and_deletes_in_one_walk(copied: Copied) -> None:
     src, dst, state = copied
     shutil.rmtree(src / "extra")
     tree(src, {"new/dir/file": "n"})
@@ -55,7 +58,7 @@ def test_sync_copies_and_deletes_in_one_walk(copied) -> None:
     assert_rsync_clean(src, dst)
 
 
-def test_mtime_pass_restores_directory_times(copied) -> None:
+def test_mtime_pass_restores_directory_times(copied: Copied) -> None:
     src, dst, state = copied
     (dst / "extra/sub/user-wrote-here").write_text("moves the mtime")
     os.unlink(dst / "extra/sub/user-wrote-here")
@@ -66,7 +69,7 @@ def test_mtime_pass_restores_directory_times(copied) -> None:
     assert_same_tree(src, dst, atime=False)
 
 
-def test_dry_runs_change_nothing_and_say_what_they_would_do(copied) -> None:
+def test_dry_runs_change_nothing_and_say_what_they_would_do(copied: Copied) -> None:
     src, dst, state = copied
     shutil.rmtree(src / "extra/sub")
     (src / "files/small").write_text("changed")
@@ -88,7 +91,7 @@ def test_dry_runs_change_nothing_and_say_what_they_would_do(copied) -> None:
     assert "(dry run)" in outputs["delete"]
 
 
-def test_dry_run_into_missing_target_lists_everything_and_creates_nothing(tmp_path) -> None:
+def test_dry_run_into_missing_target_lists_everything_and_creates_nothing(tmp_path: Path) -> None:
     src = tree(tmp_path / "src", {"a/b/c.txt": "x", "d.txt": "y"})
     proc = fsclone("pass", "copy", "-n", src, tmp_path / "dst", state=tmp_path / "state")
     assert proc.returncode == 0, proc.stderr
@@ -138,7 +141,8 @@ def test_excluded_entries_are_neither_copied_nor_deleted(tmp_path: Path) -> None
     assert out["counters"].get("deleted", 0) == 0
 
 
-def test_delete_refuses_when_source_is_empty_or_sentinel_missing(copied, tmp_path) -> None:
+def test_delete_refuses_when_source_is_empty_or_sentinel_missing(copied: Copied,
+                                                                 tmp_path: Path) -> None:
     _, dst, state = copied
     empty = tmp_path / "unmounted"
     empty.mkdir()
@@ -151,7 +155,7 @@ def test_delete_refuses_when_source_is_empty_or_sentinel_missing(copied, tmp_pat
     assert snapshot(dst) == before
 
 
-def test_max_delete_refuses_before_deleting_anything(copied) -> None:
+def test_max_delete_refuses_before_deleting_anything(copied: Copied) -> None:
     src, dst, state = copied
     shutil.rmtree(src / "extra")
     before = snapshot(dst)
@@ -194,7 +198,7 @@ def test_nothing_deleted_below_a_source_directory_that_cannot_be_listed(
 
 
 def test_second_pass_on_the_same_target_is_refused(tmp_path: Path) -> None:
-    from fsclone.state import TargetLock
+    from fsclone.state.lock import TargetLock
 
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     tree(src, {"a": "a"})

@@ -21,7 +21,7 @@ from fsclone.ops.registry import OPS
 from fsclone.schema import SCHEMAS, temp_name
 from fsclone.signing import SIGNED_OPS, Signer, may_issue, new_key, read_key
 from fsclone.spec import PassSpec
-from fsclone.state import new_pass_id
+from fsclone.state.directory import new_pass_id
 from fsclone.transport.amqp.allowed import admitted
 from tests.inline import InlineTransport
 

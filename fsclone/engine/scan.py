@@ -7,14 +7,18 @@ A scan has no target: its spec is a dry run with an empty DST, which the workers
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from fsclone.config import Config
-from fsclone.engine.coordinator import Coordinator, Hooks, Summary
-from fsclone.engine.launch import PassRequest, build_spec
+from fsclone.engine.coordinator import Coordinator, Hooks
+from fsclone.engine.launch import build_spec
 from fsclone.errors import UsageError
+from fsclone.lifecycle import Summary
 from fsclone.spec import PassSpec
-from fsclone.state import PassStore, find_unfinished, open_state_dir
-from fsclone.stats.trees import record_tree
+from fsclone.state.directory import open_state_dir
+from fsclone.state.queries import find_unfinished
+from fsclone.state.record import PassStore
+from fsclone.state.trees import record_tree
 from fsclone.transport.base import Transport
 from fsclone.transport.local import LocalTransport
 
@@ -33,8 +37,7 @@ def run_scan(cfg: Config, src: str, hooks: Hooks, restart: bool = False,
         hooks.note(f"resuming scan {resume} (--restart starts anew)")
         store = PassStore(state / resume)
     else:
-        req = PassRequest(op="scan", src=root, dst="", dry_run=True)
-        store = PassStore.create(state, build_spec(cfg, req, root, ""))
+        store = PassStore.create(state, build_spec(replace(cfg, dry_run=True), "scan", root, ""))
     try:
         summary = Coordinator(store, transport or LocalTransport(cfg.workers), hooks).run()
         record_tree(state, store.spec, summary.status, summary.counters)

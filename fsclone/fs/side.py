@@ -8,10 +8,9 @@ import os
 from typing import ClassVar
 
 from fsclone.fs import meta
-from fsclone.fs.steps import READ, STAT, XATTR, mark
+from fsclone.fs.steps import READ, STAT, mark
 
 Xattrs = dict[str, bytes]
-_ALL_READ = frozenset({dict})
 
 
 class DirSide:
@@ -44,9 +43,7 @@ class DirSide:
     def xattrs_of(self, names: list[str]) -> list[Xattrs | OSError]:
         """The xattrs of many names (meta.read_xattrs_of), each error in the list marked, for
         the caller to list."""
-        values = meta.read_xattrs_of(names, self.fd)
-        if not _ALL_READ.issuperset(map(type, values)):  # one C-level pass while none failed
-            for value in values:
-                if isinstance(value, OSError):
-                    mark(value, XATTR, self.SIDE)
-        return values
+        return meta.read_xattrs_of(names, self.fd, side=self.SIDE)
+
+    def xattrs(self, name: str) -> Xattrs:
+        return meta.read_xattrs(name, self.fd, side=self.SIDE)

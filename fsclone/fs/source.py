@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from fsclone.fs import data, dirs, meta
-from fsclone.fs.side import DirSide, Xattrs
-from fsclone.fs.steps import COMPARE, LIST, OPEN, SOURCE, STAT, TARGET, XATTR, mark
+from fsclone.fs import data, dirs
+from fsclone.fs.side import DirSide
+from fsclone.fs.steps import COMPARE, LIST, OPEN, SOURCE, STAT, TARGET, mark
 
 
 class SourceChanged(Exception):
@@ -54,13 +54,6 @@ class SourceDir(DirSide):
             return dirs.open_file(name, self.fd)
         except OSError as exc:
             mark(exc, OPEN, SOURCE)
-            raise
-
-    def xattrs(self, name: str) -> Xattrs:
-        try:
-            return meta.read_xattrs(name, self.fd)
-        except OSError as exc:
-            mark(exc, XATTR, SOURCE)
             raise
 
     def same_bytes(self, name: str, target_fd: int, size: int) -> bool:

@@ -24,14 +24,12 @@ from fsclone.fs.steps import (
     CREATE,
     DATA,
     LIST,
-    MODE,
     OPEN,
     PUBLISH,
     REMOVE,
     SOURCE,
     STAT,
     TARGET,
-    XATTR,
     mark,
 )
 from fsclone.fs.unnamed import UnnamedFiles
@@ -157,19 +155,11 @@ class TargetDir(DirSide):
                 raise
             if changed(st, after):
                 raise SourceChanged()
-            try:
-                want = meta.read_xattrs(sfd)
-            except OSError as exc:
-                mark(exc, XATTR, SOURCE)
-                raise
+            want = meta.read_xattrs(sfd, side=SOURCE)
             # a new file got its owner and mode from the directory (setgid, grpid, umask): one
             # fstat tells which of chown and chmod are still needed; under a default ACL the
             # inherited ACL is replaced in full
-            try:
-                have = meta.read_xattrs(fd) if self.inherits else {}
-            except OSError as exc:
-                mark(exc, XATTR, TARGET)
-                raise
+            have = meta.read_xattrs(fd, side=TARGET) if self.inherits else {}
             try:
                 current = os.fstat(fd) if fresh and not self.inherits else None
             except OSError as exc:
@@ -231,10 +221,7 @@ class TargetDir(DirSide):
         try:
             fd = self._open_temp(tmp)
             try:
-                meta.apply_all(fd, st, want, meta.read_xattrs(fd))
-            except OSError as exc:
-                mark(exc, XATTR, TARGET)
-                raise
+                meta.apply_all(fd, st, want, meta.read_xattrs(fd, side=TARGET))
             finally:
                 os.close(fd)
         except BaseException:
@@ -374,14 +361,10 @@ class TargetDir(DirSide):
         only: see meta.apply_at."""
         try:
             meta.apply_at(name, self.fd, st, want, have, compared)
-        except OSError as exc:  # the steps of meta.apply_all are marked already
-            mark(exc, OPEN, TARGET)
+        except OSError as exc:  # the entry is not the one compared; apply_all marks its own
+            mark(exc, STAT, TARGET)
             raise
 
     def make_writable(self) -> bool:
         """See dirs.make_writable: for a non-root pass in its own read-only directory."""
-        try:
-            return dirs.make_writable(self.fd)
-        except OSError as exc:
-            mark(exc, MODE, TARGET)
-            raise
+        return dirs.make_writable(self.fd)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from fsclone.fs.source import SourceDir, Xattrs
+from fsclone.fs.side import Xattrs
+from fsclone.fs.source import SourceDir
 from fsclone.fs.target import TargetDir
 from fsclone.ops import links, ranges
 from fsclone.ops.context import Context, Outcome

@@ -16,6 +16,7 @@ from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.schema import LINKS_PREFIX
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
+from fsclone.text import printable
 
 #: passes whose workers compare target times with the source's
 _PROBING_OPS = {"copy", "sync", "mtime", "verify"}
@@ -152,12 +153,6 @@ class Outcome:
 
     def path(self, name: str) -> str:
         return join(self.chunk.path, name)
-
-
-def printable(path: str) -> str:
-    """A path as one safe terminal line: undecodable bytes and control characters escaped."""
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text) or "."
 
 
 def file_of(chunk: Chunk) -> str:

@@ -8,10 +8,8 @@ that missed reports, or a memcached that restarted, shows the right numbers at t
 from __future__ import annotations
 
 import socket
-import time
 from dataclasses import dataclass, field, replace
 
-from fsclone.state import PassStore
 from fsclone.stats import counters as C
 
 #: the counters that also get a per-second rate (dashboards, ``status``)
@@ -39,16 +37,6 @@ class Snapshot:
     host: str = field(default_factory=socket.gethostname)
     retry_of: str = ""
     rates: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, store: PassStore, phase: str, depth: int | None) -> Snapshot:
-        """Copy what the sinks need out of a live pass store (they run on other threads)."""
-        spec = store.spec
-        return cls(
-            pass_id=spec.id, op=spec.op, src=spec.src, dst=spec.dst, status=store.status,
-            phase=phase, started=spec.started, time=time.time(), counters=dict(store.counters),
-            workers={w: dict(c) for w, c in store.workers.items()},
-            outstanding=store.outstanding, depth=depth, retry_of=spec.retry_of)
 
     def with_rates(self, previous: Snapshot | None) -> Snapshot:
         """This snapshot with per-second rates since ``previous`` (since the start when None)."""

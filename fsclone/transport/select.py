@@ -1,4 +1,5 @@
-"""Which transport a pass uses: the one place that decides, so each transport adds one line."""
+"""Which transport a pass uses: the one place that decides, so each transport adds one line (and
+its name to fsclone.options.TRANSPORTS, the values of ``--transport``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from fsclone.config import Config
 from fsclone.engine.pool import Service
 from fsclone.engine.worker import worker_name
 from fsclone.errors import UsageError
+from fsclone.options import TRANSPORTS
 from fsclone.transport.base import Transport
 from fsclone.transport.mpi import MpiJob, in_mpi_job
-
-TRANSPORTS = ("auto", "local", "amqp", "mpi")
 
 
 def choose(cfg: Config, env: Mapping[str, str]) -> str:
