@@ -20,6 +20,8 @@ from fsclone.transport.memory import CoordinatorKilled, Match, MemoryBroker, Mem
 from tests.fstree import assert_same_tree, leftovers
 
 MIB = 1 << 20
+#: the files of each directory of :func:`tree`
+SIZES = (100, 101, 102)
 
 
 def tree(root: Path, big: bool = False) -> Path:
@@ -27,8 +29,8 @@ def tree(root: Path, big: bool = False) -> Path:
     copied in three ranges of 1 MiB."""
     for name in ("a", "b", "c"):
         (root / name).mkdir(parents=True)
-        for i in range(3):
-            (root / name / f"f{i}").write_bytes(os.urandom(100 + i))
+        for i, size in enumerate(SIZES):
+            (root / name / f"f{i}").write_bytes(os.urandom(size))
     (root / "top").write_bytes(b"top")
     if big:
         (root / "big").write_bytes(os.urandom(3 * MIB))
@@ -59,14 +61,17 @@ def last_range(chunk: Chunk, earlier: int = 0) -> bool:
     return chunk.op == "range" and chunk.args["start"] == 2 * MIB
 
 
-def test_a_result_delivered_twice_is_applied_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["duplicate", "replay"])
+def test_a_result_delivered_twice_is_applied_once(tmp_path: Path, how: str) -> None:
+    """The same result twice, or a second result of the same chunk run again (a message
+    delivered again after its ack)."""
     src, dst = tree(tmp_path / "src"), tmp_path / "dst"
     expected = clean(tmp_path, src)
     broker = MemoryBroker()
-    broker.duplicate(lambda chunk, earlier: chunk.path == "a")
+    getattr(broker, how)(at("a"))
     summary = copy(src, dst, tmp_path / "state", MemoryTransport(broker))
     assert [r.chunk.path for r in broker.published].count("a") == 2
-    assert [c.path for c, _ in broker.deliveries].count("a") == 1
+    assert [c.path for c, _ in broker.deliveries].count("a") == (1 if how == "duplicate" else 2)
     assert summary.status == "done" and summary.error_count == 0
     assert summary.counters == expected
     assert expected[C.COPIED] == 10
@@ -78,7 +83,7 @@ def test_a_worker_dying_after_it_published_is_redone_and_its_second_result_ignor
     src, dst = tree(tmp_path / "src"), tmp_path / "dst"
     expected = clean(tmp_path, src)
     broker = MemoryBroker()
-    broker.kill("ack", lambda chunk, earlier: chunk.path == "b")
+    broker.kill("ack", at("b"))
     summary = copy(src, dst, tmp_path / "state", MemoryTransport(broker))
     # delivered again, and run as a redo (an earlier run may have left temp files)
     assert [(c.redo, earlier) for c, earlier in broker.deliveries if c.path == "b"] == \
@@ -88,6 +93,22 @@ def test_a_worker_dying_after_it_published_is_redone_and_its_second_result_ignor
     assert summary.counters == expected
     assert_same_tree(src, dst)
     assert leftovers(dst) == []
+
+
+def test_a_lost_result_is_made_good_by_the_redelivery(tmp_path: Path) -> None:
+    """b's results are lost on their way: unconfirmed, b is delivered again, and its second
+    run (which finds b's files copied) is the one counted."""
+    src, dst = tree(tmp_path / "src"), tmp_path / "dst"
+    expected = clean(tmp_path, src)
+    broker = MemoryBroker()
+    broker.drop(at("b"))
+    summary = copy(src, dst, tmp_path / "state", MemoryTransport(broker))
+    assert [earlier for c, earlier in broker.deliveries if c.path == "b"] == [0, 1]
+    b_bytes = sum(SIZES)
+    assert summary.error_count == 0
+    assert summary.counters == {**expected, C.COPIED: expected[C.COPIED] - 3, C.SAME: 3,
+                                C.BYTES: expected[C.BYTES] - b_bytes}
+    assert_same_tree(src, dst)
 
 
 def test_a_barrier_whose_last_member_is_redelivered_after_it_completed(tmp_path: Path) -> None:

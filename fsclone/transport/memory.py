@@ -89,6 +89,7 @@ class MemoryBroker:
         self.unsettled: list[Result] = []  # handed to the coordinator, not settled yet
         self.lost: list[ItemError] = []
         self.serving: _Serving | None = None
+        self.broken: Exception | None = None  # what a worker thread died of, not by a test
         self.rules: dict[str, list[_Rule]] = {}
         self.held: list[Match] = []
         #: for tests to look at: every delivery to a worker (its chunk and earlier deliveries)
@@ -166,6 +167,11 @@ class MemoryBroker:
                     self._again(entry)
                 if not serving.stopping:
                     self._spawn(serving, index)  # as a supervisor starts another process
+        except Exception as exc:  # a bug: fail the pass rather than leave it waiting
+            with self.lock:
+                self.broken = exc
+                self.lock.notify_all()
+            raise
         finally:
             runner.close()
 
@@ -221,7 +227,9 @@ class MemoryBroker:
         stop the coordinator instead when it sees them (CoordinatorKilled)."""
         with self.lock:
             if not self.results and not self.lost:
-                self.lock.wait_for(lambda: self.results or self.lost, timeout)
+                self.lock.wait_for(lambda: self.results or self.lost or self.broken, timeout)
+            if self.broken is not None:
+                raise TransportError(f"a worker thread failed: {self.broken!r}")
             if stop(self.results):
                 raise CoordinatorKilled()
             if not self.results and not self.lost and self._stuck():

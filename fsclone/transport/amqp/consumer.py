@@ -1,12 +1,12 @@
 """The worker's side of the AMQP transport: one process, one connection, one message at a time.
 
 A worker hears on ``fsclone.control`` which passes are active, opens each pass's roots from its
-spec, and consumes the pass's chunk queue with a prefetch of one message. The engine's worker loop
-runs the messages in a chunk thread while this process's main thread keeps pika's I/O loop
-going and does all the talking to the broker (see :mod:`.handoff`). A message is acknowledged only
-after its results are published and confirmed. A message that is not valid JSON of chunks, or
-holds a chunk its pass's worker may not run (see ChunkRunner.admit), goes to the dead-letter
-queue with the reason, never crashing us.
+spec, and consumes the pass's chunk queue with a prefetch of one message. The engine's worker
+loop runs the messages in a chunk thread while this process's main thread keeps pika's I/O
+loop going and does all the talking to the broker (see :mod:`.handoff`). A message is
+acknowledged only after its results are published and confirmed. A message that is not
+valid JSON of chunks, or holds a chunk its pass's worker may not run (see ChunkRunner.admit),
+goes to the dead-letter queue with the reason, never crashing us.
 
 A worker serves only passes whose announcement is signed with the site's key and whose roots
 its node's ``ALLOWED_ROOTS`` holds (see :mod:`.allowed`); it says once, in one line, why it
@@ -53,7 +53,6 @@ class Consumer:
     def __init__(self, settings: BrokerSettings, name: str, key: bytes, allowed: Roots) -> None:
         self.settings = settings
         self.name = name
-        self.key = key
         self.signer = Signer(key)
         self.conn: pika.BlockingConnection | None = None
         self.ch: BlockingChannel | None = None

@@ -11,13 +11,10 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from fsclone.chunk import Chunk, Result
+from fsclone.transport.amqp.served import Served
 from fsclone.transport.base import Delivery, Message
-
-if TYPE_CHECKING:
-    from fsclone.transport.amqp.served import Served
 
 
 @dataclass
