@@ -205,3 +205,16 @@ def test_a_directory_with_a_large_file_redelivered_after_it_published(tmp_path: 
     assert leftovers(dst) == []
     assert summary.error_count == 0 and summary.counters == expected
     assert_same_tree(src, dst)
+
+
+def test_the_worker_threads_leave_the_cwd_of_the_process_alone(tmp_path: Path) -> None:
+    """Reading xattrs fchdir-s into each directory: a worker thread does it in a cwd of its
+    own, or every later relative path of the process (``python3 -m fsclone`` in a child, say)
+    would resolve in some target directory."""
+    src, dst = tree(tmp_path / "src"), tmp_path / "dst"
+    before = os.getcwd()
+    copy(src, dst, tmp_path / "state", MemoryTransport())
+    os.setxattr(src / "a" / "f0", "user.note", b"x")  # so the next pass compares xattrs
+    summary = copy(src, dst, tmp_path / "state-again", MemoryTransport())
+    assert summary.counters[C.UPDATED] == 1
+    assert os.getcwd() == before

@@ -31,7 +31,7 @@ def handle(delivery: Delivery, message: Message) -> None:
     its chunks (those of a redelivered message marked ``redo``: a run that died may have left
     temp files), publish the results, and only then acknowledge: a worker that dies in between
     leaves the message to be delivered again, never a chunk done and unanswered. A draining
-    delivery stops after the chunk in hand and gets the rest back to queue again."""
+    delivery stops after the chunk in hand, and the chunks not started go back to its queue."""
     runner = message.runner
     try:
         for chunk in message.chunks:

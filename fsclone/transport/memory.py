@@ -10,15 +10,20 @@ it deterministically, and make on purpose what a real transport does by accident
 result, kill a worker at a chosen step, deliver a result twice, replay a message, fail a chunk
 as a whole, and hold deliveries back until some other work is done.
 
-One worker thread by default: xattr reads still ``fchdir`` (fs.meta), which is process-wide.
+xattr reads still ``fchdir`` (fs.meta): each worker thread has a cwd of its own (unshare
+CLONE_FS), so the process's never moves, and there is one worker thread by default until those
+reads need no cwd.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from fsclone.chunk import Chunk, ItemError, Result
 from fsclone.engine.worker import ChunkRunner, work, worker_name
@@ -30,6 +35,7 @@ from fsclone.transport.base import Delivery, Message, Transport
 Match = Callable[[Chunk, int], bool]
 #: how many more deliveries a message may have after its first (as the amqp transport's)
 DELIVERY_LIMIT = 4
+_CLONE_FS = 0x200  # from <sched.h>
 
 
 class WorkerKilled(BaseException):
@@ -107,11 +113,9 @@ class MemoryBroker:
     def _applies(self, kind: str, chunk: Chunk, earlier: int) -> _Rule | None:
         return next((r for r in self.rules.get(kind, ()) if r.takes(chunk, earlier)), None)
 
-    def kill(self, at: str, match: Match, times: int | None = 1) -> None:
+    def kill(self, at: Literal["receive", "ack"], match: Match, times: int | None = 1) -> None:
         """Kill the worker of a matching message ``at`` "receive" (as its chunks start: mid
         run, nothing published) or at "ack" (after it published, before it acknowledged)."""
-        if at not in ("receive", "ack"):
-            raise ValueError(f"kill at receive or ack, not {at!r}")
         self._add(f"kill-{at}", _Rule(match, times))
 
     def drop(self, match: Match, times: int | None = 1) -> None:
@@ -157,6 +161,7 @@ class MemoryBroker:
         thread.start()
 
     def _worker(self, serving: _Serving, index: int) -> None:
+        _own_cwd()
         runner = ChunkRunner(serving.spec, worker_name(f"memory{index}"), serving.key)
         try:
             work(_Worker(self, serving, index, runner))
@@ -256,6 +261,15 @@ class MemoryBroker:
         with self.lock:
             self.results.extendleft(reversed(self.unsettled))
             self.unsettled.clear()
+
+
+def _own_cwd() -> None:
+    """Give this thread a working directory of its own: xattrs are read by ``fchdir`` into
+    their directory (fs.meta), which must not move the cwd of the process around us."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_FS) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"unshare(CLONE_FS): {os.strerror(errno)}")
 
 
 class _Worker(Delivery):
