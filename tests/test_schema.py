@@ -23,7 +23,7 @@ from fsclone.signing import SIGNED_OPS, Signer, may_issue, new_key, read_key
 from fsclone.spec import PassSpec
 from fsclone.state.directory import new_pass_id
 from fsclone.transport.amqp.allowed import admitted
-from tests.inline import InlineTransport
+from fsclone.transport.memory import MemoryTransport
 
 PASS = new_pass_id("sync")
 TMP = temp_name(PASS, "big", "0123456789ab")
@@ -198,7 +198,7 @@ def test_a_worker_runs_no_placeholder_and_no_unknown_op(runner: ChunkRunner) -> 
 
 
 def test_the_coordinator_signs_only_what_the_plan_issues() -> None:
-    coordinator = Coordinator(None, InlineTransport())  # type: ignore[arg-type]
+    coordinator = Coordinator(None, MemoryTransport())  # type: ignore[arg-type]
     prune = Chunk(op="prune", path="a/b")
     finalize = chunk_of("finalize", args=FILE)
     for parent, child, kept in [("unlink", prune, True), ("prune", prune, True),

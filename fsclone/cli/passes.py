@@ -100,7 +100,7 @@ def _start(cfg: Config, req: PassRequest, kw: dict[str, Any]) -> NoReturn:
     if not select.by_rank(kind, os.environ):
         transport = select.transport(kind, cfg)
         code = _coordinate(cfg, req, kw, transport)
-        if transport is None:
+        if kind == "local":
             _leave(code)
         sys.exit(code)
     job = MpiJob(os.environ)  # rank 0 coordinates, the other ranks work
@@ -120,7 +120,7 @@ def _leave(code: int) -> NoReturn:
 
 
 def _coordinate(cfg: Config, req: PassRequest, kw: dict[str, Any],
-                transport: Transport | None) -> int:
+                transport: Transport) -> int:
     """Run the pass, print its summary, and return the exit code."""
     console = Console(kw["quiet"], kw["as_json"])
     hooks = Hooks(progress=console.progress, action=console.action, note=console.note,

@@ -31,6 +31,7 @@ from fsclone.engine.scan import run_scan
 from fsclone.state.directory import pass_dir
 from fsclone.state.queries import read_errors
 from fsclone.stats.reporter import reporter_for
+from fsclone.transport.local import LocalTransport
 
 _CLEAR = "\x1b[H\x1b[2J"
 
@@ -127,7 +128,7 @@ def scan(src: str | None, workers: int | None, restart: bool, quiet: bool,
                   stats_interval=cfg.report_interval)
     with reporter_for(cfg, console.warn) as reporter:
         hooks.stats = reporter.offer
-        spec, summary = run_scan(cfg, root, hooks, restart)
+        spec, summary = run_scan(cfg, root, hooks, LocalTransport(cfg.workers), restart)
     if as_json:
         print(json.dumps({
             "pass": spec.id, "src": spec.src, "status": summary.status,

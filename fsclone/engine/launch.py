@@ -26,7 +26,6 @@ from fsclone.state.queries import find_unfinished, read_record
 from fsclone.state.record import PassStore
 from fsclone.state.trees import record_tree
 from fsclone.transport.base import Transport
-from fsclone.transport.local import LocalTransport
 
 #: the passes that write to the target, and so take its lease
 LEASED = ("copy", "sync", "delete", "mtime")
@@ -82,8 +81,9 @@ def _to_run(cfg: Config, req: PassRequest, state: Path, src: str,
 
 
 def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
-             transport: Transport | None = None) -> tuple[PassSpec, Summary]:
-    """Validate, lock the target, create or resume the pass record, and run it to the end.
+             transport: Transport) -> tuple[PassSpec, Summary]:
+    """Validate, lock the target, create or resume the pass record, and run it to the end
+    through ``transport`` (the caller's choice: fsclone.transport.select).
     Everything that can refuse the pass (other options than a resume was started with, the
     delete guards) runs before the record exists or anything is written."""
     if cfg.workers < 1:
@@ -112,8 +112,7 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         if resume:
             hooks.note(f"resuming pass {spec.id} (its options apply; --restart starts anew)")
         seed = retry_seed(state, cfg.retry_of, req.op, cfg.dir_slice) if cfg.retry_of else None
-        coordinator = Coordinator(store, transport or LocalTransport(cfg.workers), hooks,
-                                  seed=seed)
+        coordinator = Coordinator(store, transport, hooks, seed=seed)
         try:
             summary = coordinator.run()
             record_tree(state, store.spec, summary.status, summary.counters)

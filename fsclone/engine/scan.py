@@ -20,12 +20,12 @@ from fsclone.state.queries import find_unfinished
 from fsclone.state.record import PassStore
 from fsclone.state.trees import record_tree
 from fsclone.transport.base import Transport
-from fsclone.transport.local import LocalTransport
 
 
-def run_scan(cfg: Config, src: str, hooks: Hooks, restart: bool = False,
-             transport: Transport | None = None) -> tuple[PassSpec, Summary]:
-    """Count the tree below ``src``; its totals become the basis of later passes' ETA."""
+def run_scan(cfg: Config, src: str, hooks: Hooks, transport: Transport,
+             restart: bool = False) -> tuple[PassSpec, Summary]:
+    """Count the tree below ``src`` through ``transport``; its totals become the basis of
+    later passes' ETA."""
     if cfg.workers < 1:
         raise UsageError("--workers must be at least 1")
     if not os.path.isdir(src):
@@ -39,7 +39,7 @@ def run_scan(cfg: Config, src: str, hooks: Hooks, restart: bool = False,
     else:
         store = PassStore.create(state, build_spec(replace(cfg, dry_run=True), "scan", root, ""))
     try:
-        summary = Coordinator(store, transport or LocalTransport(cfg.workers), hooks).run()
+        summary = Coordinator(store, transport, hooks).run()
         record_tree(state, store.spec, summary.status, summary.counters)
         return store.spec, summary
     finally:
