@@ -165,25 +165,26 @@ def apply_at(name: str, dir_fd: int, st: os.stat_result, want: dict[str, bytes],
     the entry must still be that inode, of that type (its owner and mode are then set only
     where they differ). None: an entry this worker has just made (a temp symlink or node),
     which must still be of the source's type and ours. Otherwise :class:`EntryChanged`, and
-    nothing is done."""
+    nothing is done. The entry's open, stat and identity are this step's STAT on the target
+    (apply_all marks its own steps first)."""
     try:
         fd = os.open(name, _ENTRY_FLAGS, dir_fd=dir_fd)
+        try:
+            now = os.fstat(fd)
+            if compared is not None:  # with its type: a freed inode number is soon reused
+                same = ((now.st_dev, now.st_ino, stat.S_IFMT(now.st_mode))
+                        == (compared.st_dev, compared.st_ino, stat.S_IFMT(compared.st_mode)))
+            else:
+                same = (stat.S_IFMT(now.st_mode) == stat.S_IFMT(st.st_mode)
+                        and now.st_uid == _EUID and now.st_nlink == 1)
+            if not same:
+                raise EntryChanged(name)
+            apply_all(f"/proc/self/fd/{fd}", st, want, have, current=now)
+        finally:
+            os.close(fd)
     except OSError as exc:
         steps.mark(exc, steps.STAT, steps.TARGET)
         raise
-    try:
-        now = os.fstat(fd)
-        if compared is not None:  # with its type: a freed inode number is soon reused
-            same = ((now.st_dev, now.st_ino, stat.S_IFMT(now.st_mode))
-                    == (compared.st_dev, compared.st_ino, stat.S_IFMT(compared.st_mode)))
-        else:
-            same = (stat.S_IFMT(now.st_mode) == stat.S_IFMT(st.st_mode)
-                    and now.st_uid == _EUID and now.st_nlink == 1)
-        if not same:
-            raise EntryChanged(name)
-        apply_all(f"/proc/self/fd/{fd}", st, want, have, current=now)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -358,12 +358,8 @@ class TargetDir(DirSide):
              compared: os.stat_result | None) -> None:
         """Make the metadata of the entry ``name`` those of ``st`` in place, in fs.meta's
         fixed order, on the inode ``compared`` (its lstat; None: an entry just made here)
-        only: see meta.apply_at."""
-        try:
-            meta.apply_at(name, self.fd, st, want, have, compared)
-        except OSError as exc:  # the entry is not the one compared; apply_all marks its own
-            mark(exc, STAT, TARGET)
-            raise
+        only: see meta.apply_at, which marks its errors."""
+        meta.apply_at(name, self.fd, st, want, have, compared)
 
     def make_writable(self) -> bool:
         """See dirs.make_writable: for a non-root pass in its own read-only directory."""
