@@ -116,19 +116,17 @@ class CopyChunk:
         self.unlocked = True
 
     def entry(self, name: str, st: os.stat_result) -> None:
-        """Decide, then carry out (the metadata of current entries is settled later)."""
+        """Decide, then apply the action (or, in a dry run, rehearse it), shown first when
+        shown at all; the metadata of current entries is settled later."""
         action = self.plan.decide(name, st)
         if action is None:
             return
-        if action[0] == SAME:
+        kind = action[0]
+        if kind == SAME:
             self.unsettled.append(action)
-        else:
-            self.carry(action)
-
-    def carry(self, action: Action) -> None:
-        """Apply an action (or, in a dry run, rehearse it): shown first, when shown at all."""
-        if action[0] == DESCEND:
-            self.out.child(self.out.chunk.op, self.out.path(action[1]), args={})
+            return
+        if kind == DESCEND:
+            self.out.child(self.out.chunk.op, self.out.path(name), args={})
             return
         if self.out.shows:
             show(self.out, action)
