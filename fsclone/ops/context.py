@@ -101,13 +101,10 @@ class Context:
             if self.dst_root is not None:
                 try:
                     dfd = dirs.open_path(self.dst_root, relpath)
-                except FileNotFoundError as exc:
-                    if not self.spec.dry_run:
+                except OSError as exc:
+                    if not (self.spec.dry_run and isinstance(exc, FileNotFoundError)):
                         steps.mark(exc, steps.OPEN, steps.TARGET)
                         raise
-                except OSError as exc:
-                    steps.mark(exc, steps.OPEN, steps.TARGET)
-                    raise
             yield sfd, dfd
         finally:
             os.close(sfd)
