@@ -168,3 +168,19 @@ def test_a_metadata_change_that_fails_is_marked_with_its_step(
         apply(fd, st)
     assert raised.value.errno == errno.EBADF
     assert steps.step_of(raised.value) == (step, steps.TARGET)
+
+
+def test_a_metadata_change_on_an_entry_not_the_one_compared_is_a_stat_on_the_target(
+        tmp_path: Path) -> None:
+    """apply_at changes nothing on an entry that is gone or not the inode compared, and says
+    which step refused: the target's stat."""
+    (tmp_path / "compared").touch()
+    (tmp_path / "swapped").touch()
+    st = os.lstat(tmp_path / "compared")
+    with dirs.opened(dirs.open_dir(str(tmp_path))) as fd:
+        with pytest.raises(meta.EntryChanged) as swapped:
+            meta.apply_at("swapped", fd, st, {}, {}, compared=st)
+        with pytest.raises(FileNotFoundError) as gone:
+            meta.apply_at("gone", fd, st, {}, {}, compared=st)
+    for raised in (swapped, gone):
+        assert steps.step_of(raised.value) == (steps.STAT, steps.TARGET)
