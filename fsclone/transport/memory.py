@@ -10,15 +10,12 @@ it deterministically, and make on purpose what a real transport does by accident
 result, kill a worker at a chosen step, deliver a result twice, replay a message, fail a chunk
 as a whole, and hold deliveries back until some other work is done.
 
-xattr reads still ``fchdir`` (fs.meta): each worker thread has a cwd of its own (unshare
-CLONE_FS), so the process's never moves, and there is one worker thread by default until those
-reads need no cwd.
+xattr reads are thread-safe (fs.threadcwd gives each thread that steps into a directory a cwd
+of its own), so the worker threads never move the process's cwd.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -35,7 +32,6 @@ from fsclone.transport.base import Delivery, Message, Transport
 Match = Callable[[Chunk, int], bool]
 #: how many more deliveries a message may have after its first (as the amqp transport's)
 DELIVERY_LIMIT = 4
-_CLONE_FS = 0x200  # from <sched.h>
 
 
 class WorkerKilled(BaseException):
@@ -161,7 +157,6 @@ class MemoryBroker:
         thread.start()
 
     def _worker(self, serving: _Serving, index: int) -> None:
-        _own_cwd()
         runner = ChunkRunner(serving.spec, worker_name(f"memory{index}"), serving.key)
         try:
             work(_Worker(self, serving, index, runner))
@@ -261,15 +256,6 @@ class MemoryBroker:
         with self.lock:
             self.results.extendleft(reversed(self.unsettled))
             self.unsettled.clear()
-
-
-def _own_cwd() -> None:
-    """Give this thread a working directory of its own: xattrs are read by ``fchdir`` into
-    their directory (fs.meta), which must not move the cwd of the process around us."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(_CLONE_FS) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"unshare(CLONE_FS): {os.strerror(errno)}")
 
 
 class _Worker(Delivery):
