@@ -79,14 +79,11 @@ class ChunkRunner:
         self.signer.check(spec.id, chunk)
 
     def run(self, chunk: Chunk) -> Result:
-        """Per-item errors are inside the Result; anything else fails the chunk as a whole, so
-        the coordinator retries it and, in the end, reports it: never acknowledged silently.
-        A chunk :meth:`admit` refuses is never run."""
+        """Run a chunk the worker loop admitted (:func:`handle`: a refused one never gets here).
+        Per-item errors are inside the Result; anything else fails the chunk as a whole, so the
+        coordinator retries it and, in the end, reports it: never acknowledged silently."""
         try:
-            self.admit(chunk)
             result = OPS[chunk.op](self.ctx, chunk)
-        except MessageError as exc:
-            result = Result(chunk=chunk, failed=f"refused: {exc}")
         except Exception as exc:
             tb = traceback.extract_tb(exc.__traceback__)[-1]
             where = f"{os.path.basename(tb.filename)}:{tb.lineno}"
