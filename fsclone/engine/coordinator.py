@@ -18,7 +18,7 @@ from fsclone.chunk import Chunk, ItemError, ManifestRow, Result
 from fsclone.engine.retry import Seed
 from fsclone.engine.worker import worker_name
 from fsclone.errors import GuardError
-from fsclone.lifecycle import DONE, INTERRUPTED, PHASES, REFUSED, Summary, phase_name
+from fsclone.lifecycle import DONE, INTERRUPTED, PHASES, REFUSED, Summary
 from fsclone.signing import Signer, may_issue
 from fsclone.state.record import PassStore
 from fsclone.stats import counters as C
@@ -198,13 +198,10 @@ class Coordinator:
 
     def _report(self, final: bool = False) -> None:
         """Hand the stats sinks a snapshot (the last one after the transport's last result)."""
-        store, spec = self.store, self.store.spec
-        self.hooks.stats(Snapshot(  # copies: the sinks run on other threads
-            pass_id=spec.id, op=spec.op, src=spec.src, dst=spec.dst, status=store.status,
-            phase=phase_name(spec.op, store.phase), started=spec.started, time=time.time(),
-            counters=dict(store.counters), workers={w: dict(c) for w, c in store.workers.items()},
-            outstanding=store.outstanding, depth=None if final else self.transport.depth(),
-            retry_of=spec.retry_of))
+        store = self.store
+        self.hooks.stats(Snapshot.of_pass(
+            store.spec, store.status, store.phase, time.time(), store.counters, store.workers,
+            store.outstanding, None if final else self.transport.depth()))
         self._next_stats = time.monotonic() + self.hooks.stats_interval
 
     def _apply(self, result: Result) -> list[Chunk]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field, replace
 
+from fsclone.lifecycle import phase_name
+from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 
 #: the counters that also get a per-second rate (dashboards, ``status``)
@@ -37,6 +39,18 @@ class Snapshot:
     host: str = field(default_factory=socket.gethostname)
     retry_of: str = ""
     rates: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def of_pass(cls, spec: PassSpec, status: str, phase: int, time: float,
+                counters: dict[str, int], workers: dict[str, dict[str, int]], outstanding: int,
+                depth: int | None, host: str | None = None) -> Snapshot:
+        """The snapshot of pass ``spec`` at phase index ``phase``; the counters are copied (the
+        sinks read them on other threads). ``host``: the coordinator's, when not this one."""
+        return cls(pass_id=spec.id, op=spec.op, src=spec.src, dst=spec.dst, status=status,
+                   phase=phase_name(spec.op, phase), started=spec.started, time=time,
+                   counters=dict(counters), workers={w: dict(c) for w, c in workers.items()},
+                   outstanding=outstanding, depth=depth, host=host or socket.gethostname(),
+                   retry_of=spec.retry_of)
 
     def with_rates(self, previous: Snapshot | None) -> Snapshot:
         """This snapshot with per-second rates since ``previous`` (since the start when None)."""

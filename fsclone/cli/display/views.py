@@ -14,7 +14,7 @@ from typing import Any
 
 from fsclone.config import Config
 from fsclone.errors import UsageError
-from fsclone.lifecycle import RUNNING, phase_name
+from fsclone.lifecycle import RUNNING
 from fsclone.process import alive
 from fsclone.state.directory import pass_ids
 from fsclone.state.queries import PassRecord, list_passes, read_workers, try_read_record
@@ -111,12 +111,10 @@ def from_record(rec: PassRecord, state_dir: Path, with_workers: bool) -> PassVie
     status = rec.status
     if status == RUNNING and rec.host == socket.gethostname() and not alive(rec.pid):
         status = "dead"  # its coordinator is gone without a word: run the pass again to resume
-    snap = Snapshot(
-        pass_id=spec.id, op=spec.op, src=spec.src, dst=spec.dst, status=status,
-        phase=phase_name(spec.op, rec.phase), started=rec.started,
-        time=rec.ended or time.time(), counters=rec.counters,
-        workers=read_workers(state_dir / spec.id) if with_workers else {},
-        outstanding=rec.outstanding, depth=None, host=rec.host, retry_of=spec.retry_of)
+    snap = Snapshot.of_pass(
+        spec, status, rec.phase, rec.ended or time.time(), rec.counters,
+        read_workers(state_dir / spec.id) if with_workers else {}, rec.outstanding, None,
+        host=rec.host)
     return _averaged(PassView(snap, "record"))
 
 
