@@ -53,7 +53,8 @@ def validate_name(name: str) -> str:
 
 def temp_name(pass_id: str, name: str, tag: str) -> str:
     """A temp name in the target directory: our prefix, the pass id, a hash of the final name
-    (so a redone chunk can find its own leftovers), and a tag unique to this run."""
+    (so a chunk naming a temp can be checked against its names), and a tag unique to this
+    run."""
     return f"{TMP_PREFIX}{pass_id}.{_crc(name)}.{tag}"
 
 
@@ -79,13 +80,12 @@ def staging_pass(name: str) -> str | None:
     return match.group(1) if match else None
 
 
-def is_temp_for(tmp: str, pass_id: str, names: set[str] | None) -> bool:
-    """Whether ``tmp`` is a temp name of pass ``pass_id``, for one of ``names`` (None: for any
-    name)."""
+def is_temp_for(tmp: str, pass_id: str, names: set[str]) -> bool:
+    """Whether ``tmp`` is a temp name of pass ``pass_id``, for one of ``names``."""
     match = _TEMP.fullmatch(tmp)
     if match is None or match.group(1) != pass_id:
         return False
-    return names is None or any(_crc(n) == match.group(2) for n in names)
+    return any(_crc(n) == match.group(2) for n in names)
 
 
 # -- field types ------------------------------------------------------------------------------

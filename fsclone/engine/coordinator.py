@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from fsclone.chunk import Chunk, ItemError, ManifestRow, Result
 from fsclone.engine.retry import Seed
+from fsclone.engine.sweep import remove_own_temps
 from fsclone.engine.worker import worker_name
 from fsclone.errors import GuardError
 from fsclone.lifecycle import DONE, INTERRUPTED, PHASES, REFUSED, Summary
@@ -102,6 +103,8 @@ class Coordinator:
             for chunk in pending:
                 store.replace_chunk(chunk)
         else:
+            if phase == "cleanup":
+                remove_own_temps(store.spec.dst, store.spec.id, store.redone())
             pending = self._seed(phase)
             store.add_chunks(pending)
         store.commit()
@@ -207,6 +210,8 @@ class Coordinator:
     def _apply(self, result: Result) -> list[Chunk]:
         """Record one result; returns the chunks it releases (children, retries, barriers)."""
         store, chunk = self.store, result.chunk
+        if chunk.redo:  # applied or not, the run may have left temps: swept before cleanup
+            store.add_redone(chunk.path)
         if not store.finish_chunk(chunk.id):
             return []  # a duplicate delivery: its first result was applied already
         if result.failed:

@@ -33,7 +33,7 @@ from fsclone.fs.steps import (
     mark,
 )
 from fsclone.fs.unnamed import UnnamedFiles
-from fsclone.schema import is_temp_for, temp_name
+from fsclone.schema import temp_name
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_FILE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -294,13 +294,6 @@ class TargetDir(DirSide):
         except OSError as exc:
             mark(exc, REMOVE, TARGET)
             raise
-
-    def discard_leftovers(self, names: set[str] | None) -> None:
-        """Remove this pass's temp entries for ``names`` (None: for any name), which a dead
-        run of the same chunk may have left."""
-        for leftover in self.names():
-            if is_temp_for(leftover, self.pass_id, names):
-                self.discard(leftover)
 
     # -- hard links (``staging``: the pass's staging directory) ---------------------------
     def publish_linked(self, tmp: str, staging: TargetDir, key: str, name: str) -> bool:

@@ -79,8 +79,8 @@ class CopyChunk:
             entries = self._split(entries)
         else:
             entries = [(n, st) for n in chunk.names if (st := self.src.lookup(n))]
-        if self.applier is not None:
-            self._prepare_target(self.applier.tgt, {n for n, _ in entries} if chunk.names else None)
+        if self.applier is not None:  # before the first change
+            self.applier.tgt.inherits = self.applier.tgt.has_default_acl()
         if tgt is not None and self.plan.existing is None and chunk.args.get("new"):
             self.plan.existing = set(tgt.names())
         self.out.count(C.SCANNED, len(entries))
@@ -99,13 +99,6 @@ class CopyChunk:
         if tgt is not None:  # else nothing was found current
             self._settle(tgt)
         self._finish()
-
-    def _prepare_target(self, tgt: TargetDir, names: set[str] | None) -> None:
-        """Before the first change: a redone chunk's leftover temps go, and new files are
-        told whether they inherit a default ACL."""
-        if self.out.chunk.redo:
-            tgt.discard_leftovers(names)
-        tgt.inherits = tgt.has_default_acl()
 
     def _unlock(self, refused: PermissionError) -> None:
         """A non-root pass refused a change in its own read-only target directory makes it

@@ -14,7 +14,7 @@ from fsclone.chunk import Chunk, ItemError, loads_chunk
 from fsclone.lifecycle import UNFINISHED
 from fsclone.spec import PassSpec
 from fsclone.state.directory import op_of, pass_ids
-from fsclone.state.tables import error_rows, read_only, worker_rows
+from fsclone.state.tables import error_rows, read_only, redone_rows, worker_rows
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,12 @@ def read_chunks(path: Path) -> list[Chunk]:
         rows = db.execute("SELECT body FROM outstanding UNION ALL "
                           "SELECT then_chunk FROM groups").fetchall()
     return [loads_chunk(body) for (body,) in rows]
+
+
+def read_redone(path: Path) -> list[str]:
+    """The directories a pass's redone chunks ran in (where a dead run may have left temps)."""
+    with closing(read_only(path)) as db:
+        return redone_rows(db)
 
 
 def read_record(path: Path) -> PassRecord:

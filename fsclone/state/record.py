@@ -23,7 +23,7 @@ from fsclone.errors import UsageError
 from fsclone.lifecycle import RUNNING
 from fsclone.spec import PassSpec
 from fsclone.state.directory import PRIVATE_DIR, create_private
-from fsclone.state.tables import SCHEMA, add_missing_columns, error_rows, worker_rows
+from fsclone.state.tables import SCHEMA, add_missing_columns, error_rows, redone_rows, worker_rows
 from fsclone.stats import counters as C
 
 
@@ -125,6 +125,14 @@ class PassStore:
         return replace(then, args={**then.args, "members_failed": True})
 
     # -- results ------------------------------------------------------------------------------
+    def add_redone(self, path: str) -> None:
+        """Remember that a redone chunk ran in directory ``path``: its earlier run may have
+        left temp files there, which the pass removes once nothing of it runs any more."""
+        self.db.execute("INSERT OR IGNORE INTO redone VALUES (?)", (os.fsencode(path),))
+
+    def redone(self) -> list[str]:
+        return redone_rows(self.db)
+
     def add_counters(self, delta: dict[str, int], worker: str) -> None:
         C.add(self.counters, delta)
         C.add(self.workers.setdefault(worker, {}), delta)

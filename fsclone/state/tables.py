@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS errors (seq INTEGER PRIMARY KEY, path BLOB, op TEXT, 
 CREATE TABLE IF NOT EXISTS deletions (seq INTEGER PRIMARY KEY, path BLOB, names TEXT,
     entries INTEGER);
 CREATE TABLE IF NOT EXISTS workers (name TEXT PRIMARY KEY, counters TEXT);
+CREATE TABLE IF NOT EXISTS redone (path BLOB PRIMARY KEY);
 """
 
 #: columns later versions added to a table, with their definition: a record written before
@@ -59,6 +60,15 @@ def error_rows(db: sqlite3.Connection, limit: int | None) -> list[ItemError]:
     sql = f"SELECT path, op, errno, message, {where} FROM errors ORDER BY seq"
     rows = db.execute(sql + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
     return [ItemError(os.fsdecode(p), o, e, m, step, side) for p, o, e, m, step, side in rows]
+
+
+def redone_rows(db: sqlite3.Connection) -> list[str]:
+    """The directories redone chunks ran in (sorted)."""
+    try:
+        rows = db.execute("SELECT path FROM redone ORDER BY path").fetchall()
+    except sqlite3.OperationalError:  # a record written before redone chunks were remembered
+        return []
+    return [os.fsdecode(path) for (path,) in rows]
 
 
 def worker_rows(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
