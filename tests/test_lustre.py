@@ -27,7 +27,7 @@ from fsclone.fs.lustre.create import (
     own_default,
 )
 from fsclone.fs.lustre.layout import Component, Composite, Foreign, Plain, Stripe
-from fsclone.fs.lustre.xattrs import is_internal
+from fsclone.fs.xattrnames import is_internal
 from tests.clirun import fsclone_json
 from tests.mounts import loop_fs, require_root
 

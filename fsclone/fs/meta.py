@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from fsclone.fs import steps, threadcwd
 from fsclone.fs.lease import LEASE_XATTR
-from fsclone.fs.lustre.xattrs import is_internal
+from fsclone.fs.xattrnames import is_internal
 
 _EUID = os.geteuid()
 IS_ROOT = _EUID == 0
