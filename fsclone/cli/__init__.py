@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import importlib
 import math
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 import click
 
 from fsclone import __version__
-from fsclone.errors import FscloneError
+from fsclone.errors import FscloneError, Terminated
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: no item failed, but some files changed while they were copied and did not go over: run the
@@ -80,8 +82,18 @@ def cli() -> None:
     """fsclone: make DST an exact copy of SRC, in parallel passes."""
 
 
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (a walltime end, scancel, a shutdown) stops a pass as Ctrl-C does, record kept.
+    Only the first one: srun passes Slurm's SIGTERM on to tasks that got it already, and a
+    second one would cut short the stop that keeps the record (SIGKILL still ends it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
 def main() -> None:
-    """Entry point: every error is one line on stderr and an exit code (2: usage or fatal)."""
+    """Entry point: every error is one line on stderr and an exit code (2: usage or fatal;
+    130 interrupted by SIGINT or SIGTERM)."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         cli.main(standalone_mode=False)
     except click.UsageError as exc:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from fsclone.chunk import Chunk, ItemError, ManifestRow, Result
 from fsclone.engine.retry import Seed
 from fsclone.engine.worker import worker_name
-from fsclone.errors import GuardError
+from fsclone.errors import GuardError, Interrupted, Terminated
 from fsclone.signing import Signer, may_issue
+from fsclone.spec import PassSpec
 from fsclone.state import DONE, INTERRUPTED, REFUSED, PassStore
 from fsclone.stats import counters as C
 from fsclone.stats.snapshot import Snapshot
@@ -65,6 +66,16 @@ class Summary:
     errors: list[ItemError] = field(default_factory=list)
     error_count: int = 0
     elapsed: float = 0.0
+
+
+def interrupted(spec: PassSpec, signal: KeyboardInterrupt) -> Interrupted:
+    """The one line a pass stopped by a signal ends with: which signal, and how to go on."""
+    what = f"{'scan' if spec.op == 'scan' else spec.op + ' pass'} {spec.id} interrupted by " \
+        f"{'SIGTERM' if isinstance(signal, Terminated) else 'SIGINT'}"
+    if spec.rehearsal:
+        return Interrupted(f"{what}; a dry run leaves nothing to resume")
+    also = "" if spec.op == "scan" else f" (or: fsclone pass resume {spec.id})"
+    return Interrupted(f"{what}; run the same command again to resume{also}")
 
 
 class Coordinator:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fsclone.config import Config
-from fsclone.engine.coordinator import Coordinator, Hooks, Summary
+from fsclone.engine.coordinator import Coordinator, Hooks, Summary, interrupted
 from fsclone.engine.layout import source_layout
 from fsclone.engine.retry import retry_seed
 from fsclone.engine.roots import check_delete_guards, check_roots
@@ -141,6 +141,8 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
             summary = coordinator.run()
             record_tree(state, store.spec, summary.status, summary.counters)
             return store.spec, summary
+        except KeyboardInterrupt as exc:
+            raise interrupted(store.spec, exc) from None
         finally:
             store.close()
     finally:

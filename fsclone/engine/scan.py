@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from fsclone.config import Config
-from fsclone.engine.coordinator import Coordinator, Hooks, Summary
+from fsclone.engine.coordinator import Coordinator, Hooks, Summary, interrupted
 from fsclone.engine.launch import PassRequest, build_spec
 from fsclone.errors import UsageError
 from fsclone.spec import PassSpec
@@ -39,5 +39,7 @@ def run_scan(cfg: Config, src: str, hooks: Hooks, restart: bool = False,
         summary = Coordinator(store, transport or LocalTransport(cfg.workers), hooks).run()
         record_tree(state, store.spec, summary.status, summary.counters)
         return store.spec, summary
+    except KeyboardInterrupt as exc:
+        raise interrupted(store.spec, exc) from None
     finally:
         store.close()

@@ -156,7 +156,8 @@ def _worker_main(spec: PassSpec, key: bytes, index: int, chunks: Connection,
     _die_with(coordinator)
     for conn in inherited:
         conn.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, a walltime end: the
+        signal.signal(signum, signal.SIG_IGN)      # coordinator's to handle
     inbox: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
 
     def read() -> None:
