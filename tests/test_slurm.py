@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from fsclone.state import list_passes
+from fsclone.transport import pmi
 from tests.clirun import fsclone
 from tests.fstree import assert_rsync_clean, assert_same_tree, build_hostile_tree
 from tests.midpass import held, many_files
-from tests.services import wait_for
+from tests.services import mpirun_cmd, wait_for
 from tests.slurm import KILL_WAIT, SlurmCluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,3 +160,27 @@ def test_a_launcher_the_mpi_cannot_use_gives_one_line_and_exit_2(slurm: SlurmClu
         "srun --mpi=pmix, or mpirun inside the allocation")
     assert record["ExitCode"] == "2:0", lines
     assert not (tmp_path / "dst").exists()
+
+
+def test_mpirun_inside_the_allocation_is_a_launcher_too(slurm: SlurmCluster,
+                                                        tmp_path: Path) -> None:
+    """LAUNCH=mpirun, the README's way around a PMI mismatch: Open MPI's mpirun starts the
+    ranks through Slurm, and they are not taken for tasks srun started without PMIx."""
+    aged_tree(tmp_path / "src")
+    # no -n: mpirun takes the job's task count; no commas: --export splits on them
+    launch = " ".join(mpirun_cmd(0)[:-2]).replace("self,tcp", "^vader")
+    finished(slurm, tmp_path, submit(slurm, "copy-pass.sbatch", tmp_path, LAUNCH=launch))
+    assert_same_tree(tmp_path / "src", tmp_path / "dst")
+
+
+def test_what_srun_offers_and_what_open_mpi_components_speak() -> None:
+    """The two halves of the check, on what the tests above cannot show on Debian's Open MPI
+    (it has no PMI-1 or PMI-2 component) or cannot start (mpirun outside Slurm)."""
+    step = {"SLURM_STEP_NUM_TASKS": "4"}
+    assert [pmi.offered(step | {"SLURM_MPI_TYPE": t}) for t in ("pmix", "pmix_v4", "pmi2")] \
+        == ["pmix", "pmix", "pmi2"]
+    assert pmi.offered(step) == "none"  # srun --mpi=none sets no SLURM_MPI_TYPE
+    assert pmi.offered(step | {"SLURM_MPI_TYPE": "cray_shasta"}) is None
+    assert pmi.offered({"OMPI_COMM_WORLD_SIZE": "4", "PMIX_RANK": "0"}) is None
+    assert [pmi.interface(c) for c in ("ext3x", "pmix3x", "s1", "s2", "isolated", "flux")] \
+        == ["pmix", "pmix", "none", "pmi2", None, None]

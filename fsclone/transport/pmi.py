@@ -26,13 +26,12 @@ _COMPONENT = re.compile(rb"pmix_(\w+?)_major_version")
 
 
 def offered(env: Mapping[str, str]) -> str | None:
-    """What srun started this task with (a key of NAMES), or None: not started by srun (mpirun
-    sets OMPI_COMM_WORLD_SIZE, also inside an allocation), or an interface not judged here."""
-    if "SLURM_STEP_NUM_TASKS" not in env or "OMPI_COMM_WORLD_SIZE" in env:
+    """What srun started this task with (a key of NAMES), or None: not a task of an srun step
+    (mpirun's ranks have no SLURM_STEP_NUM_TASKS, also inside an allocation), or an interface
+    not judged here."""
+    if "SLURM_STEP_NUM_TASKS" not in env:
         return None
-    kind = env.get("SLURM_MPI_TYPE", "none").split("_")[0]
-    if "PMIX_RANK" in env:
-        kind = "pmix"
+    kind = env.get("SLURM_MPI_TYPE", "none").split("_")[0]  # pmix_v4 is PMIx too
     return kind if kind in NAMES else None
 
 
