@@ -181,6 +181,33 @@ def test_ctrl_c_on_rank_0_interrupts_the_pass_on_every_rank(require_mpi: MpiRun,
 
 
 @job
+def test_sigterm_to_every_rank_then_again_to_rank_0_ends_every_rank_with_130(
+        require_mpi: MpiRun, tmp_path: Path) -> None:
+    """Slurm's SIGTERM reaches every task: the worker ranks leave the stop to rank 0. Another
+    one may reach rank 0 while it stops the pass (a second scancel): the stop still ends with
+    every rank told to exit, or the job would hang until SIGKILL."""
+    src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
+    with held(src / "d039/f059") as lease:  # the rank that opens it answers STOP only later
+        job = subprocess.Popen(command(require_mpi, "pass", "copy", src, dst),
+                               env=fsclone_env(state), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+        wait_for(lease.breaking, 60, "a rank to open the held file")
+        ranks = {pid: Path(f"/proc/{pid}/environ").read_bytes() for pid in descendants(job.pid)}
+        ranks = {pid: env for pid, env in ranks.items() if b"OMPI_COMM_WORLD_RANK=" in env}
+        for pid in ranks:
+            os.kill(pid, signal.SIGTERM)
+        (rank0,) = [pid for pid, env in ranks.items() if b"OMPI_COMM_WORLD_RANK=0\0" in env]
+        wait_for(lambda: list_passes(state)[0].status == "interrupted", 60, "the stop")
+        os.kill(rank0, signal.SIGTERM)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err.decode()
+    (stopped,) = list_passes(state)
+    assert [line for line in err.decode().splitlines() if line.startswith("fsclone: ")] == [
+        f"fsclone: copy pass {stopped.spec.id} interrupted by SIGTERM; run the same command "
+        f"again to resume (or: fsclone pass resume {stopped.spec.id})"]
+
+
+@job
 def test_a_rank_without_the_source_stops_the_job_in_one_line(require_mpi: MpiRun,
                                                              tmp_path: Path) -> None:
     """Rank 2 runs in a mount namespace where the source is hidden, like a node that lacks the

@@ -186,9 +186,9 @@ def _pass_counters(state: Path) -> dict[str, int]:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_the_pass_and_says_how_to_resume(tmp_path: Path,
                                                         signum: signal.Signals) -> None:
-    """Ctrl-C, or SIGTERM as a walltime end sends it: to every process of the pass, twice to
-    the coordinator (srun passes on the one Slurm sent). The record is kept, one line says how
-    to resume, and the resumed pass does not redo the chunks the first run finished."""
+    """Ctrl-C, or SIGTERM as a walltime end sends it: to every process of the pass, and the
+    coordinator twice (a second scancel). The record is kept, one line says how to resume, and
+    the resumed pass does not redo the chunks the first run finished."""
     src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
     with held(src / "d039/f059"):
         proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)

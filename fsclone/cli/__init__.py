@@ -83,10 +83,7 @@ def cli() -> None:
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM (a walltime end, scancel, a shutdown) stops a pass as Ctrl-C does, record kept.
-    Only the first one: srun passes Slurm's SIGTERM on to tasks that got it already, and a
-    second one would cut short the stop that keeps the record (SIGKILL still ends it)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """SIGTERM (a walltime end, scancel, a shutdown) stops a pass as Ctrl-C does, record kept."""
     raise Terminated
 
 
