@@ -42,6 +42,7 @@ from fsclone.engine.launch import PassRequest, run_pass  # noqa: E402
 from fsclone.transport import select  # noqa: E402
 from fsclone.transport.amqp.coordinator import AmqpTransport  # noqa: E402
 from fsclone.transport.base import Transport  # noqa: E402
+from fsclone.transport.local import LocalTransport  # noqa: E402
 from tests.services import RabbitMQServer  # noqa: E402
 
 ROOTS = {"shm": Path("/dev/shm") / BENCH_ROOT_NAME, "disk": Path("/var/tmp") / BENCH_ROOT_NAME}
@@ -98,7 +99,7 @@ def broker_and_workers(workers: int) -> Iterator[Config]:
 
 
 def timed_pass(cfg: Config, src: str, dst: Path, state: Path,
-               transport: Transport | None) -> float:
+               transport: Transport) -> float:
     subprocess.run(["sync"], check=False)
     started = time.perf_counter()
     _, summary = run_pass(dataclasses.replace(cfg, state_dir=str(state)),
@@ -117,7 +118,7 @@ def race(cfg: Config, src: str, base: Path, repeat: int) -> tuple[Runs, Runs]:
             dst, state = base / f"dst-{runs.name}", base / f"state-{runs.name}"
             remove(dst, base)
             remove(state, base)
-            transport = select.amqp(cfg) if runs is amqp else None  # None: local
+            transport = select.amqp(cfg) if runs is amqp else LocalTransport(cfg.workers)
             runs.seconds.append(timed_pass(cfg, src, dst, state, transport))
             if isinstance(transport, AmqpTransport):
                 runs.carried = transport.carried

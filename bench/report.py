@@ -37,6 +37,9 @@ TARGETS = (
     Target("large", "copy", "cp", 1.2),
 )
 
+#: a build raced against a baseline build (run.py --build) may be at most this x its time
+REGRESSION = 1.05
+
 #: peak RSS (summed over the process tree) for 1M entries must be <= this x that for 100k
 MEMORY_LIMIT = 2.0
 
@@ -152,6 +155,31 @@ def judge(
                     "ratio": r,
                     "limit": t.limit,
                     "verdict": verdict,
+                }
+            )
+    return verdicts
+
+
+def build_verdicts(
+    scenario: str, summaries: list[Summary], builds: list[str], stat: str
+) -> list[dict[str, Any]]:
+    """Every build's time over the first build's (the baseline), per phase: the check that a
+    change does not slow fsclone down, measured side by side in one run."""
+    verdicts = []
+    phases = dict.fromkeys(s.phase for s in summaries)
+    for phase in phases:
+        base = _find(summaries, builds[0], phase)
+        for build in builds[1:]:
+            mine = _find(summaries, build, phase)
+            if base is None or mine is None:
+                continue
+            r = ratio(mine, base, stat)
+            verdicts.append(
+                {
+                    "what": f"{scenario} {phase}: {build} / {builds[0]}",
+                    "ratio": r,
+                    "limit": REGRESSION,
+                    "verdict": _verdict(r, REGRESSION, mine, base),
                 }
             )
     return verdicts

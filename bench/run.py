@@ -162,6 +162,10 @@ def timed_section(ctx: Ctx, scenario: str, tree: dict[str, Any], noop: bool) -> 
         "",
         *report.verdict_lines(verdicts),
     ]
+    if len(ctx.args.build) > 1:
+        names = [t.name for t in ctx.fsclone]
+        lines += ["", *report.verdict_lines(report.build_verdicts(scenario, summaries, names,
+                                                                   ctx.args.stat))]
     summary = report.summary_json(summaries, variants[0], ctx.args.stat)
     return {"trees": [tree], "runs": runs, "summary": summary, "verdicts": verdicts, "lines": lines}
 
@@ -222,6 +226,23 @@ def csv_choice(choices: tuple[str, ...] | list[str]) -> Callable[[str], list[str
     return parse
 
 
+def named_command(text: str) -> tuple[str, str]:
+    """argparse type for NAME=CMD."""
+    name, sep, cmd = text.partition("=")
+    if not sep or not name or not cmd or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=CMD with NAME a word; got {text!r}")
+    return name, cmd
+
+
+def builds(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The fsclone builds raced: the --build ones, else the one --fsclone names."""
+    return list(args.build) or [("", args.fsclone)]
+
+
+def builds_text(args: argparse.Namespace) -> str:
+    return ", ".join(f"{name or 'fsclone'}=`{cmd}`" for name, cmd in builds(args))
+
+
 def default_fsclone() -> str:
     """fsclone's console script beside this interpreter (a pyenv-style shim on PATH would bill
     its own start-up to fsclone), else any on PATH, else the package run from this repo."""
@@ -255,6 +276,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=1.0, help="shrink (or grow) every tree")
     p.add_argument("--fsclone", default=default_fsclone(), help="command that runs fsclone")
     p.add_argument(
+        "--build",
+        action="append",
+        type=named_command,
+        default=[],
+        metavar="NAME=CMD",
+        help="an fsclone build to race (repeat: the first is the baseline the others are "
+        "judged against, within REGRESSION); replaces --fsclone",
+    )
+    p.add_argument(
         "--variants",
         type=csv_choice(list(FSCLONE_VARIANTS)),
         default=["fsclone"],
@@ -280,7 +310,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def header(args: argparse.Namespace, facts: dict[str, str], missing: list[str]) -> list[str]:
     cfg = (
         f"repeat={args.repeat} stat={args.stat} scale={args.scale} workers={args.workers} "
-        f"fsclone=`{args.fsclone}` variants={','.join(args.variants)}"
+        f"fsclone={builds_text(args)} variants={','.join(args.variants)}"
     )
     return [
         f"# fsclone bench, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
@@ -301,7 +331,8 @@ def run_location(where: str, args: argparse.Namespace, out: list[str]) -> list[d
         where,
         root,
         args,
-        fsclone_tools(shlex.split(args.fsclone), args.variants, args.workers),
+        [t for name, cmd in builds(args)
+         for t in fsclone_tools(shlex.split(cmd), args.variants, args.workers, name)],
         [t for t in available.values() if t.installed()],
     )
     fs = report.fstype(root)

@@ -47,14 +47,18 @@ class Tool:
         return self.fsclone or shutil.which(self.needs) is not None
 
 
-def fsclone_tools(cmd: list[str], variants: list[str], workers: int) -> list[Tool]:
-    """One Tool per requested fsclone variant, all launched through cmd (e.g. `fsclone`)."""
+def fsclone_tools(
+    cmd: list[str], variants: list[str], workers: int, build: str = ""
+) -> list[Tool]:
+    """One Tool per requested fsclone variant, all launched through cmd (e.g. `fsclone`).
+    A named ``build`` (one of several installs raced against each other) names its tools:
+    the build's name for the plain variant, ``build:variant`` for the others."""
     tools = []
     for name in variants:
         opts = [o.format(workers=workers) for o in FSCLONE_VARIANTS[name]]
         tools.append(
             Tool(
-                name=name,
+                name=_tool_name(build, name),
                 label=" ".join([*cmd, "pass", "copy", *opts]),
                 argv=_fsclone_argv(cmd, opts),
                 needs=cmd[0],
@@ -62,6 +66,12 @@ def fsclone_tools(cmd: list[str], variants: list[str], workers: int) -> list[Too
             )
         )
     return tools
+
+
+def _tool_name(build: str, variant: str) -> str:
+    if not build:
+        return variant
+    return build if variant == "fsclone" else f"{build}:{variant}"
 
 
 def _fsclone_argv(cmd: list[str], opts: list[str]) -> Callable[[Path, Path], list[str]]:

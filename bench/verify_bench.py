@@ -32,7 +32,7 @@ import report
 import trees
 from tools import BENCH_ROOT_NAME, launch
 
-from fsclone.state import list_passes
+from fsclone.state.queries import list_passes
 
 REPO = Path(__file__).resolve().parent.parent
 FSCLONE = "fsclone verify"

@@ -25,7 +25,8 @@ import pytest
 
 from fsclone.chunk import Result
 from fsclone.spec import PassSpec
-from fsclone.state import PassRecord, list_passes, new_pass_id
+from fsclone.state.directory import new_pass_id
+from fsclone.state.queries import PassRecord, list_passes
 from fsclone.transport.amqp.coordinator import DELIVERY_LIMIT
 from fsclone.transport.amqp.wire import Queues, decode_chunks, encode_results
 from tests.clirun import children, fsclone, fsclone_env, spawn

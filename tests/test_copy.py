@@ -16,6 +16,7 @@ from fsclone.fs import data
 from fsclone.ops import copy
 from fsclone.ops.context import Context
 from fsclone.spec import PassSpec
+from fsclone.transport.local import LocalTransport
 from tests.clirun import fsclone, fsclone_json
 from tests.fstree import (
     assert_rsync_clean,
@@ -313,7 +314,8 @@ def test_targets_without_unnamed_files_get_temp_names_and_rename(
     build_hostile_tree(src)
     monkeypatch.delattr(os, "O_TMPFILE")
     cfg = load(None, {"FSCLONE_STATE_DIR": str(tmp_path / "state")}, {"workers": 2})
-    _, summary = run_pass(cfg, PassRequest(op="copy", src=str(src), dst=str(dst)), Hooks())
+    _, summary = run_pass(cfg, PassRequest(op="copy", src=str(src), dst=str(dst)), Hooks(),
+                          LocalTransport(cfg.workers))
     assert summary.error_count == 0 and summary.counters["files_copied"] > 0
     assert_same_tree(src, dst)
     assert leftovers(dst) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from faultfs import FaultFS
-from tests.clirun import fsclone
+from tests.clirun import fsclone, fsclone_json
 from tests.faultmount import faulty
 from tests.fstree import (
     assert_nothing_wrong_under_final_names,
@@ -127,6 +128,24 @@ def test_eio_in_a_small_files_data_or_xattrs(tmp_path: Path, side: str, op: str)
         sc.assert_converges()
 
 
+def test_an_item_error_names_its_step_and_side_in_errors_and_json(tmp_path: Path) -> None:
+    """An xattr the target refuses is listed, by the pass summary and by ``fsclone errors``
+    (lines and --json) from the pass record, as the target's xattr step."""
+    with scene(tmp_path, "dst") as sc:
+        sc.fs.fail("SETXATTR", "EIO", path="victim/*")
+        rc, out = fsclone_json("pass", "copy", *sc.roots, state=sc.state, **SETTINGS)
+        assert rc == 1, out
+        want = {"path": "victim/small", "op": "copy", "errno": errno.EIO,
+                "message": os.strerror(errno.EIO), "step": "xattr", "side": "target"}
+        assert out["errors"] == [want]
+        listed = fsclone("errors", out["pass"], "--json", state=sc.state)
+        assert json.loads(listed.stdout) == [want]
+        text = fsclone("errors", out["pass"], state=sc.state).stdout.decode()
+        assert text == (f"target xattr\tvictim/small\tcopy\tEIO ({errno.EIO})\t"
+                        f"{os.strerror(errno.EIO)}\n")
+        sc.assert_converges()
+
+
 @pytest.mark.parametrize("op", ["RENAME", "LINK"])
 def test_eio_on_the_targets_link_or_rename_step(tmp_path: Path, op: str) -> None:
     """RENAME: a changed file's temp is renamed over the old one. LINK: a new name of a
@@ -196,3 +215,22 @@ def test_a_failed_entry_of_a_split_directory_still_gets_the_directory_its_times(
         assert proc.returncode == 1, output(proc)
         assert "chunk failed" not in output(proc), output(proc)
         assert os.stat(dst / "many").st_mtime_ns == os.stat(src / "many").st_mtime_ns
+
+
+@pytest.mark.parametrize(("side", "op", "step"), [
+    ("src", "OPEN", ("open", "source")), ("src", "READ", ("read", "source")),
+    ("dst", "WRITE", ("data", "target")),
+    ("dst", "RENAME", ("publish", "target"))])
+def test_an_item_error_names_the_step_and_the_side_that_failed(
+        tmp_path: Path, side: str, op: str, step: tuple[str, str]) -> None:
+    """A changed file is rewritten under a temp name and renamed over the old copy: whichever
+    step of that fails, on whichever side, its item error says so."""
+    with scene(tmp_path, side) as sc:
+        assert sc.run().returncode == 0
+        (sc.src / "victim/small").write_bytes(os.urandom(3001))
+        sc.fs.fail(op, "EIO", path="victim/*")
+        rc, out = fsclone_json("pass", "copy", *sc.roots, state=sc.state, **SETTINGS)
+        assert rc == 1, out
+        assert [(e["path"], e["errno"], e["step"], e["side"]) for e in out["errors"]] == [
+            ("victim/small", errno.EIO, *step)]
+        assert leftovers(sc.dst) == []

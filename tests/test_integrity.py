@@ -16,6 +16,7 @@ from fsclone.chunk import Chunk
 from fsclone.config import Config
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.launch import PassRequest, run_pass
+from fsclone.transport.memory import MemoryBroker, MemoryTransport
 from tests.clirun import NOBODY, NOGROUP, fsclone, fsclone_as, fsclone_json
 from tests.fstree import (
     assert_nothing_wrong_under_final_names,
@@ -24,7 +25,6 @@ from tests.fstree import (
     leftovers,
     preserving_atimes,
 )
-from tests.inline import InlineTransport
 from tests.mounts import loop_fs, require_root, resize_tmpfs, tmpfs
 
 MIB = 1 << 20
@@ -61,16 +61,15 @@ def test_a_range_that_fails_all_its_attempts_is_never_published(tmp_path: Path) 
     src.mkdir()
     (src / "big").write_bytes(os.urandom(3 * MIB))
 
-    def third_range(chunk: Chunk) -> str | None:
-        return "worker died" if chunk.op == "range" and chunk.args["start"] == 2 * MIB \
-            else None
+    def third_range(chunk: Chunk, earlier: int = 0) -> bool:
+        return chunk.op == "range" and chunk.args["start"] == 2 * MIB
 
-    transport = InlineTransport(third_range)
+    broker = MemoryBroker()
+    broker.fail(third_range, "worker died", times=None)
     cfg = Config(workers=1, state_dir=str(state), large_file_size=MIB, range_size=MIB)
     _, summary = run_pass(cfg, PassRequest(op="copy", src=str(src), dst=str(dst)), Hooks(),
-                          transport)
-    assert [c.attempt for c in transport.ran if c.op == "range" and c.args["start"] == 2 * MIB] \
-        == [0, 1, 2]
+                          MemoryTransport(broker))
+    assert [r.chunk.attempt for r in broker.published if third_range(r.chunk)] == [0, 1, 2]
     assert [(e.path, e.op) for e in summary.errors] == [("big", "range")]
     assert not (dst / "big").exists(), "a file with a range given up on was published"
     assert leftovers(dst) == []

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from fsclone.engine.worker import worker_name
-from fsclone.state import INTERRUPTED, RUNNING, list_passes, read_workers
+from fsclone.lifecycle import INTERRUPTED, RUNNING
+from fsclone.state.queries import list_passes, read_workers
 from fsclone.transport.mpi import in_mpi_job, launcher_size
 from tests.clirun import PathLike, descendants, fsclone_env
 from tests.fstree import assert_rsync_clean, assert_same_tree, build_hostile_tree, snapshot

@@ -175,6 +175,7 @@ def test_nothing_deleted_below_a_source_directory_that_cannot_be_listed(
     from fsclone.engine.coordinator import Hooks
     from fsclone.engine.launch import PassRequest, run_pass
     from fsclone.fs import dirs
+    from fsclone.transport.local import LocalTransport
 
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     tree(src, {"open/a": "a", "locked/b": "b", "locked/inner/c": "c"})
@@ -190,7 +191,8 @@ def test_nothing_deleted_below_a_source_directory_that_cannot_be_listed(
 
     monkeypatch.setattr(dirs, "list_kinds", refuse_locked)
     _, summary = run_pass(Config(workers=2, state_dir=str(state)),
-                             PassRequest(op="delete", src=str(src), dst=str(dst)), Hooks())
+                             PassRequest(op="delete", src=str(src), dst=str(dst)), Hooks(),
+                             LocalTransport(2))
     assert summary.error_count == 1
     assert [(e.path, e.errno) for e in summary.errors] == [("locked", 13)]
     assert not (dst / "open/a").exists()
@@ -198,7 +200,7 @@ def test_nothing_deleted_below_a_source_directory_that_cannot_be_listed(
 
 
 def test_second_pass_on_the_same_target_is_refused(tmp_path: Path) -> None:
-    from fsclone.state import TargetLock
+    from fsclone.state.lock import TargetLock
 
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     tree(src, {"a": "a"})

@@ -4,9 +4,13 @@ over, and a resume is not an attempt."""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +18,11 @@ import pytest
 
 from fsclone.chunk import Chunk, ItemError, Result
 from fsclone.engine.coordinator import Coordinator
+from fsclone.lifecycle import UNFINISHED
 from fsclone.spec import PassSpec, as_flags, differences
-from fsclone.state import UNFINISHED, PassStore, pass_ids, read_chunks, read_record
+from fsclone.state.directory import pass_ids
+from fsclone.state.queries import read_chunks, read_errors, read_record
+from fsclone.state.record import PassStore
 from fsclone.transport.base import Transport
 from tests.clirun import PathLike, fsclone, spawn
 from tests.fstree import assert_same_tree, leftovers
@@ -282,3 +289,32 @@ def test_a_pass_resumed_twice_gives_its_chunks_their_first_try_still(tmp_path: P
     final = _once_unlocked("pass", "resume", pass_id, state=state)
     assert final.returncode == 0, final.stderr
     assert_same_tree(src, dst)
+
+
+def test_a_record_from_before_error_steps_is_read_and_a_resume_of_it_writes_errors(
+        tmp_path: Path) -> None:
+    """A record whose errors table has no step and side (written by an earlier version) is
+    read as it is (read-only: ``errors``, ``status``, ``--retry-errors``), and opened for a
+    resume it takes errors with their step and side."""
+    state = tmp_path / "state"
+    spec = PassSpec(id="20260101-000000-copy-abcdef", op="copy", src=str(tmp_path / "src"),
+                    dst=str(tmp_path / "dst"), started=0.0)
+    PassStore.create(state, spec).close()
+    with closing(sqlite3.connect(state / spec.id / "pass.db")) as db:
+        db.executescript("DROP TABLE errors; CREATE TABLE errors (seq INTEGER PRIMARY KEY, "
+                         "path BLOB, op TEXT, errno INTEGER, message TEXT)")
+        db.execute("INSERT INTO errors (path, op, errno, message) VALUES (?,?,?,?)",
+                   (b"old", "copy", errno.EACCES, "Permission denied"))
+        db.commit()
+    old = ItemError("old", "copy", errno.EACCES, "Permission denied")
+    assert read_errors(state / spec.id) == [old]
+    listed = fsclone("errors", spec.id, "--json", state=state)
+    assert json.loads(listed.stdout) == [
+        {"path": "old", "op": "copy", "errno": errno.EACCES, "message": "Permission denied"}]
+
+    store = PassStore(state / spec.id)  # as a resume opens it
+    new = ItemError("new", "copy", errno.EIO, "Input/output error", "data", "target")
+    store.add_errors([new])
+    store.commit()
+    store.close()
+    assert read_errors(state / spec.id) == [old, new]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fsclone.state import list_passes
+from fsclone.state.queries import list_passes
 from tests.clirun import children, fsclone, fsclone_json, spawn
 from tests.faultmount import faulty
 from tests.fstree import assert_rsync_clean, assert_same_tree, leftovers

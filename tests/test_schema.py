@@ -5,7 +5,7 @@ coordinator's signatures of planned chunks (fsclone.signing) and the roots a wor
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,15 +15,17 @@ import pytest
 from fsclone.chunk import Chunk, Group, Result, dumps, loads_chunk
 from fsclone.config import load
 from fsclone.engine.coordinator import Coordinator
-from fsclone.engine.worker import ChunkRunner
+from fsclone.engine.worker import ChunkRunner, handle
 from fsclone.errors import ConfigError, MessageError
 from fsclone.ops.registry import OPS
 from fsclone.schema import SCHEMAS, temp_name
 from fsclone.signing import SIGNED_OPS, Signer, may_issue, new_key, read_key
 from fsclone.spec import PassSpec
-from fsclone.state import new_pass_id
+from fsclone.state.directory import new_pass_id
 from fsclone.transport.amqp.allowed import admitted
-from tests.inline import InlineTransport
+from fsclone.transport.base import Message
+from fsclone.transport.inflight import Pushed
+from fsclone.transport.memory import MemoryTransport
 
 PASS = new_pass_id("sync")
 TMP = temp_name(PASS, "big", "0123456789ab")
@@ -150,6 +152,27 @@ def runner(tmp_path: Path) -> Iterator[ChunkRunner]:
 KEY = new_key()
 
 
+class Answered(Pushed):
+    """Keeps what the worker loop answers."""
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+
+    def receive(self) -> Message | None:
+        return None
+
+    def publish(self, message: Message, results: Sequence[Result]) -> None:
+        self.results.extend(results)
+
+
+def answer(runner: ChunkRunner, chunk: Chunk) -> Result:
+    """What the worker loop answers for a message of ``chunk`` alone."""
+    delivery = Answered()
+    handle(delivery, Message((chunk,), runner))
+    [result] = delivery.results
+    return result
+
+
 def chunk_of(op: str, **changes: Any) -> Chunk:
     path, names, args = VALID[op]
     fields: dict[str, Any] = {"op": op, "path": path, "args": args,
@@ -165,7 +188,7 @@ def test_a_worker_admits_only_temp_names_of_its_pass_for_the_chunks_file(
         chunk = chunk_of("range", args={**VALID["range"][2], "tmp": tmp})
         with pytest.raises(MessageError, match="not a temp name of pass"):
             runner.admit(chunk)
-        assert runner.run(chunk).failed is not None
+        assert answer(runner, chunk).failed is not None
 
 
 def test_a_worker_runs_a_planned_chunk_only_with_the_coordinators_signature(
@@ -187,7 +210,7 @@ def test_a_worker_runs_a_planned_chunk_only_with_the_coordinators_signature(
         for forged in forgeries:
             with pytest.raises(MessageError, match="signature"):
                 runner.admit(forged)
-        refused = runner.run(unsigned)
+        refused = answer(runner, unsigned)
         assert refused.failed and "refused" in refused.failed
 
 
@@ -198,7 +221,7 @@ def test_a_worker_runs_no_placeholder_and_no_unknown_op(runner: ChunkRunner) -> 
 
 
 def test_the_coordinator_signs_only_what_the_plan_issues() -> None:
-    coordinator = Coordinator(None, InlineTransport())  # type: ignore[arg-type]
+    coordinator = Coordinator(None, MemoryTransport())  # type: ignore[arg-type]
     prune = Chunk(op="prune", path="a/b")
     finalize = chunk_of("finalize", args=FILE)
     for parent, child, kept in [("unlink", prune, True), ("prune", prune, True),

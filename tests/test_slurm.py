@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fsclone.state import list_passes
+from fsclone.state.queries import list_passes
 from fsclone.transport import pmi
 from tests.clirun import fsclone
 from tests.fstree import assert_rsync_clean, assert_same_tree, build_hostile_tree

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fsclone.state import list_passes, read_workers
+from fsclone.state.queries import list_passes, read_workers
 from fsclone.stats import counters as C
 from tests.clirun import fsclone, fsclone_env, fsclone_json, spawn
 from tests.fstree import assert_rsync_clean, assert_same_tree

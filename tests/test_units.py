@@ -11,14 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from fsclone.ages import parse_age
 from fsclone.chunk import Chunk, Group, ItemError, Result, dumps, loads_chunk, loads_result
 from fsclone.config import load, read_site_file
 from fsclone.errors import ConfigError, MessageError, UsageError
-from fsclone.filters import Filters, parse_age
+from fsclone.filters import Filters
 from fsclone.fs import data, dirs
 from fsclone.fs.unnamed import UnnamedFiles
+from fsclone.lifecycle import DONE
 from fsclone.spec import PassSpec
-from fsclone.state import DONE, PassStore, find_unfinished
+from fsclone.state.queries import find_unfinished
+from fsclone.state.record import PassStore
 from tests.midpass import held
 
 HOSTILE = os.fsdecode(b"bad \xff\xfe name\nwith newline")

@@ -18,7 +18,7 @@ import xxhash
 
 from fsclone.chunk import Chunk, Result, dumps, loads_result
 from fsclone.manifest import escape, read_manifest, unescape
-from fsclone.state import PassStore
+from fsclone.state.record import PassStore
 from tests.clirun import fsclone, fsclone_json
 from tests.fstree import HOSTILE_NAMES, _lstat_tree, build_hostile_tree, snapshot
 

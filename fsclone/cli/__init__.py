@@ -6,7 +6,6 @@ One module per command family; each registers its commands on :data:`cli`.
 from __future__ import annotations
 
 import importlib
-import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ import click
 
 from fsclone import __version__
 from fsclone.errors import FscloneError, Terminated
+from fsclone.options import OPTIONS, Option
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: no item failed, but some files changed while they were copied and did not go over: run the
@@ -24,31 +24,44 @@ EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_CHANGED = 3
 
 Decorator = Callable[[Any], Any]  # a click option or argument
-class Seconds(click.ParamType):
-    """A finite, non-negative number of seconds: click's FloatRange lets nan and inf through
-    (every comparison with nan is false)."""
-
-    name = "secs"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> float:
-        try:
-            secs = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        if not math.isfinite(secs) or secs < 0:
-            self.fail(f"{value!r} is not a finite, non-negative number of seconds", param, ctx)
-        return secs
 
 
-#: a sane number of worker processes for one node
-WORKERS = click.IntRange(1, 4096)
+def flag_option(name: str, **override: Any) -> Decorator:
+    """The click option of the declared option ``name`` (fsclone.options); ``override``
+    changes what one command says of it."""
+    o = OPTIONS[name]
+    kind: dict[str, Any] = {"type": o.flag_type}
+    if isinstance(o.default, bool) and o.flag_type is None:
+        kind = {"is_flag": True}
+    elif isinstance(o.default, tuple):  # given several times
+        kind = {"multiple": True}
+    said = {"default": o.flag_default, "show_default": o.show_default, "metavar": o.metavar,
+            "help": o.help, **override}
+    return click.option(o.flag, *([o.short] if o.short else []), o.name, **kind, **said)
+
+
+def _any(o: Option) -> bool:
+    return True
+
+
+def flag_options(command: str, where: Callable[[Option], bool] = _any) -> list[Decorator]:
+    """The click options of the declared options that ``fsclone pass COMMAND`` takes and
+    ``where`` picks, in the order declared."""
+    return [flag_option(name) for name, o in OPTIONS.items() if command in o.commands and where(o)]
+
+
+def given(kw: dict[str, Any]) -> dict[str, Any]:
+    """The declared options among a command's arguments ``kw``, as values of the options (for
+    :func:`fsclone.config.load`); None: not given."""
+    return {name: None if kw[name] is None else OPTIONS[name].from_flag(kw[name])
+            for name in OPTIONS if name in kw}
+
+
 #: options several commands share
-WORKERS_OPTION = click.option("--workers", "-w", type=WORKERS,
-                              help="Worker processes [default: cores].")
 CONFIG_OPTION = click.option("--config", "config_file", metavar="FILE",
                              help="Site config (config.py); also FSCLONE_CONFIG.")
-STATE_DIR_OPTION = click.option("--state-dir", metavar="DIR", help="Where pass records live.")
+WORKERS_OPTION = flag_option("workers")
+STATE_DIR_OPTION = flag_option("state_dir")
 
 
 def decorate(f: Callable[..., Any], options: Sequence[Decorator]) -> Callable[..., Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno as errnos
 import json
 import os
 import sys
@@ -20,16 +19,19 @@ from fsclone.cli import (
     WORKERS_OPTION,
     cli,
     decorate,
+    flag_option,
 )
+from fsclone.cli.display import render
+from fsclone.cli.display.console import Console
+from fsclone.cli.display.itemerrors import error_json, error_line
+from fsclone.cli.display.views import Views
 from fsclone.config import Config, load
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.scan import run_scan
-from fsclone.ops.context import printable
-from fsclone.state import pass_dir, read_errors
-from fsclone.stats import render
-from fsclone.stats.progress import Console, error_json
+from fsclone.state.directory import pass_dir
+from fsclone.state.queries import read_errors
 from fsclone.stats.reporter import reporter_for
-from fsclone.stats.views import Views
+from fsclone.transport.local import LocalTransport
 
 _CLEAR = "\x1b[H\x1b[2J"
 
@@ -41,11 +43,6 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _config(config_file: str | None, **flags: Any) -> Config:
     return load(config_file, os.environ, flags)
-
-
-def _errno(number: int) -> str:
-    """"ENOSPC (28)"; "-" for a chunk that failed as a whole (no errno)."""
-    return f"{errnos.errorcode.get(number, '?')} ({number})" if number else "-"
 
 
 def _warn(line: str) -> None:
@@ -100,7 +97,8 @@ def _watch(lines: Callable[[], list[str]], interval: float) -> None:
 @_common
 def errors(pass_id: str, limit: int | None, config_file: str | None, state_dir: str | None,
            as_json: bool) -> None:
-    """Each item pass ID failed on: path, operation, errno, message (from its pass record).
+    """Each item pass ID failed on: where (side and step, when known), path, operation,
+    errno, message (from its pass record).
     `fsclone pass copy --retry-errors ID` re-runs just these."""
     cfg = _config(config_file, state_dir=state_dir)
     items = read_errors(pass_dir(cfg.state_path, pass_id), limit)
@@ -108,13 +106,13 @@ def errors(pass_id: str, limit: int | None, config_file: str | None, state_dir: 
         print(json.dumps([error_json(e) for e in items], indent=1))
         return
     for e in items:
-        print(f"{printable(e.path)}\t{e.op}\t{_errno(e.errno)}\t{e.message}")
+        print(error_line(e))
 
 
 @cli.command("scan")
 @click.argument("src", required=False)
 @WORKERS_OPTION
-@click.option("--restart", is_flag=True, help="Start anew instead of resuming.")
+@flag_option("restart")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the counts.")
 @_common
 def scan(src: str | None, workers: int | None, restart: bool, quiet: bool,
@@ -130,7 +128,7 @@ def scan(src: str | None, workers: int | None, restart: bool, quiet: bool,
                   stats_interval=cfg.report_interval)
     with reporter_for(cfg, console.warn) as reporter:
         hooks.stats = reporter.offer
-        spec, summary = run_scan(cfg, root, hooks, restart)
+        spec, summary = run_scan(cfg, root, hooks, LocalTransport(cfg.workers), restart)
     if as_json:
         print(json.dumps({
             "pass": spec.id, "src": spec.src, "status": summary.status,

@@ -8,13 +8,13 @@ import sys
 
 import click
 
-from fsclone.cli import CONFIG_OPTION, WORKERS_OPTION, cli
+from fsclone.cli import CONFIG_OPTION, WORKERS_OPTION, cli, flag_option
 from fsclone.config import load
 
 
 @cli.command("worker")
-@click.option("--broker", metavar="URL",
-              help="amqp://USER@HOST[:PORT]/VHOST (no password: see PASSWORD_FILE); BROKER.")
+@flag_option("broker",
+             help="amqp://USER@HOST[:PORT]/VHOST (no password: see PASSWORD_FILE); BROKER.")
 @CONFIG_OPTION
 @WORKERS_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="Log only warnings and errors.")

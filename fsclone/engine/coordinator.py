@@ -12,28 +12,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fsclone.chunk import Chunk, ItemError, ManifestRow, Result
 from fsclone.engine.retry import Seed
 from fsclone.engine.worker import worker_name
-from fsclone.errors import GuardError, Interrupted, Terminated
+from fsclone.errors import GuardError
+from fsclone.lifecycle import DONE, INTERRUPTED, PHASES, REFUSED, Summary
 from fsclone.signing import Signer, may_issue
-from fsclone.spec import PassSpec
-from fsclone.state import DONE, INTERRUPTED, REFUSED, PassStore
+from fsclone.state.record import PassStore
 from fsclone.stats import counters as C
 from fsclone.stats.snapshot import Snapshot
 from fsclone.transport.base import Transport
 
-#: the phases of each pass, in order
-PHASES: dict[str, tuple[str, ...]] = {
-    "copy": ("walk", "cleanup"),
-    "sync": ("walk", "unlink", "cleanup"),
-    "delete": ("walk", "unlink"),
-    "mtime": ("walk",),
-    "verify": ("walk",),
-    "scan": ("walk",),
-}
 #: seconds between commits of applied results (see Coordinator._drain)
 COMMIT_EVERY = 0.05
 #: tries of a chunk whose op raised (or whose worker died) before it is listed as failed
@@ -57,25 +48,6 @@ class Hooks:
     #: must return at once (see fsclone.stats.reporter)
     stats: Callable[[Snapshot], None] = lambda snapshot: None
     stats_interval: float = 10.0
-
-
-@dataclass
-class Summary:
-    status: str
-    counters: dict[str, int]
-    errors: list[ItemError] = field(default_factory=list)
-    error_count: int = 0
-    elapsed: float = 0.0
-
-
-def interrupted(spec: PassSpec, signal: KeyboardInterrupt) -> Interrupted:
-    """The one line a pass stopped by a signal ends with: which signal, and how to go on."""
-    what = f"{'scan' if spec.op == 'scan' else spec.op + ' pass'} {spec.id} interrupted by " \
-        f"{'SIGTERM' if isinstance(signal, Terminated) else 'SIGINT'}"
-    if spec.rehearsal:
-        return Interrupted(f"{what}; a dry run leaves nothing to resume")
-    also = "" if spec.op == "scan" else f" (or: fsclone pass resume {spec.id})"
-    return Interrupted(f"{what}; run the same command again to resume{also}")
 
 
 class Coordinator:
@@ -227,9 +199,9 @@ class Coordinator:
     def _report(self, final: bool = False) -> None:
         """Hand the stats sinks a snapshot (the last one after the transport's last result)."""
         store = self.store
-        phases = PHASES[store.spec.op]
-        phase = phases[store.phase] if store.phase < len(phases) else "end"
-        self.hooks.stats(Snapshot.of(store, phase, None if final else self.transport.depth()))
+        self.hooks.stats(Snapshot.of_pass(
+            store.spec, store.status, store.phase, time.time(), store.counters, store.workers,
+            store.outstanding, None if final else self.transport.depth()))
         self._next_stats = time.monotonic() + self.hooks.stats_interval
 
     def _apply(self, result: Result) -> list[Chunk]:

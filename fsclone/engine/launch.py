@@ -10,27 +10,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fsclone.config import Config
-from fsclone.engine.coordinator import Coordinator, Hooks, Summary, interrupted
+from fsclone.engine.coordinator import Coordinator, Hooks
 from fsclone.engine.layout import source_layout
 from fsclone.engine.retry import retry_seed
 from fsclone.engine.roots import check_delete_guards, check_roots
 from fsclone.engine.sweep import WRITERS, remove_staging, supersede
-from fsclone.errors import UsageError
+from fsclone.errors import Interrupted, Terminated, UsageError
 from fsclone.fs.lease import TargetLease
+from fsclone.lifecycle import UNFINISHED, Summary
+from fsclone.options import pass_options
 from fsclone.spec import PassSpec, as_flags, differences
-from fsclone.state import (
-    UNFINISHED,
-    PassStore,
-    TargetLock,
-    find_unfinished,
-    new_pass_id,
-    open_state_dir,
-    pass_dir,
-    read_record,
-)
-from fsclone.stats.trees import record_tree
+from fsclone.state.directory import new_pass_id, open_state_dir, pass_dir
+from fsclone.state.lock import TargetLock
+from fsclone.state.queries import find_unfinished, read_record
+from fsclone.state.record import PassStore
+from fsclone.state.trees import record_tree
 from fsclone.transport.base import Transport
-from fsclone.transport.local import LocalTransport
 
 #: the passes that write to the target, and so take its lease
 LEASED = ("copy", "sync", "delete", "mtime")
@@ -38,37 +33,28 @@ LEASED = ("copy", "sync", "delete", "mtime")
 
 @dataclass(frozen=True)
 class PassRequest:
-    """What the user asked for on the command line, beyond the site config."""
+    """Which pass to run on which roots; its options are the Config's."""
 
     op: str
     src: str
     dst: str
-    dry_run: bool = False
-    checksum: bool = False
-    modify_window: float = 0.0
-    includes: tuple[str, ...] = ()
-    excludes: tuple[str, ...] = ()
-    restart: bool = False
-    verbose: bool = False
-    sample: float = 1.0
-    seed: int = 0
-    metadata_only: bool = False
-    manifest: bool = False
-    retry_of: str = ""  # re-run only the items this pass listed as failed
-    one_file_system: bool = False
     resume_id: str = ""  # resume this unfinished pass (``fsclone pass resume ID``)
 
 
-def build_spec(cfg: Config, req: PassRequest, src: str, dst: str) -> PassSpec:
-    return PassSpec(
-        id=new_pass_id(req.op), op=req.op, src=src, dst=dst, started=time.time(),
-        dry_run=req.dry_run, checksum=req.checksum,
-        modify_window_ns=int(req.modify_window * 1e9), oldest=cfg.oldest, newest=cfg.newest,
-        excludes=tuple(cfg.excludes) + req.excludes, includes=req.includes,
-        large_file_size=cfg.large_file_size, range_size=cfg.range_size, dir_slice=cfg.dir_slice,
-        sample=req.sample, seed=req.seed, metadata_only=req.metadata_only, manifest=req.manifest,
-        verbose=req.verbose, retry_of=req.retry_of, max_delete=cfg.max_delete,
-        sentinel=cfg.sentinel, one_file_system=req.one_file_system)
+def build_spec(cfg: Config, op: str, src: str, dst: str) -> PassSpec:
+    """A new pass of ``op`` on ``src`` and ``dst``, with the pass options of ``cfg``."""
+    return PassSpec(id=new_pass_id(op), op=op, src=src, dst=dst, started=time.time(),
+                    **pass_options(cfg))
+
+
+def interrupted(spec: PassSpec, signal: KeyboardInterrupt) -> Interrupted:
+    """The one line a pass or scan stopped by a signal ends with: which signal, how to go on."""
+    what = f"{'scan' if spec.op == 'scan' else spec.op + ' pass'} {spec.id} interrupted by " \
+        f"{'SIGTERM' if isinstance(signal, Terminated) else 'SIGINT'}"
+    if spec.rehearsal:
+        return Interrupted(f"{what}; a dry run leaves nothing to resume")
+    also = "" if spec.op == "scan" else f" (or: fsclone pass resume {spec.id})"
+    return Interrupted(f"{what}; run the same command again to resume{also}")
 
 
 def resumable(state: Path, pass_id: str) -> PassSpec:
@@ -88,9 +74,9 @@ def _to_run(cfg: Config, req: PassRequest, state: Path, src: str,
     never changes the request: asked with other options, it is refused."""
     if req.resume_id:
         return resumable(state, req.resume_id), True
-    asked = replace(build_spec(cfg, req, src, dst), source_mounts=source_layout(state, src))
+    asked = replace(build_spec(cfg, req.op, src, dst), source_mounts=source_layout(state, src))
     # a pass with a manifest starts anew: an interrupted run's rows are not in the new file
-    if req.restart or req.dry_run or req.retry_of or req.manifest:
+    if cfg.restart or cfg.dry_run or cfg.retry_of or cfg.manifest:
         return asked, False
     found = find_unfinished(state, req.op, src, dst)
     if found is None:
@@ -105,16 +91,17 @@ def _to_run(cfg: Config, req: PassRequest, state: Path, src: str,
 
 
 def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
-             transport: Transport | None = None) -> tuple[PassSpec, Summary]:
-    """Validate, lock the target, create or resume the pass record, and run it to the end.
+             transport: Transport) -> tuple[PassSpec, Summary]:
+    """Validate, lock the target, create or resume the pass record, and run it to the end
+    through ``transport`` (the caller's choice: fsclone.transport.select).
     Everything that can refuse the pass (other options than a resume was started with, the
     delete guards) runs before the record exists or anything is written."""
     if cfg.workers < 1:
         raise UsageError("--workers must be at least 1")
-    writes = not req.dry_run and req.op in WRITERS
+    writes = not cfg.dry_run and req.op in WRITERS
     src, dst = check_roots(req.src, req.dst, needs_dst=not writes and req.op != "copy")
     state = open_state_dir(cfg.state_path)
-    lock = TargetLock(state, dst, shared=req.dry_run)
+    lock = TargetLock(state, dst, shared=cfg.dry_run)
     lease: TargetLease | None = None
     try:
         lock.acquire(f"a {req.op} pass starting")
@@ -134,9 +121,8 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         lock.describe(f"pass {spec.id}")
         if resume:
             hooks.note(f"resuming pass {spec.id} (its options apply; --restart starts anew)")
-        seed = retry_seed(state, req.retry_of, req.op, cfg.dir_slice) if req.retry_of else None
-        coordinator = Coordinator(store, transport or LocalTransport(cfg.workers), hooks,
-                                  seed=seed)
+        seed = retry_seed(state, cfg.retry_of, req.op, cfg.dir_slice) if cfg.retry_of else None
+        coordinator = Coordinator(store, transport, hooks, seed=seed)
         try:
             summary = coordinator.run()
             record_tree(state, store.spec, summary.status, summary.counters)

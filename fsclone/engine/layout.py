@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fsclone.fs import dirs, mounts
 from fsclone.pathkey import path_key
-from fsclone.state import write_private_json
+from fsclone.state.directory import write_private_json
 
 
 def layout_file(state_dir: Path, src: str) -> Path:

@@ -16,7 +16,8 @@ from pathlib import Path
 from fsclone.chunk import Chunk, Group, ItemError, new_id
 from fsclone.errors import MessageError, UsageError
 from fsclone.schema import validate_name, validate_relpath
-from fsclone.state import pass_dir, read_errors, read_record
+from fsclone.state.directory import pass_dir
+from fsclone.state.queries import read_errors, read_record
 
 #: ops whose errors a copy pass cannot redo: the cleanup phase runs again anyway, and deletions
 #: belong to delete and sync passes

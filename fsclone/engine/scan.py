@@ -7,21 +7,25 @@ A scan has no target: its spec is a dry run with an empty DST, which the workers
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from fsclone.config import Config
-from fsclone.engine.coordinator import Coordinator, Hooks, Summary, interrupted
-from fsclone.engine.launch import PassRequest, build_spec
+from fsclone.engine.coordinator import Coordinator, Hooks
+from fsclone.engine.launch import build_spec, interrupted
 from fsclone.errors import UsageError
+from fsclone.lifecycle import Summary
 from fsclone.spec import PassSpec
-from fsclone.state import PassStore, find_unfinished, open_state_dir
-from fsclone.stats.trees import record_tree
+from fsclone.state.directory import open_state_dir
+from fsclone.state.queries import find_unfinished
+from fsclone.state.record import PassStore
+from fsclone.state.trees import record_tree
 from fsclone.transport.base import Transport
-from fsclone.transport.local import LocalTransport
 
 
-def run_scan(cfg: Config, src: str, hooks: Hooks, restart: bool = False,
-             transport: Transport | None = None) -> tuple[PassSpec, Summary]:
-    """Count the tree below ``src``; its totals become the basis of later passes' ETA."""
+def run_scan(cfg: Config, src: str, hooks: Hooks, transport: Transport,
+             restart: bool = False) -> tuple[PassSpec, Summary]:
+    """Count the tree below ``src`` through ``transport``; its totals become the basis of
+    later passes' ETA."""
     if cfg.workers < 1:
         raise UsageError("--workers must be at least 1")
     if not os.path.isdir(src):
@@ -33,10 +37,9 @@ def run_scan(cfg: Config, src: str, hooks: Hooks, restart: bool = False,
         hooks.note(f"resuming scan {resume} (--restart starts anew)")
         store = PassStore(state / resume)
     else:
-        req = PassRequest(op="scan", src=root, dst="", dry_run=True)
-        store = PassStore.create(state, build_spec(cfg, req, root, ""))
+        store = PassStore.create(state, build_spec(replace(cfg, dry_run=True), "scan", root, ""))
     try:
-        summary = Coordinator(store, transport or LocalTransport(cfg.workers), hooks).run()
+        summary = Coordinator(store, transport, hooks).run()
         record_tree(state, store.spec, summary.status, summary.counters)
         return store.spec, summary
     except KeyboardInterrupt as exc:

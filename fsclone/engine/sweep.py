@@ -16,16 +16,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fsclone.chunk import Chunk
-from fsclone.fs import dirs
+from fsclone.fs import dirs, remove
+from fsclone.lifecycle import SUPERSEDED
 from fsclone.schema import staging_pass, temp_pass
 from fsclone.spec import PassSpec
-from fsclone.state import (
-    SUPERSEDED,
-    mark,
-    read_chunks,
-    resumable_by_id,
-    unfinished_on,
-)
+from fsclone.state.queries import read_chunks, resumable_by_id, unfinished_on
+from fsclone.state.record import mark
 
 #: the passes that leave temp files and staging directories in a target
 WRITERS = ("copy", "sync")
@@ -61,7 +57,7 @@ def remove_temps(dst: str, pass_id: str, chunks: Iterable[Chunk]) -> int:
                 for name in dirs.list_names(fd):
                     if temp_pass(name) == pass_id:
                         with contextlib.suppress(OSError):  # a directory is not one of ours
-                            os.unlink(name, dir_fd=fd)
+                            remove.unlink(name, fd)
                             removed += 1
     return removed
 
@@ -78,7 +74,7 @@ def remove_staging(state: Path, dst: str, keep: str) -> list[str]:
             if owner is None or owner == keep or resumable_by_id(state, owner):
                 continue
             try:
-                dirs.remove_tree_at(root, name)
+                remove.remove_flat_tree(root, name)
             except OSError:  # not flat, so not of our making after all: left alone
                 continue
             removed.append(owner)

@@ -1,4 +1,7 @@
-"""The transport-independent half of a worker: run one chunk, always answer with a Result."""
+"""The transport-independent half of a worker: the worker loop every transport runs over its
+:class:`~fsclone.transport.base.Delivery`, and the runner of one pass's chunks (always answers
+with a Result). This module knows transports only through that interface: the concrete ones
+import it to run it in their workers, and nothing in the engine imports them."""
 
 from __future__ import annotations
 
@@ -14,6 +17,38 @@ from fsclone.schema import check_chunk, is_temp_for
 from fsclone.signing import Signer
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
+from fsclone.transport.base import Delivery, Message
+
+
+def work(delivery: Delivery) -> None:
+    """The worker loop: handle what ``delivery`` brings until it says stop."""
+    while (message := delivery.receive()) is not None:
+        handle(delivery, message)
+
+
+def handle(delivery: Delivery, message: Message) -> None:
+    """Admit the whole message (one refused chunk and none of it runs: it is rejected), run
+    its chunks (those of a redelivered message marked ``redo``: a run that died may have left
+    temp files), publish the results, and only then acknowledge: a worker that dies in between
+    leaves the message to be delivered again, never a chunk done and unanswered. A draining
+    delivery stops after the chunk in hand, and the chunks not started go back to its queue."""
+    runner = message.runner
+    try:
+        for chunk in message.chunks:
+            runner.admit(chunk)
+    except MessageError as exc:
+        delivery.reject(message, str(exc))
+        return
+    chunks = [c.redone() for c in message.chunks] if message.earlier else message.chunks
+    results: list[Result] = []
+    for chunk in chunks:
+        if results and delivery.draining():
+            break
+        results.append(runner.run(chunk))
+    delivery.publish(message, results)
+    if len(results) < len(chunks):
+        delivery.give_back(message, chunks[len(results):])
+    delivery.ack(message)
 
 
 def worker_name(index: int | str) -> str:
@@ -44,14 +79,11 @@ class ChunkRunner:
         self.signer.check(spec.id, chunk)
 
     def run(self, chunk: Chunk) -> Result:
-        """Per-item errors are inside the Result; anything else fails the chunk as a whole, so
-        the coordinator retries it and, in the end, reports it: never acknowledged silently.
-        A chunk :meth:`admit` refuses is never run."""
+        """Run a chunk the worker loop admitted (:func:`handle`: a refused one never gets here).
+        Per-item errors are inside the Result; anything else fails the chunk as a whole, so the
+        coordinator retries it and, in the end, reports it: never acknowledged silently."""
         try:
-            self.admit(chunk)
             result = OPS[chunk.op](self.ctx, chunk)
-        except MessageError as exc:
-            result = Result(chunk=chunk, failed=f"refused: {exc}")
         except Exception as exc:
             tb = traceback.extract_tb(exc.__traceback__)[-1]
             where = f"{os.path.basename(tb.filename)}:{tb.lineno}"

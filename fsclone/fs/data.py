@@ -1,5 +1,8 @@
 """Moving and hashing file content. Data is copied in the kernel (copy_file_range) and holes are
-kept: only the data segments SEEK_DATA/SEEK_HOLE report are copied, the rest stays a hole."""
+kept: only the data segments SEEK_DATA/SEEK_HOLE report are copied, the rest stays a hole.
+A copy's errors are marked with the step and side they came from (fs/steps.py); those of the
+kernel's copy, which reads one side and writes the other, name the target only for errors
+only a target can give (a full disk, say)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from collections.abc import Iterator
 
 import xxhash
 
+from fsclone.fs.steps import DATA, READ, SOURCE, TARGET, mark
+
 _STEP = 1 << 30  # bytes per copy_file_range call: large, so a big file costs few syscalls
 _HASH_BUF = 256 << 10  # hashed while still in L2: faster than larger reads
 _NO_CFR = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
@@ -17,6 +22,8 @@ _NO_CFR = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 #: at the first refusal, so a cross-filesystem migration pays one failed call, not one per file.
 _REFUSED: set[tuple[int, int]] = set()
 Devices = tuple[int, int] | None  # (source st_dev, target st_dev), None: nothing to learn
+#: copy_file_range errors that only the target side can give
+_TARGET_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def data_segments(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
@@ -32,10 +39,15 @@ def data_segments(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
             if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
                 yield pos, end
                 return
+            mark(exc, READ, SOURCE)
             raise
         if data >= end:
             return
-        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        try:
+            hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        except OSError as exc:
+            mark(exc, READ, SOURCE)
+            raise
         yield data, hole
         pos = hole
 
@@ -50,6 +62,7 @@ def _copy_span(src: int, dst: int, offset: int, end: int, devices: Devices) -> i
                 n = os.copy_file_range(src, dst, min(_STEP, end - offset), offset, offset)
             except OSError as exc:
                 if exc.errno not in _NO_CFR:
+                    mark(exc, DATA, TARGET if exc.errno in _TARGET_ONLY else "")
                     raise
                 kernel = False
                 if devices is not None and exc.errno != errno.EINVAL:
@@ -65,9 +78,17 @@ def _copy_span(src: int, dst: int, offset: int, end: int, devices: Devices) -> i
 
 def _copy_userspace(src: int, dst: int, offset: int, end: int) -> int:
     """Fallback for filesystem pairs copy_file_range refuses."""
-    data = os.pread(src, min(_HASH_BUF * 8, end - offset), offset)
+    try:
+        data = os.pread(src, min(_HASH_BUF * 8, end - offset), offset)
+    except OSError as exc:
+        mark(exc, READ, SOURCE)
+        raise
     if data:
-        os.pwrite(dst, data, offset)
+        try:
+            os.pwrite(dst, data, offset)
+        except OSError as exc:
+            mark(exc, DATA, TARGET)
+            raise
     return len(data)
 
 
@@ -84,7 +105,11 @@ def copy_whole(src: int, dst: int, size: int, sparse: bool, devices: Devices = N
     """Copy a whole file of ``size`` bytes; a trailing hole is made by ftruncate."""
     written = copy_range(src, dst, 0, size, sparse, devices)
     if sparse:
-        os.ftruncate(dst, size)
+        try:
+            os.ftruncate(dst, size)
+        except OSError as exc:
+            mark(exc, DATA, TARGET)
+            raise
     return written
 
 

@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from fsclone.fs import steps
+
 NOATIME = getattr(os, "O_NOATIME", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -155,26 +157,6 @@ def lstat_at(name: str, dir_fd: int) -> os.stat_result | None:
         return None
 
 
-def remove_tree_at(dir_fd: int, name: str) -> int:
-    """Remove the flat directory ``name`` below ``dir_fd``: the non-directories in it, then
-    itself. Only for directories of fsclone's own making (the hard-link staging directory), so
-    one with a subdirectory is refused (IsADirectoryError) before anything in it goes; a
-    user's subtree is removed by ``prune`` chunks, spread over the workers
-    (fsclone.ops.subtree). Returns the number of entries removed."""
-    sub = open_dir(name, dir_fd)
-    try:
-        kinds = list_kinds(sub)
-        if any(kinds.values()):
-            raise IsADirectoryError(errno.EISDIR, "not flat, so not of fsclone's making", name)
-        names = list(kinds)
-        for child in names:
-            os.unlink(child, dir_fd=sub)
-    finally:
-        os.close(sub)
-    os.rmdir(name, dir_fd=dir_fd)
-    return len(names) + 1
-
-
 def make_writable(dir_fd: int) -> bool:
     """Give the owner write and search permission on a directory it cannot write into, so a
     non-root pass can change entries in its own read-only target directories (as rsync does);
@@ -186,7 +168,11 @@ def make_writable(dir_fd: int) -> bool:
     st = os.fstat(dir_fd)
     if st.st_uid != uid or st.st_mode & stat.S_IRWXU == stat.S_IRWXU:
         return False
-    os.fchmod(dir_fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+    try:
+        os.fchmod(dir_fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+    except OSError as exc:
+        steps.mark(exc, steps.MODE, steps.TARGET)
+        raise
     return True
 
 

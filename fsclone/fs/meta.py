@@ -13,6 +13,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from fsclone.fs import steps, threadcwd
 from fsclone.fs.lease import LEASE_XATTR
 from fsclone.fs.lustre.xattrs import is_internal
 
@@ -37,27 +38,31 @@ class EntryChanged(OSError):
         super().__init__(errno.ESTALE, "changed while being updated", name)
 
 
-def read_xattrs(target: int | str, dir_fd: int | None = None) -> dict[str, bytes]:
-    """All xattrs of an fd or of a name under ``dir_fd`` (never following symlinks)."""
+def read_xattrs(target: int | str, dir_fd: int | None = None, *, side: str) -> dict[str, bytes]:
+    """All xattrs of an fd, or of a name under ``dir_fd`` (never following symlinks), of the
+    ``side`` (steps.SOURCE or steps.TARGET) an error is marked with."""
     if isinstance(target, int):
-        return _read_xattrs(target, True)
-    return _read_xattrs(_at(target, dir_fd), False)
+        return _read_xattrs(target, True, side)
+    assert dir_fd is not None
+    return _read_xattrs(threadcwd.names_in(dir_fd) + target, False, side)
 
 
-def read_xattrs_of(names: list[str], dir_fd: int) -> list[dict[str, bytes] | OSError]:
-    """The xattrs of many names in one directory, for one chdir (see :func:`_at`) instead of
-    one per name. A name whose xattrs cannot be read gets its OSError, for the caller to list."""
-    os.fchdir(dir_fd)
+def read_xattrs_of(names: list[str], dir_fd: int, *, side: str
+                   ) -> list[dict[str, bytes] | OSError]:
+    """The xattrs of many names in one directory, for one step into it (see fs.threadcwd)
+    instead of one per name. A name whose xattrs cannot be read gets its OSError, marked,
+    for the caller to list."""
+    prefix = threadcwd.names_in(dir_fd)
     out: list[dict[str, bytes] | OSError] = []
     for name in names:
         try:
-            out.append(_read_xattrs(name, False))
+            out.append(_read_xattrs(prefix + name, False, side))
         except OSError as exc:
             out.append(exc)
     return out
 
 
-def _read_xattrs(path: int | str, follow: bool) -> dict[str, bytes]:
+def _read_xattrs(path: int | str, follow: bool, side: str) -> dict[str, bytes]:
     """The xattrs fsclone compares and carries: Lustre's internal ones and fsclone's own lease
     on a target root are left out on both sides (never read, copied, or removed)."""
     try:
@@ -65,6 +70,7 @@ def _read_xattrs(path: int | str, follow: bool) -> dict[str, bytes]:
     except OSError as exc:
         if exc.errno in _NO_XATTR:
             return {}
+        steps.mark(exc, steps.XATTR, side)
         raise
     values: dict[str, bytes] = {}
     for name in names:
@@ -74,19 +80,9 @@ def _read_xattrs(path: int | str, follow: bool) -> dict[str, bytes]:
             values[name] = os.getxattr(path, name, follow_symlinks=follow)
         except OSError as exc:
             if exc.errno not in _NO_XATTR:
+                steps.mark(exc, steps.XATTR, side)
                 raise
     return values
-
-
-def _at(name: str, dir_fd: int | None) -> str:
-    """xattr calls take no dir_fd, so step into the directory and use the bare name: symlink-
-    safe like a dir_fd (reads only: every change goes through :func:`apply_at`), and 5x
-    cheaper than an O_PATH open and a /proc/self/fd path (1.5 against 8 us a name). It moves
-    the process's cwd, which is fine in a worker: ops run one at a time and nothing else there
-    uses the cwd (a thread that needs a cwd of its own gets one with ``unshare(CLONE_FS)``)."""
-    if dir_fd is not None:
-        os.fchdir(dir_fd)
-    return name
 
 
 def creation_mode(st: os.stat_result) -> int:
@@ -102,7 +98,11 @@ def apply_owner(target: Target, st: os.stat_result,
     if not IS_ROOT or (current is not None
                        and (current.st_uid, current.st_gid) == (st.st_uid, st.st_gid)):
         return False
-    os.chown(target, st.st_uid, st.st_gid)
+    try:
+        os.chown(target, st.st_uid, st.st_gid)
+    except OSError as exc:
+        steps.mark(exc, steps.OWNER, steps.TARGET)
+        raise
     return True
 
 
@@ -111,20 +111,32 @@ def apply_mode(target: Target, st: os.stat_result, current: os.stat_result | Non
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISLNK(st.st_mode) or (current is not None and stat.S_IMODE(current.st_mode) == mode):
         return  # Linux symlinks have no mode of their own
-    os.chmod(target, mode)
+    try:
+        os.chmod(target, mode)
+    except OSError as exc:
+        steps.mark(exc, steps.MODE, steps.TARGET)
+        raise
 
 
 def apply_xattrs(target: Target, want: dict[str, bytes], have: dict[str, bytes]) -> None:
     """Make the target's xattrs equal ``want``, touching only those that differ."""
-    for name in have.keys() - want.keys():
-        os.removexattr(target, name)
-    for name, value in want.items():
-        if have.get(name) != value:
-            os.setxattr(target, name, value)
+    try:
+        for name in have.keys() - want.keys():
+            os.removexattr(target, name)
+        for name, value in want.items():
+            if have.get(name) != value:
+                os.setxattr(target, name, value)
+    except OSError as exc:
+        steps.mark(exc, steps.XATTR, steps.TARGET)
+        raise
 
 
 def apply_times(target: Target, st: os.stat_result) -> None:
-    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    try:
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    except OSError as exc:
+        steps.mark(exc, steps.TIMES, steps.TARGET)
+        raise
 
 
 def apply_all(target: Target, st: os.stat_result, want: dict[str, bytes],
@@ -153,21 +165,26 @@ def apply_at(name: str, dir_fd: int, st: os.stat_result, want: dict[str, bytes],
     the entry must still be that inode, of that type (its owner and mode are then set only
     where they differ). None: an entry this worker has just made (a temp symlink or node),
     which must still be of the source's type and ours. Otherwise :class:`EntryChanged`, and
-    nothing is done."""
-    fd = os.open(name, _ENTRY_FLAGS, dir_fd=dir_fd)
+    nothing is done. The entry's open, stat and identity are this step's STAT on the target
+    (apply_all marks its own steps first)."""
     try:
-        now = os.fstat(fd)
-        if compared is not None:  # with its type: a freed inode number is soon reused
-            same = ((now.st_dev, now.st_ino, stat.S_IFMT(now.st_mode))
-                    == (compared.st_dev, compared.st_ino, stat.S_IFMT(compared.st_mode)))
-        else:
-            same = (stat.S_IFMT(now.st_mode) == stat.S_IFMT(st.st_mode)
-                    and now.st_uid == _EUID and now.st_nlink == 1)
-        if not same:
-            raise EntryChanged(name)
-        apply_all(f"/proc/self/fd/{fd}", st, want, have, current=now)
-    finally:
-        os.close(fd)
+        fd = os.open(name, _ENTRY_FLAGS, dir_fd=dir_fd)
+        try:
+            now = os.fstat(fd)
+            if compared is not None:  # with its type: a freed inode number is soon reused
+                same = ((now.st_dev, now.st_ino, stat.S_IFMT(now.st_mode))
+                        == (compared.st_dev, compared.st_ino, stat.S_IFMT(compared.st_mode)))
+            else:
+                same = (stat.S_IFMT(now.st_mode) == stat.S_IFMT(st.st_mode)
+                        and now.st_uid == _EUID and now.st_nlink == 1)
+            if not same:
+                raise EntryChanged(name)
+            apply_all(f"/proc/self/fd/{fd}", st, want, have, current=now)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        steps.mark(exc, steps.STAT, steps.TARGET)
+        raise
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,17 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
 from fsclone.fs import dirs, meta, profile, steps
+from fsclone.fs.target import TargetDir, open_staging
 from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.schema import LINKS_PREFIX
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
+from fsclone.text import printable
 
 #: passes whose workers compare target times with the source's
 _PROBING_OPS = {"copy", "sync", "mtime", "verify"}
@@ -45,7 +47,7 @@ class Context:
         self.unnamed = UnnamedFiles()
         #: when a target time counts as the source's (see fs.meta.TimeRule)
         self.times = self._time_rule()
-        self._staging_fd: int | None = None
+        self._staging: TargetDir | None = None
 
     def _time_rule(self) -> meta.TimeRule:
         """When a target time counts as the source's, from what the target keeps: probed on
@@ -68,17 +70,20 @@ class Context:
         walking into it would copy the copy without end. Ints compared, once per directory."""
         return st.st_dev == self.dst_dev and st.st_ino == self.dst_ino
 
-    def staging_fd(self) -> int:
+    def staging_dir(self) -> TargetDir:
         """The hard-link staging directory at the target root, made on first use."""
-        if self._staging_fd is None:
+        if self._staging is None:
             assert self.dst_root is not None
-            with suppress(FileExistsError):
-                os.mkdir(self.staging, 0o700, dir_fd=self.dst_root)
-            self._staging_fd = dirs.open_dir(self.staging, self.dst_root)
-        return self._staging_fd
+            self._staging = self.target_dir(open_staging(self.dst_root, self.staging))
+        return self._staging
+
+    def target_dir(self, fd: int, tag: str = "") -> TargetDir:
+        """The target directory ``fd`` as a TargetDir of this pass (``tag``: see there)."""
+        return TargetDir(fd, self.spec.id, self.unnamed, self.dst_dev, tag)
 
     def close(self) -> None:
-        for fd in (self.src_root, self.dst_root, self._staging_fd):
+        staging = self._staging.fd if self._staging is not None else None
+        for fd in (self.src_root, self.dst_root, staging):
             if fd is not None:
                 os.close(fd)
 
@@ -86,14 +91,19 @@ class Context:
     def open_dirs(self, relpath: str) -> Iterator[tuple[int, int | None]]:
         """Source and target directory fds for ``relpath``; the target is None only in a dry run
         when it does not exist yet."""
-        sfd = dirs.open_path(self.src_root, relpath)
+        try:
+            sfd = dirs.open_path(self.src_root, relpath)
+        except OSError as exc:
+            steps.mark(exc, steps.OPEN, steps.SOURCE)
+            raise
         dfd: int | None = None
         try:
             if self.dst_root is not None:
                 try:
                     dfd = dirs.open_path(self.dst_root, relpath)
-                except FileNotFoundError:
-                    if not self.spec.dry_run:
+                except OSError as exc:
+                    if not (self.spec.dry_run and isinstance(exc, FileNotFoundError)):
+                        steps.mark(exc, steps.OPEN, steps.TARGET)
                         raise
             yield sfd, dfd
         finally:
@@ -109,6 +119,9 @@ class Outcome:
         self.ctx = ctx
         self.chunk = chunk
         self.result = Result(chunk=chunk)
+        #: whether actions are recorded (see :meth:`act`): a check that spares the hot path
+        #: the joining of paths nobody reads
+        self.shows = ctx.spec.dry_run or ctx.spec.verbose
 
     def count(self, key: str, n: int = 1) -> None:
         c = self.result.counters
@@ -127,7 +140,7 @@ class Outcome:
 
     def act(self, verb: str, path: str, detail: str = "") -> None:
         """Record what was (or, in a dry run, would be) done, when someone will read it."""
-        if self.ctx.spec.dry_run or self.ctx.spec.verbose:
+        if self.shows:
             self.result.actions.append(f"{verb} {printable(path)}{' ' + detail if detail else ''}")
 
     def child(self, op: str, relpath: str, **kw: object) -> Chunk:
@@ -137,12 +150,6 @@ class Outcome:
 
     def path(self, name: str) -> str:
         return join(self.chunk.path, name)
-
-
-def printable(path: str) -> str:
-    """A path as one safe terminal line: undecodable bytes and control characters escaped."""
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text) or "."
 
 
 def file_of(chunk: Chunk) -> str:

@@ -17,7 +17,7 @@ import stat
 from collections.abc import Mapping
 
 from fsclone.chunk import Chunk, Group, new_id
-from fsclone.fs import dirs
+from fsclone.fs import dirs, remove
 from fsclone.ops import mountguard
 from fsclone.ops.context import Context, Outcome, on_both_dirs
 from fsclone.ops.dirmeta import apply_dir_meta
@@ -128,7 +128,7 @@ def run_unlink(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
             if is_dir:
                 subtrees.append(name)
                 continue
-            os.unlink(name, dir_fd=dfd)
+            remove.unlink(name, dfd)
             changed = True
             removed += not mine
         except FileNotFoundError:

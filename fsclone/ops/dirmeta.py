@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from fsclone.chunk import Chunk, Result
-from fsclone.fs import dirs, meta
+from fsclone.fs import meta, remove, steps
 from fsclone.ops.context import Context, Outcome, on_both_dirs
 from fsclone.stats import counters as C
 
@@ -21,7 +21,8 @@ def apply_dir_meta(ctx: Context, out: Outcome, relpath: str, sfd: int, dfd: int,
     try:
         sst, dst = os.fstat(sfd), os.fstat(dfd)
         diff = meta.inode_diff(sst, dst, ctx.times)
-        sx, dx = meta.read_xattrs(sfd), meta.read_xattrs(dfd)
+        sx = meta.read_xattrs(sfd, side=steps.SOURCE)
+        dx = meta.read_xattrs(dfd, side=steps.TARGET)
         diff = meta.with_xattrs(diff, sx, dx)
         if not diff:
             return
@@ -53,7 +54,7 @@ def run_cleanup(ctx: Context, chunk: Chunk) -> Result:
     if ctx.dst_root is None or ctx.spec.dry_run:
         return out.result
     try:
-        dirs.remove_tree_at(ctx.dst_root, ctx.staging)
+        remove.remove_flat_tree(ctx.dst_root, ctx.staging)
     except FileNotFoundError:
         pass
     except OSError as exc:

@@ -28,8 +28,9 @@ from collections.abc import Mapping
 
 from fsclone.chunk import join
 from fsclone.fs import dirs, mounts
-from fsclone.ops.context import Context, Outcome, printable
+from fsclone.ops.context import Context, Outcome
 from fsclone.stats import counters as C
+from fsclone.text import printable
 
 
 class NotTheSource(OSError):

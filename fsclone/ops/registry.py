@@ -6,10 +6,12 @@ from collections.abc import Callable
 
 from fsclone.chunk import Chunk, Result
 from fsclone.ops.context import Context
-from fsclone.ops.copy import run_copy, run_finalize, run_range, run_sync
+from fsclone.ops.copy import run_copy, run_sync
 from fsclone.ops.delete import run_delete, run_unlink
 from fsclone.ops.dirmeta import run_cleanup, run_dirmeta
+from fsclone.ops.finalize import run_finalize
 from fsclone.ops.mtime import run_mtime
+from fsclone.ops.ranges import run_range
 from fsclone.ops.scan import run_scan
 from fsclone.ops.subtree import run_count, run_prune, run_rmdir
 from fsclone.ops.verify import run_verify, run_verify_range

@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Iterable
 
 from fsclone.chunk import Chunk, Group, Result, join, new_id
-from fsclone.fs import dirs
+from fsclone.fs import dirs, remove
 from fsclone.ops.context import Context, Outcome
 from fsclone.ops.mountguard import subdirs_on_fs
 from fsclone.stats import counters as C
@@ -165,7 +165,7 @@ def _unlink(out: Outcome, dfd: int, path: str, names: Iterable[str]) -> None:
     removed = 0
     for name in names:
         try:
-            os.unlink(name, dir_fd=dfd)
+            remove.unlink(name, dfd)
             removed += 1
         except FileNotFoundError:
             continue
@@ -196,7 +196,7 @@ def remove_chain(ctx: Context, out: Outcome, path: str, chain: list[str]) -> Non
                 break  # gone already (a redone chunk), or its rmdir below says why not
         for level in reversed(range(len(fds))):
             try:
-                os.rmdir(names[level], dir_fd=fds[level])
+                remove.rmdir(names[level], fds[level])
             except FileNotFoundError:
                 continue
             except OSError as exc:

@@ -22,11 +22,12 @@ from collections import defaultdict
 import xxhash
 
 from fsclone.chunk import ItemError
-from fsclone.fs import data, dirs, meta
-from fsclone.ops.context import Context, Outcome, file_of, file_path, on_both_dirs, printable
+from fsclone.fs import data, dirs, meta, steps
+from fsclone.ops.context import Context, Outcome, file_of, file_path, on_both_dirs
 from fsclone.ops.mountguard import other_filesystem
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
+from fsclone.text import printable
 
 Xattrs = dict[str, bytes]
 _KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink",
@@ -112,7 +113,8 @@ class DirVerifier:
         out.count(C.SCANNED, len(src))
         path = out.chunk.path
         if differences := self.meta_diffs(os.fstat(self.sfd), os.fstat(self.dfd),
-                                          meta.read_xattrs(self.sfd), meta.read_xattrs(self.dfd)):
+                                          meta.read_xattrs(self.sfd, side=steps.SOURCE),
+                                          meta.read_xattrs(self.dfd, side=steps.TARGET)):
             self.found[path] += differences
         for name in sorted(dst.keys() - src.keys()):
             if self._wanted(name, dst[name]):
@@ -176,7 +178,8 @@ class DirVerifier:
         if max(st.st_nlink, dst.st_nlink) > 1:
             self.links[name] = (st.st_ino, dst.st_ino)
         if xattrs is None:
-            xattrs = meta.read_xattrs(name, self.sfd), meta.read_xattrs(name, self.dfd)
+            xattrs = (meta.read_xattrs(name, self.sfd, side=steps.SOURCE),
+                      meta.read_xattrs(name, self.dfd, side=steps.TARGET))
         return found + self.meta_diffs(st, dst, *xattrs)
 
     def regular(self, name: str, st: os.stat_result, dst: os.stat_result
@@ -194,7 +197,8 @@ class DirVerifier:
         with dirs.FilePair(name, self.sfd, self.dfd) as (src, dst_fd):
             same = same_content(self.out, src, dst_fd, name, st.st_size, st.st_mtime_ns, 0,
                                 st.st_size)
-            xattrs = meta.read_xattrs(src), meta.read_xattrs(dst_fd)
+            xattrs = (meta.read_xattrs(src, side=steps.SOURCE),
+                      meta.read_xattrs(dst_fd, side=steps.TARGET))
         return ([] if same else ["content differs"]), xattrs
 
     def _ranges(self, name: str, st: os.stat_result) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
 
-from fsclone.state import RUNNING
+from fsclone.lifecycle import RUNNING
 from fsclone.stats.sinks import Sink, SinkError, safe_token
 from fsclone.stats.snapshot import Snapshot
 

@@ -8,10 +8,10 @@ that missed reports, or a memcached that restarted, shows the right numbers at t
 from __future__ import annotations
 
 import socket
-import time
 from dataclasses import dataclass, field, replace
 
-from fsclone.state import PassStore
+from fsclone.lifecycle import phase_name
+from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 
 #: the counters that also get a per-second rate (dashboards, ``status``)
@@ -41,14 +41,16 @@ class Snapshot:
     rates: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, store: PassStore, phase: str, depth: int | None) -> Snapshot:
-        """Copy what the sinks need out of a live pass store (they run on other threads)."""
-        spec = store.spec
-        return cls(
-            pass_id=spec.id, op=spec.op, src=spec.src, dst=spec.dst, status=store.status,
-            phase=phase, started=spec.started, time=time.time(), counters=dict(store.counters),
-            workers={w: dict(c) for w, c in store.workers.items()},
-            outstanding=store.outstanding, depth=depth, retry_of=spec.retry_of)
+    def of_pass(cls, spec: PassSpec, status: str, phase: int, time: float,
+                counters: dict[str, int], workers: dict[str, dict[str, int]], outstanding: int,
+                depth: int | None, host: str | None = None) -> Snapshot:
+        """The snapshot of pass ``spec`` at phase index ``phase``; the counters are copied (the
+        sinks read them on other threads). ``host``: the coordinator's, when not this one."""
+        return cls(pass_id=spec.id, op=spec.op, src=spec.src, dst=spec.dst, status=status,
+                   phase=phase_name(spec.op, phase), started=spec.started, time=time,
+                   counters=dict(counters), workers={w: dict(c) for w, c in workers.items()},
+                   outstanding=outstanding, depth=depth, host=host or socket.gethostname(),
+                   retry_of=spec.retry_of)
 
     def with_rates(self, previous: Snapshot | None) -> Snapshot:
         """This snapshot with per-second rates since ``previous`` (since the start when None)."""

@@ -1,9 +1,12 @@
-"""The transport seam: the coordinator knows transports only through :class:`Transport`."""
+"""The transport seam: the coordinator knows transports only through :class:`Transport`, the
+worker loop only through :class:`Delivery`."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from fsclone.chunk import Chunk, ItemError, Result
 from fsclone.signing import new_key
@@ -67,3 +70,58 @@ class Transport(ABC):
     @abstractmethod
     def stop(self) -> None:
         """Release workers and connections. Safe to call twice."""
+
+
+class Runner(Protocol):
+    """What runs a pass's chunks in a worker (fsclone.engine.worker.ChunkRunner)."""
+
+    name: str
+
+    def admit(self, chunk: Chunk) -> None: ...
+
+    def run(self, chunk: Chunk) -> Result: ...
+
+
+@dataclass
+class Message:
+    """A batch of chunks delivered to a worker, with the runner of their pass. ``earlier`` is
+    how many times it was delivered before (and not acknowledged); ``handle`` is the
+    delivery's own (a delivery tag, a queue entry)."""
+
+    chunks: Sequence[Chunk]
+    runner: Runner
+    earlier: int = 0
+    handle: Any = None
+
+
+class Delivery(ABC):
+    """The worker's side of a transport: it only delivers messages and carries the answers
+    back; the engine's worker loop (fsclone.engine.worker.work) admits, runs, publishes and
+    acknowledges, in that order, for every transport."""
+
+    @abstractmethod
+    def receive(self) -> Message | None:
+        """The next message, waiting for it; None: stop serving."""
+
+    def draining(self) -> bool:
+        """Whether to stop after the chunk in hand and give the rest of the message back.
+        Default: never (a transport whose messages hold one chunk)."""
+        return False
+
+    @abstractmethod
+    def publish(self, message: Message, results: Sequence[Result]) -> None:
+        """Send the results of the first ``len(results)`` chunks of ``message`` on."""
+
+    def give_back(self, message: Message, chunks: Sequence[Chunk]) -> None:
+        """Queue ``chunks``, the part of ``message`` not started, again (only asked while
+        :meth:`draining`)."""
+        raise NotImplementedError(f"{type(self).__name__} never drains")
+
+    @abstractmethod
+    def ack(self, message: Message) -> None:
+        """``message`` is answered: the transport may forget it (called after publish)."""
+
+    @abstractmethod
+    def reject(self, message: Message, why: str) -> None:
+        """``message`` holds a chunk its pass's runner refuses (``why``): none of it runs; it
+        is dead-lettered, or answered failed where the transport has no dead letters."""

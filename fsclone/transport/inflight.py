@@ -6,6 +6,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from fsclone.chunk import Chunk, Result
+from fsclone.transport.base import Delivery, Message
 
 
 class InFlight:
@@ -44,3 +45,17 @@ class InFlight:
 
     def depth(self) -> int:
         return len(self.pending)
+
+
+class Pushed(Delivery):
+    """A worker's side of a transport that pushes chunks to its own workers, one a message: a
+    result is the answer (nothing to acknowledge: the chunks of a worker that is lost come
+    back failed, see :meth:`InFlight.lost`), and a refused chunk is answered failed, for the
+    coordinator to retry and then list."""
+
+    def ack(self, message: Message) -> None:
+        return None
+
+    def reject(self, message: Message, why: str) -> None:
+        self.publish(message, [Result(chunk=c, failed=f"refused: {why}",
+                                      worker=message.runner.name) for c in message.chunks])

@@ -20,16 +20,16 @@ import queue
 import selectors
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkProcess
 
 from fsclone.chunk import Chunk, Result
-from fsclone.engine.worker import ChunkRunner, worker_name
+from fsclone.engine.worker import ChunkRunner, work, worker_name
 from fsclone.spec import PassSpec
-from fsclone.transport.base import Transport
-from fsclone.transport.inflight import InFlight
+from fsclone.transport.base import Message, Transport
+from fsclone.transport.inflight import InFlight, Pushed
 
 _STOP = None
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -145,7 +145,6 @@ class LocalTransport(Transport):
         self.workers = []
 
 
-
 def _worker_main(spec: PassSpec, key: bytes, index: int, chunks: Connection,
                  results: Connection, inherited: list[Connection], coordinator: int) -> None:
     """A worker process: run chunks until told to stop or the coordinator goes away.
@@ -158,24 +157,39 @@ def _worker_main(spec: PassSpec, key: bytes, index: int, chunks: Connection,
         conn.close()
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, a walltime end: the
         signal.signal(signum, signal.SIG_IGN)      # coordinator's to handle
-    inbox: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
-
-    def read() -> None:
-        try:
-            while True:
-                inbox.put(pickle.loads(chunks.recv_bytes()))
-        except (EOFError, OSError):
-            inbox.put(_STOP)
-
-    threading.Thread(target=read, daemon=True).start()
     runner = ChunkRunner(spec, worker_name(index), key)
     try:
-        while (chunk := inbox.get()) is not _STOP:
-            results.send_bytes(pickle.dumps(runner.run(chunk), pickle.HIGHEST_PROTOCOL))
-    except (BrokenPipeError, OSError):
+        work(_Pipes(chunks, results, runner))
+    except OSError:  # the coordinator is gone (a broken pipe)
         pass
     finally:
         runner.close()
+
+
+class _Pipes(Pushed):
+    """A worker's end of its two pipes. A reader thread keeps taking chunks off the pipe while
+    one runs, so the coordinator never blocks on a full pipe."""
+
+    def __init__(self, chunks: Connection, results: Connection, runner: ChunkRunner) -> None:
+        self.results = results
+        self.runner = runner
+        self.inbox: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
+        threading.Thread(target=self._read, args=(chunks,), daemon=True).start()
+
+    def _read(self, chunks: Connection) -> None:
+        try:
+            while True:
+                self.inbox.put(pickle.loads(chunks.recv_bytes()))
+        except (EOFError, OSError):
+            self.inbox.put(_STOP)
+
+    def receive(self) -> Message | None:
+        chunk = self.inbox.get()
+        return None if chunk is _STOP else Message((chunk,), self.runner)
+
+    def publish(self, message: Message, results: Sequence[Result]) -> None:
+        for result in results:
+            self.results.send_bytes(pickle.dumps(result, pickle.HIGHEST_PROTOCOL))
 
 
 def _die_with(coordinator: int) -> None:

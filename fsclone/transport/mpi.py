@@ -30,18 +30,18 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 from fsclone.chunk import Chunk, Result, dumps, loads_chunk, loads_result
-from fsclone.engine.pool import Service
-from fsclone.engine.worker import ChunkRunner, worker_name
+from fsclone.engine.worker import ChunkRunner, work, worker_name
 from fsclone.errors import FscloneError, MessageError, TransportError
 from fsclone.spec import PassSpec
 from fsclone.transport import pmi
-from fsclone.transport.base import Transport
-from fsclone.transport.inflight import InFlight
+from fsclone.transport.base import Message, Transport
+from fsclone.transport.inflight import InFlight, Pushed
+from fsclone.transport.pool import Service
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -276,29 +276,13 @@ class MpiJob:
     def _run_chunks(self) -> int:
         """A rank that cannot serve (a root not mounted on its node) says why in one line and
         aborts the job: the pass record keeps what was done, and a re-run resumes it."""
-        outbox = _Outbox(self.comm)
-        runner: ChunkRunner | None = None
+        rank = _Rank(self.comm, worker_name(self.rank))
         try:
-            while (message := _receive(self.comm, 0, None)) is not None:
-                _, tag, body = message
-                if tag == SPEC:
-                    spec, key = _load_spec(body)
-                    runner = ChunkRunner(spec, worker_name(self.rank), key)
-                elif tag == CHUNK and runner is not None:
-                    outbox.send(0, RESULT, dumps(runner.run(loads_chunk(body))))
-                elif tag == STOP:
-                    if runner is not None:
-                        runner.close()
-                    runner = None
-                    outbox.send(0, BYE, b"")
-                elif tag == EXIT:
-                    outbox.flush(None)
-                    self._leave()
-                    return int(body)
-                else:
-                    raise MessageError(f"unexpected message (tag {tag}) from rank 0")
+            work(rank)
+            self._leave()
+            return rank.code
         except (FscloneError, OSError, ValueError) as exc:
-            print(f"fsclone: rank {self.rank} ({worker_name(self.rank)}) stops the job: {exc}",
+            print(f"fsclone: rank {self.rank} ({rank.name}) stops the job: {exc}",
                   file=sys.stderr, flush=True)
         self.comm.Abort(_FATAL)
         return _FATAL
@@ -321,6 +305,43 @@ class MpiJob:
         watcher.join()
         self._leave()
         return told[0]
+
+
+class _Rank(Pushed):
+    """A worker rank's side of the messages with rank 0 (see the module's docstring): a pass's
+    SPEC opens its roots, STOP closes them, EXIT ends the loop with the job's exit code."""
+
+    def __init__(self, comm: MPI.Comm, name: str) -> None:
+        self.comm = comm
+        self.name = name
+        self.outbox = _Outbox(comm)
+        self.runner: ChunkRunner | None = None
+        self.code = _FATAL
+
+    def receive(self) -> Message | None:
+        while (message := _receive(self.comm, 0, None)) is not None:
+            _, tag, body = message
+            if tag == SPEC:
+                spec, key = _load_spec(body)
+                self.runner = ChunkRunner(spec, self.name, key)
+            elif tag == CHUNK and self.runner is not None:
+                return Message((loads_chunk(body),), self.runner)
+            elif tag == STOP:
+                if self.runner is not None:
+                    self.runner.close()
+                self.runner = None
+                self.outbox.send(0, BYE, b"")
+            elif tag == EXIT:
+                self.outbox.flush(None)
+                self.code = int(body)
+                return None
+            else:
+                raise MessageError(f"unexpected message (tag {tag}) from rank 0")
+        return None
+
+    def publish(self, message: Message, results: Sequence[Result]) -> None:
+        for result in results:
+            self.outbox.send(0, RESULT, dumps(result))
 
 
 def _load_spec(body: bytes) -> tuple[PassSpec, bytes]:

@@ -1,17 +1,18 @@
-"""Which transport a pass uses: the one place that decides, so each transport adds one line."""
+"""Which transport a pass uses: the one place that decides, so each transport adds one line (and
+its name to fsclone.options.TRANSPORTS, the values of ``--transport``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 from fsclone.config import Config
-from fsclone.engine.pool import Service
 from fsclone.engine.worker import worker_name
 from fsclone.errors import UsageError
+from fsclone.options import TRANSPORTS
 from fsclone.transport.base import Transport
+from fsclone.transport.local import LocalTransport
 from fsclone.transport.mpi import MpiJob, in_mpi_job
-
-TRANSPORTS = ("auto", "local", "amqp", "mpi")
+from fsclone.transport.pool import Service
 
 
 def choose(cfg: Config, env: Mapping[str, str]) -> str:
@@ -33,11 +34,13 @@ def by_rank(kind: str, env: Mapping[str, str]) -> bool:
     return kind == "mpi" or (kind == "amqp" and in_mpi_job(env))
 
 
-def transport(kind: str, cfg: Config, job: MpiJob | None = None) -> Transport | None:
-    """The transport of a coordinator (rank 0 of ``job``, if any); None: the local one."""
+def transport(kind: str, cfg: Config, job: MpiJob | None = None) -> Transport:
+    """The transport of a coordinator (rank 0 of ``job``, if any): the local one unless
+    another serves (an MPI job of one rank works locally)."""
     if kind == "amqp":
         return amqp(cfg)
-    return job.transport() if kind == "mpi" and job is not None else None
+    ranks = job.transport() if kind == "mpi" and job is not None else None
+    return LocalTransport(cfg.workers) if ranks is None else ranks
 
 
 def rank_service(kind: str, cfg: Config, rank: int, roots: tuple[str, str]) -> Service | None:

@@ -1,12 +1,12 @@
 """The worker's side of the AMQP transport: one process, one connection, one message at a time.
 
 A worker hears on ``fsclone.control`` which passes are active, opens each pass's roots from its
-spec, and consumes the pass's chunk queue with a prefetch of one message. The chunks of a
-message run in a thread while this process's main thread keeps pika's I/O loop going (pika's
-BlockingConnection is not thread-safe; heartbeats must flow while a huge file is copied). The
-message is acknowledged only after its results are published and confirmed. A message that is
-not valid JSON of chunks, or holds a chunk its pass's worker may not run (see
-ChunkRunner.admit), goes to the dead-letter queue with the reason, never crashing us.
+spec, and consumes the pass's chunk queue with a prefetch of one message. The engine's worker
+loop runs the messages in a chunk thread while this process's main thread keeps pika's I/O
+loop going and does all the talking to the broker (see :mod:`.handoff`). A message is
+acknowledged only after its results are published and confirmed. A message that is not
+valid JSON of chunks, or holds a chunk its pass's worker may not run (see ChunkRunner.admit),
+goes to the dead-letter queue with the reason, never crashing us.
 
 A worker serves only passes whose announcement is signed with the site's key and whose roots
 its node's ``ALLOWED_ROOTS`` holds (see :mod:`.allowed`); it says once, in one line, why it
@@ -16,65 +16,34 @@ ignores any other. Its result messages are signed with the same key.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pika
 import pika.exceptions as px
 from pika.adapters.blocking_connection import BlockingChannel
 
-from fsclone.chunk import Chunk, Result
 from fsclone.config import Config
-from fsclone.engine.pool import run_pool
-from fsclone.engine.worker import ChunkRunner, worker_name
+from fsclone.engine.worker import work, worker_name
 from fsclone.errors import MessageError
 from fsclone.signing import Signer
-from fsclone.spec import PassSpec
 from fsclone.transport.amqp import link, wire
-from fsclone.transport.amqp.allowed import Roots, admitted
+from fsclone.transport.amqp.allowed import Roots
+from fsclone.transport.amqp.handoff import Handoff, Received
 from fsclone.transport.amqp.link import BrokerAuthError
+from fsclone.transport.amqp.served import Passes, Served
 from fsclone.transport.amqp.settings import BrokerSettings, broker_settings, signing_key
+from fsclone.transport.base import Message
+from fsclone.transport.pool import run_pool
 
 log = logging.getLogger("fsclone.amqp")
 #: exit code of a worker process that lost the broker in the middle of a chunk (EX_TEMPFAIL)
 LOST_MID_CHUNK = 75
-#: the most reasons to ignore an announcement that a worker remembers having logged
-_TOLD = 1000
-
-
-@dataclass
-class _Pass:
-    spec: PassSpec
-    queues: wire.Queues
-    runner: ChunkRunner
-    seen: float  # when it was last announced (monotonic)
-    tag: str | None = None  # our consumer tag while we take its chunks
-    ended: bool = False
-
-
-@dataclass
-class _Delivery:
-    served: _Pass
-    tag: int
-    channel: int  # which of our channels it came on: tags die with their channel
-    body: bytes
-    earlier: int  # deliveries of this message before this one
-
-
-@dataclass
-class _Job:
-    delivery: _Delivery
-    chunks: Sequence[Chunk]
-    results: list[Result] = field(default_factory=list)
-    done: threading.Event = field(default_factory=threading.Event)
 
 
 class Consumer:
@@ -84,18 +53,15 @@ class Consumer:
     def __init__(self, settings: BrokerSettings, name: str, key: bytes, allowed: Roots) -> None:
         self.settings = settings
         self.name = name
-        self.key = key
         self.signer = Signer(key)
-        self.allowed = allowed
-        self.told: set[str] = set()  # why announcements were ignored, each logged once
         self.conn: pika.BlockingConnection | None = None
         self.ch: BlockingChannel | None = None
         self.channel = 0
-        self.passes: dict[str, _Pass] = {}
-        self.refused: set[str] = set()  # passes whose roots we cannot open
-        self.waiting: deque[_Delivery] = deque()
-        self.job: _Job | None = None
+        self.passes = Passes(name, key, allowed)
+        self.waiting: deque[Received] = deque()
         self.stopping = threading.Event()
+        self.handoff = Handoff(self.stopping, self._wake)
+        self.job: Message | None = None  # in the chunk thread's hands, not acknowledged yet
         self.parent = os.getppid()
 
     def stop(self) -> None:
@@ -104,13 +70,15 @@ class Consumer:
 
     def _drain(self) -> None:
         log.info("draining: finishing the chunk in hand, giving back the rest")
-        for served in list(self.passes.values()):
+        for served in list(self.passes.served.values()):
             self._release(served)
         while self.waiting:
             self._give_back(self.waiting.popleft())
 
     def run(self) -> int:
         """Serve until stopped; 0 after a clean drain, 2 when the broker refuses us."""
+        threading.Thread(target=work, args=(self.handoff,), daemon=True,
+                         name="fsclone-chunk").start()
         try:
             while not self._finished():
                 self.conn = link.reconnect(self.settings, self.name, self._finished)
@@ -126,6 +94,7 @@ class Consumer:
             log.error("%s", exc)
             return 2
         finally:
+            self.handoff.hand(None)
             self._close()
         return 0
 
@@ -134,7 +103,7 @@ class Consumer:
         gives it to another worker. Running it on here, side by side with that one, is unsafe
         (a later attempt removes an earlier one's temp files), so a worker in the middle of
         a chunk leaves at once; its supervisor starts a fresh one."""
-        if self.job is not None and not self.job.done.is_set():
+        if self.job is not None and not self.job.handle.answered.is_set():
             log.error("lost the broker at %s (%s) while running a chunk: leaving", self.settings,
                       link.describe(exc))
             os._exit(LOST_MID_CHUNK)
@@ -158,7 +127,7 @@ class Consumer:
         ch.basic_consume(control.method.queue, self._on_announce, auto_ack=True)
         ch.add_on_cancel_callback(self._on_cancel)
         self.ch, self.channel = ch, self.channel + 1
-        for served in self.passes.values():
+        for served in self.passes.served.values():
             served.tag = None  # consumers die with the connection; announcements renew them
         self.waiting.clear()  # so do unacknowledged deliveries: the broker gives them out again
         drained = False
@@ -175,7 +144,7 @@ class Consumer:
         self._flush()
 
     def _close(self) -> None:
-        for served in list(self.passes.values()):
+        for served in list(self.passes.served.values()):
             self._drop(served)
         if self.conn is not None and self.conn.is_open:
             try:
@@ -189,51 +158,24 @@ class Consumer:
         try:
             event, spec = wire.decode_announcement(body, self.signer)
         except MessageError as exc:
-            self._tell(f"ignored an announcement: {exc}")
+            self.passes.tell(f"ignored an announcement: {exc}")
             return
-        served = self.passes.get(spec.id)
+        served = self.passes.served.get(spec.id)
         if event == wire.ENDED:
             if served is not None:
                 log.info("pass %s ended", spec.id)
                 self._drop(served)
             return
-        if self.stopping.is_set() or spec.id in self.refused:
+        if self.stopping.is_set() or spec.id in self.passes.refused:
             return
         if served is None:
-            served = self._open(spec)
+            served = self.passes.open(spec)
         if served is not None:
             served.seen = time.monotonic()
             if served.tag is None:
                 self._consume(served)
 
-    def _tell(self, line: str) -> None:
-        """Log why a pass is ignored, once (its announcements come every few seconds; a flood
-        of made-up ones is remembered up to a point, then logged again)."""
-        if line not in self.told:
-            if len(self.told) >= _TOLD:
-                self.told.clear()
-            self.told.add(line)
-            log.warning("%s", line)
-
-    def _open(self, announced: PassSpec) -> _Pass | None:
-        spec, why = admitted(announced, self.allowed)
-        if spec is None:
-            self._tell(f"ignoring pass {announced.id} ({announced.op} {announced.src!r} -> "
-                       f"{announced.dst!r}): {why}")
-            self.refused.add(announced.id)
-            return None
-        try:
-            runner = ChunkRunner(spec, self.name, self.key)
-        except OSError as exc:
-            log.error("cannot serve pass %s: %s: %s", spec.id, exc.filename, exc.strerror)
-            self.refused.add(spec.id)
-            return None
-        served = _Pass(spec, wire.Queues.of(spec.id), runner, time.monotonic())
-        self.passes[spec.id] = served
-        log.info("serving pass %s: %s %s -> %s", spec.id, spec.op, spec.src, spec.dst)
-        return served
-
-    def _consume(self, served: _Pass) -> None:
+    def _consume(self, served: Served) -> None:
         """Take the pass's chunks, if its queue still exists (a late announcement may outlive
         the pass): checked on a channel of its own, since a missing queue closes it."""
         assert self.conn is not None and self.ch is not None
@@ -247,10 +189,10 @@ class Consumer:
         served.tag = self.ch.basic_consume(served.queues.chunks,
                                            functools.partial(self._on_chunk, served))
 
-    def _busy(self, served: _Pass) -> bool:
-        return self.job is not None and self.job.delivery.served is served
+    def _busy(self, served: Served) -> bool:
+        return self.job is not None and self.job.handle.served is served
 
-    def _release(self, served: _Pass) -> None:
+    def _release(self, served: Served) -> None:
         """Stop taking the pass's chunks, unless we hold one: then once it is done. A
         resuming coordinator waits for the consumers of its queue to go before it sends its
         chunks again, so no chunk ever runs twice side by side."""
@@ -259,10 +201,10 @@ class Consumer:
                 self.ch.basic_cancel(served.tag)
             served.tag = None
 
-    def _drop(self, served: _Pass) -> None:
+    def _drop(self, served: Served) -> None:
         """Stop serving a pass; its consumer and roots go once no chunk of it runs."""
         served.ended = True
-        self.passes.pop(served.spec.id, None)
+        self.passes.served.pop(served.spec.id, None)
         self._release(served)
         if not self._busy(served):
             served.runner.close()
@@ -271,7 +213,7 @@ class Consumer:
         """A pass not announced for a lease is dropped: its coordinator is gone, and a worker
         must not write to a target that nobody coordinates (a new pass may be running)."""
         now = time.monotonic()
-        for served in list(self.passes.values()):
+        for served in list(self.passes.served.values()):
             if now - served.seen > wire.LEASE:
                 log.info("pass %s: no word from its coordinator for %.0f s; left", served.spec.id,
                          now - served.seen)
@@ -279,19 +221,19 @@ class Consumer:
 
     def _on_cancel(self, method: Any) -> None:
         """The broker cancelled a consumer: its queue was deleted, the pass is over."""
-        for served in list(self.passes.values()):
+        for served in list(self.passes.served.values()):
             if served.tag == method.method.consumer_tag:
                 served.tag = None
                 self._drop(served)
 
     # -- messages ----------------------------------------------------------------------------
-    def _on_chunk(self, served: _Pass, ch: BlockingChannel, method: Any,
+    def _on_chunk(self, served: Served, ch: BlockingChannel, method: Any,
                   properties: pika.BasicProperties, body: bytes) -> None:
         earlier = int((properties.headers or {}).get("x-delivery-count", 0))
-        self.waiting.append(_Delivery(served, method.delivery_tag, self.channel, body, earlier))
+        self.waiting.append(Received(served, method.delivery_tag, self.channel, body, earlier))
 
     def _start(self) -> None:
-        """Start the next message, if idle."""
+        """Hand the chunk thread the next message, if it is idle."""
         while self.job is None and self.waiting and not self.stopping.is_set():
             delivery = self.waiting.popleft()
             if delivery.served.ended:
@@ -299,45 +241,39 @@ class Consumer:
                 continue
             try:
                 chunks = wire.decode_chunks(delivery.body)
-                for chunk in chunks:
-                    delivery.served.runner.admit(chunk)
             except MessageError as exc:
                 self._dead_letter(delivery, str(exc))
+                self._ack(delivery)
                 continue
-            # A redelivered chunk may follow a run that died and left temp files. It keeps its
-            # attempt: the delivery count also counts chunks given back unstarted (a draining
-            # worker), which are no runs; the broker's delivery limit bounds the deaths.
-            chunks = [dataclasses.replace(c, redo=True) if delivery.earlier else c
-                      for c in chunks]
-            self.job = job = _Job(delivery, chunks)
-            threading.Thread(target=self._work, args=(job,), daemon=True,
-                             name="fsclone-chunk").start()
+            # A redelivered chunk is marked redo but keeps its attempt: the delivery count also
+            # counts chunks given back unstarted (a draining worker), which are no runs; the
+            # broker's delivery limit bounds the deaths.
+            self.job = Message(chunks, delivery.served.runner, delivery.earlier, delivery)
+            self.handoff.hand(self.job)
 
-    def _work(self, job: _Job) -> None:
-        """In the chunk thread: run the chunks, then wake the I/O loop to publish."""
-        runner = job.delivery.served.runner
-        for chunk in job.chunks:
-            if self.stopping.is_set() and job.results:
-                break  # draining: the chunks not started go back to the queue
-            job.results.append(runner.run(chunk))
-        job.done.set()
+    def _wake(self) -> None:
+        """(chunk thread) Wake the I/O loop to publish an answer."""
         conn = self.conn
         if conn is not None:
             with contextlib.suppress(px.AMQPError):  # the loop wakes up within a second anyway
                 conn.add_callback_threadsafe(lambda: None)
 
     def _flush(self) -> None:
-        """Publish a finished job's results (and give back what it did not run), then ack."""
-        job = self.job
-        if job is None or not job.done.is_set():
+        """Publish the chunk thread's answer (results and what it did not run, or the refused
+        message to the dead letters), then acknowledge."""
+        if self.job is None or not self.job.handle.answered.is_set():
             return
-        delivery, served = job.delivery, job.delivery.served
-        body = wire.encode_results(job.results)
-        self._publish(served.queues.results, body, {
-            wire.SIGNATURE_HEADER: self.signer.mac(wire.results_purpose(served.spec.id), body)})
-        rest = job.chunks[len(job.results):]
-        if rest:
-            self._publish(served.queues.chunks, wire.encode_chunks(rest))
+        delivery: Received = self.job.handle
+        served = delivery.served
+        if delivery.refused is None:
+            body = wire.encode_results(delivery.results)
+            self._publish(served.queues.results, body, {
+                wire.SIGNATURE_HEADER: self.signer.mac(wire.results_purpose(served.spec.id),
+                                                       body)})
+            if delivery.rest:
+                self._publish(served.queues.chunks, wire.encode_chunks(delivery.rest))
+        else:
+            self._dead_letter(delivery, delivery.refused)
         self.job = None
         if served.ended or self.stopping.is_set():
             self._release(served)  # before the ack, which would bring the next message
@@ -355,24 +291,23 @@ class Consumer:
         except px.UnroutableError:
             log.info("%s is gone (its pass is over); message dropped", queue)
 
-    def _ack(self, delivery: _Delivery) -> None:
+    def _ack(self, delivery: Received) -> None:
         """Acknowledge on the channel it came from; on a newer channel the broker has already
         taken it back (and will give it out again: duplicates are harmless)."""
         if delivery.channel == self.channel and self.ch is not None:
             self.ch.basic_ack(delivery.tag)
 
-    def _give_back(self, delivery: _Delivery) -> None:
+    def _give_back(self, delivery: Received) -> None:
         if delivery.channel == self.channel and self.ch is not None:
             self.ch.basic_nack(delivery.tag, requeue=True)
 
-    def _dead_letter(self, delivery: _Delivery, why: str) -> None:
+    def _dead_letter(self, delivery: Received, why: str) -> None:
         """A malformed message: to the pass's dead-letter queue, with the reason, for its
-        coordinator to report."""
+        coordinator to report (the caller acknowledges it)."""
         queues = delivery.served.queues
         log.error("pass %s: malformed or refused work message moved to %s: %s",
                   delivery.served.spec.id, queues.dead, why)
         self._publish(queues.dead, delivery.body, {wire.REASON_HEADER: why})
-        self._ack(delivery)
 
 
 def serve(cfg: Config) -> int:

@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fsclone.lifecycle import DONE
 from fsclone.pathkey import path_key
 from fsclone.spec import PassSpec
-from fsclone.state import DONE, write_private_json
+from fsclone.state.directory import write_private_json
 from fsclone.stats import counters as C
 
 #: ops whose SCANNED counts every entry of the source (excluded ones included, not below them)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from fsclone.ops.context import printable
+from fsclone.cli.display.console import human_bytes
+from fsclone.cli.display.views import PassView, WorkerView
 from fsclone.stats import counters as C
-from fsclone.stats.progress import human_bytes
-from fsclone.stats.views import PassView, WorkerView
+from fsclone.text import printable
 
 #: the per-worker table: heading, counter or rate key, width
 _COLUMNS = (("scanned", C.SCANNED, 13), ("files", C.COPIED, 11), ("bytes", C.BYTES, 11),

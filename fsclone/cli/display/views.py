@@ -13,23 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from fsclone.config import Config
-from fsclone.engine.coordinator import PHASES
 from fsclone.errors import UsageError
+from fsclone.lifecycle import RUNNING
 from fsclone.process import alive
-from fsclone.state import (
-    RUNNING,
-    PassRecord,
-    list_passes,
-    pass_ids,
-    read_workers,
-    try_read_record,
-)
+from fsclone.state.directory import pass_ids
+from fsclone.state.queries import PassRecord, list_passes, read_workers, try_read_record
+from fsclone.state.trees import tree_total
 from fsclone.stats import counters as C
 from fsclone.stats.graphite import split_worker
 from fsclone.stats.memcache import DEFAULT_PORT, LiveReader
 from fsclone.stats.sinks import SinkError, parse_address
 from fsclone.stats.snapshot import Snapshot
-from fsclone.stats.trees import tree_total
 
 Note = Callable[[str], None]
 
@@ -114,16 +108,13 @@ def _averaged(view: PassView) -> PassView:
 
 def from_record(rec: PassRecord, state_dir: Path, with_workers: bool) -> PassView:
     spec = rec.spec
-    phases = PHASES.get(spec.op, ())
     status = rec.status
     if status == RUNNING and rec.host == socket.gethostname() and not alive(rec.pid):
         status = "dead"  # its coordinator is gone without a word: run the pass again to resume
-    snap = Snapshot(
-        pass_id=spec.id, op=spec.op, src=spec.src, dst=spec.dst, status=status,
-        phase=phases[rec.phase] if rec.phase < len(phases) else "end", started=rec.started,
-        time=rec.ended or time.time(), counters=rec.counters,
-        workers=read_workers(state_dir / spec.id) if with_workers else {},
-        outstanding=rec.outstanding, depth=None, host=rec.host, retry_of=spec.retry_of)
+    snap = Snapshot.of_pass(
+        spec, status, rec.phase, rec.ended or time.time(), rec.counters,
+        read_workers(state_dir / spec.id) if with_workers else {}, rec.outstanding, None,
+        host=rec.host)
     return _averaged(PassView(snap, "record"))
 
 

@@ -1,4 +1,5 @@
-"""What a person sees: a live progress line on a terminal, the summary, or JSON for scripts."""
+"""What a person sees of a running pass: a live progress line on a terminal, then the summary,
+or JSON for scripts."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import sys
 import time
 from typing import TextIO
 
-from fsclone.chunk import ItemError
-from fsclone.engine.coordinator import Summary
-from fsclone.ops.context import printable
+from fsclone.cli.display.itemerrors import error_brief, error_json
+from fsclone.lifecycle import Summary
 from fsclone.stats import counters as C
 
 #: summary lines, in order: counter, label
@@ -114,10 +114,6 @@ class Console:
             for key, label in _SUMMARY if c.get(key)]
         if summary.errors:
             lines.append("  first errors (all in `fsclone errors " + pass_id + "`):")
-            lines += [f"    {printable(e.path)}: {e.op}: [errno {e.errno}] {e.message}"
-                      for e in summary.errors[:10]]
+            lines += [f"    {error_brief(e)}" for e in summary.errors[:10]]
         print("\n".join(lines), file=sys.stdout if not self.quiet else self.err, flush=True)
 
-
-def error_json(e: ItemError) -> dict[str, object]:
-    return {"path": printable(e.path), "op": e.op, "errno": e.errno, "message": e.message}

@@ -1,0 +1,366 @@
+"""One target directory, for one chunk: every change a copy makes to the target.
+
+A new file is written unnamed (``O_TMPFILE``, fs/unnamed.py) or under a temp name in its
+directory (fsclone.schema.temp_name), gets its data and metadata, and only then its name:
+linked in, or renamed over the old entry. A rename never removes a directory (that is a
+deletion, planned and guarded elsewhere): one that appeared at the name makes the publish fail,
+and a failed publish discards its temp, so nothing of a failed step stays behind. Hard links go
+through the pass's staging directory (see docs/design.md), which is a TargetDir too.
+
+Every OSError that leaves here is marked with its step and TARGET (fs/steps.py), or SOURCE for
+the source reads of a file's copy, so an item error says what failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+
+from fsclone.fs import data, dirs, meta
+from fsclone.fs.side import DirSide, Xattrs
+from fsclone.fs.source import SourceChanged, SourceDir, changed
+from fsclone.fs.steps import (
+    CREATE,
+    DATA,
+    LIST,
+    OPEN,
+    PUBLISH,
+    REMOVE,
+    SOURCE,
+    STAT,
+    TARGET,
+    mark,
+)
+from fsclone.fs.unnamed import UnnamedFiles
+from fsclone.schema import is_temp_for, temp_name
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_FILE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DEFAULT_ACL = "system.posix_acl_default"
+
+
+def open_staging(root_fd: int, name: str) -> int:
+    """The hard-link staging directory ``name`` at the target root, made if missing."""
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=root_fd)
+        return dirs.open_dir(name, root_fd)
+    except OSError as exc:
+        mark(exc, CREATE, TARGET)
+        raise
+
+
+class TargetDir(DirSide):
+    """A target directory held by its fd (owned by the caller) for one chunk. ``tag`` makes
+    this run's temp names its own; ``inherits`` says whether new files get a default ACL
+    (:meth:`has_default_acl`), which their metadata then replaces in full."""
+
+    __slots__ = ("dev", "inherits", "pass_id", "tag", "unnamed")
+    SIDE = TARGET
+
+    def __init__(self, fd: int, pass_id: str, unnamed: UnnamedFiles, dev: int,
+                 tag: str = "") -> None:
+        super().__init__(fd)
+        self.pass_id, self.unnamed, self.dev, self.tag = pass_id, unnamed, dev, tag
+        self.inherits = False
+
+    # -- reads ----------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        try:
+            return dirs.list_names(self.fd)
+        except OSError as exc:
+            mark(exc, LIST, TARGET)
+            raise
+
+    def has_default_acl(self) -> bool:
+        """Whether new entries here inherit a default ACL (unreadable: taken as none)."""
+        try:
+            return bool(os.getxattr(self.fd, _DEFAULT_ACL))
+        except OSError:
+            return False
+
+    def temp(self, name: str) -> str:
+        """This run's temp name for ``name``."""
+        return temp_name(self.pass_id, name, self.tag)
+
+    # -- new files ------------------------------------------------------------------------
+    def copy_unnamed(self, src: SourceDir, name: str, st: os.stat_result) -> int | None:
+        """Copy the source file ``name`` (listed as ``st``) into an unnamed file, then link it
+        in: the cheapest way to a complete new file. Returns the bytes written, or None where
+        the filesystem has no unnamed files (then :meth:`copy_to_temp`). A name that appeared
+        since the listing is replaced. Raises SourceChanged when the source was written."""
+        try:
+            fd = self.unnamed.open(self.fd, meta.creation_mode(st))
+        except OSError as exc:
+            mark(exc, CREATE, TARGET)
+            raise
+        if fd is None:
+            return None
+        try:
+            written = self._fill(fd, src, name, st, fresh=True)
+            try:
+                self.unnamed.link(fd, self.fd, name)
+            except FileExistsError:  # the name appeared since the listing: replace it
+                self._link_over(fd, name)
+            except OSError as exc:
+                mark(exc, PUBLISH, TARGET)
+                raise
+        finally:
+            os.close(fd)
+        return written
+
+    def _link_over(self, fd: int, name: str) -> None:
+        """Put the unnamed file ``fd`` in place of the entry ``name``."""
+        tmp = self.temp(name)
+        try:
+            self.unnamed.link(fd, self.fd, tmp)
+        except OSError as exc:
+            mark(exc, PUBLISH, TARGET)
+            raise
+        self.publish(tmp, name)
+
+    def copy_to_temp(self, src: SourceDir, name: str, st: os.stat_result) -> tuple[str, int]:
+        """Copy data and metadata into a new temp file; returns its name and the bytes
+        written. The temp is removed on any failure."""
+        tmp = self.temp(name)
+        fd = self._create(tmp)
+        try:
+            written = self._fill(fd, src, name, st)
+        except BaseException:
+            os.close(fd)
+            self.discard(tmp)
+            raise
+        os.close(fd)
+        return tmp, written
+
+    def _fill(self, fd: int, src: SourceDir, name: str, st: os.stat_result,
+              fresh: bool = False) -> int:
+        """Copy the source file's data and metadata into ``fd`` (``fresh``: just made with
+        ``meta.creation_mode(st)``); returns the bytes written. Raises SourceChanged when the
+        source was replaced or written since ``st`` was taken: one fstat after the copy proves
+        the fd is the listed file, unchanged, so none is needed before it."""
+        try:
+            sfd = dirs.open_file(name, src.fd)  # not src.open_file: one call fewer a file
+        except OSError as exc:
+            mark(exc, OPEN, SOURCE)
+            raise
+        try:
+            written = data.copy_whole(sfd, fd, st.st_size, data.is_sparse(st),
+                                      (st.st_dev, self.dev))
+            try:
+                after = os.fstat(sfd)
+            except OSError as exc:
+                mark(exc, STAT, SOURCE)
+                raise
+            if changed(st, after):
+                raise SourceChanged()
+            want = meta.read_xattrs(sfd, side=SOURCE)
+            # a new file got its owner and mode from the directory (setgid, grpid, umask): one
+            # fstat tells which of chown and chmod are still needed; under a default ACL the
+            # inherited ACL is replaced in full
+            have = meta.read_xattrs(fd, side=TARGET) if self.inherits else {}
+            try:
+                current = os.fstat(fd) if fresh and not self.inherits else None
+            except OSError as exc:
+                mark(exc, STAT, TARGET)
+                raise
+            meta.apply_all(fd, st, want, have, current=current)
+        finally:
+            os.close(sfd)
+        return written
+
+    def sized_temp(self, name: str, size: int, tag: str) -> str:
+        """A new temp file of ``size`` bytes (all hole) for the byte ranges of a large file,
+        to be written by several workers (:meth:`copy_range`); returns its name."""
+        tmp = temp_name(self.pass_id, name, tag)
+        fd = self._create(tmp)
+        try:
+            os.ftruncate(fd, size)
+        except OSError as exc:
+            self.discard(tmp)
+            mark(exc, DATA, TARGET)
+            raise
+        finally:
+            os.close(fd)
+        return tmp
+
+    def _create(self, tmp: str) -> int:
+        """A new, empty temp file, for writing; only its owner may open it by name."""
+        try:
+            return os.open(tmp, _NEW_FILE, 0o600, dir_fd=self.fd)
+        except OSError as exc:
+            mark(exc, CREATE, TARGET)
+            raise
+
+    def copy_range(self, src: SourceDir, name: str, tmp: str, start: int, end: int,
+                   sparse: bool) -> int:
+        """Copy bytes [start, end) of the source file ``name`` into the same bytes of the
+        temp file ``tmp`` (:meth:`sized_temp`); returns the bytes written."""
+        sfd = src.open_file(name)
+        try:
+            fd = self._open_temp(tmp)
+            try:
+                return data.copy_range(sfd, fd, start, end, sparse)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(sfd)
+
+    def _open_temp(self, tmp: str) -> int:
+        """A temp file of ours, opened for writing."""
+        try:
+            return os.open(tmp, _TEMP_FILE, dir_fd=self.fd)
+        except OSError as exc:
+            mark(exc, OPEN, TARGET)
+            raise
+
+    def publish_stamped(self, tmp: str, name: str, st: os.stat_result, want: Xattrs) -> None:
+        """Give the complete temp file ``tmp`` the metadata of ``st`` (and xattrs ``want``),
+        then rename it over ``name``; the temp is discarded on any failure."""
+        try:
+            fd = self._open_temp(tmp)
+            try:
+                meta.apply_all(fd, st, want, meta.read_xattrs(fd, side=TARGET))
+            finally:
+                os.close(fd)
+        except BaseException:
+            self.discard(tmp)
+            raise
+        self.publish(tmp, name)
+
+    # -- other new entries ----------------------------------------------------------------
+    def mkdir(self, name: str) -> None:
+        """A new directory, private until its own metadata is applied after its entries."""
+        try:
+            os.mkdir(name, 0o700, dir_fd=self.fd)
+        except OSError as exc:
+            mark(exc, CREATE, TARGET)
+            raise
+
+    def symlink(self, name: str, points_to: str, st: os.stat_result, want: Xattrs) -> None:
+        """A symlink to ``points_to`` with the metadata of ``st``, in place of ``name``."""
+        tmp = self.temp(name)
+        try:
+            os.symlink(points_to, tmp, dir_fd=self.fd)
+        except OSError as exc:
+            mark(exc, CREATE, TARGET)
+            raise
+        self._place(tmp, name, st, want)
+
+    def mknod(self, name: str, st: os.stat_result, want: Xattrs) -> None:
+        """A fifo, socket or device node like ``st``, in place of ``name``: made, never
+        opened."""
+        tmp = self.temp(name)
+        try:
+            os.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=self.fd)
+        except OSError as exc:
+            mark(exc, CREATE, TARGET)
+            raise
+        self._place(tmp, name, st, want)
+
+    def _place(self, tmp: str, name: str, st: os.stat_result, want: Xattrs) -> None:
+        """Metadata onto a new non-regular temp entry, then rename it into place."""
+        try:
+            self.mend(tmp, st, want, {}, None)
+        except BaseException:
+            self.discard(tmp)
+            raise
+        self.publish(tmp, name)  # which discards the temp if it cannot
+
+    # -- names ----------------------------------------------------------------------------
+    def publish(self, tmp: str, name: str) -> None:
+        """Rename a finished temp over ``name``, which replaces anything but a directory (a
+        non-directory of another type included). A directory is never removed here: one that
+        appeared since the listing makes the rename fail, and the temp is discarded."""
+        try:
+            os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException as exc:
+            self._unpublished(tmp, exc)
+            raise
+
+    def _unpublished(self, tmp: str, exc: BaseException) -> None:
+        """``tmp`` could not be published (``exc``): it goes."""
+        self.discard(tmp)
+        if isinstance(exc, OSError):
+            mark(exc, PUBLISH, TARGET)
+
+    def discard(self, tmp: str) -> None:
+        """Remove a temp entry of ours, if it is there."""
+        try:
+            os.unlink(tmp, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            mark(exc, REMOVE, TARGET)
+            raise
+
+    def discard_leftovers(self, names: set[str] | None) -> None:
+        """Remove this pass's temp entries for ``names`` (None: for any name), which a dead
+        run of the same chunk may have left."""
+        for leftover in self.names():
+            if is_temp_for(leftover, self.pass_id, names):
+                self.discard(leftover)
+
+    # -- hard links (``staging``: the pass's staging directory) ---------------------------
+    def publish_linked(self, tmp: str, staging: TargetDir, key: str, name: str) -> bool:
+        """Publish the complete temp file ``tmp`` as the copy of source inode ``key`` (a link
+        in ``staging``), then under ``name``. False when another worker published that inode
+        first (``link`` failing with EEXIST is the arbiter): the temp is discarded, and the
+        caller links ``name`` from staging instead."""
+        try:
+            os.link(tmp, key, src_dir_fd=self.fd, dst_dir_fd=staging.fd, follow_symlinks=False)
+        except FileExistsError:
+            self.discard(tmp)
+            return False
+        except BaseException as exc:
+            self._unpublished(tmp, exc)
+            raise
+        self.publish(tmp, name)
+        return True
+
+    def link_from(self, staging: TargetDir, key: str, name: str) -> None:
+        """Give ``name`` the inode ``key`` of ``staging`` (linked to a temp name, which is
+        renamed over ``name``)."""
+        tmp = self.temp(name)
+        try:
+            os.link(key, tmp, src_dir_fd=staging.fd, dst_dir_fd=self.fd, follow_symlinks=False)
+        except OSError as exc:
+            mark(exc, PUBLISH, TARGET)
+            raise
+        self.publish(tmp, name)
+
+    def claim(self, name: str, staging: TargetDir, key: str, current: os.stat_result) -> bool:
+        """Publish the up-to-date file ``name`` (lstat ``current``) as the copy of source inode
+        ``key``, unless that target inode already stands for another source inode (links split
+        in the source since the last pass): a second staging entry, named after the target
+        inode, says which source inode it stands for."""
+        owner = f"i{current.st_dev:x}-{current.st_ino:x}"
+        try:
+            os.symlink(key, owner, dir_fd=staging.fd)
+        except FileExistsError:
+            if staging.readlink(owner) != key:
+                return False
+        except OSError as exc:
+            mark(exc, CREATE, TARGET)
+            raise
+        try:
+            os.link(name, key, src_dir_fd=self.fd, dst_dir_fd=staging.fd, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            mark(exc, PUBLISH, TARGET)
+            raise
+        return True
+
+    # -- metadata -------------------------------------------------------------------------
+    def mend(self, name: str, st: os.stat_result, want: Xattrs, have: Xattrs,
+             compared: os.stat_result | None) -> None:
+        """Make the metadata of the entry ``name`` those of ``st`` in place, in fs.meta's
+        fixed order, on the inode ``compared`` (its lstat; None: an entry just made here)
+        only: see meta.apply_at, which marks its errors."""
+        meta.apply_at(name, self.fd, st, want, have, compared)
+
+    def make_writable(self) -> bool:
+        """See dirs.make_writable: for a non-root pass in its own read-only directory."""
+        return dirs.make_writable(self.fd)

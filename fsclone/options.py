@@ -1,0 +1,293 @@
+"""Every option of fsclone, declared once.
+
+An option is one field below: its name, type and default are the field's; its declaration
+(:class:`Option`) rides on it and says where else it shows: its name in the site's config.py
+(and so in the environment, ``FSCLONE_<NAME>``), its command-line flag and the pass commands
+that take it, and whether it shapes a pass's result, so that a resume must be asked with the
+same value. The fields of :class:`PassOptions` are those a worker needs: every PassSpec carries
+them. :class:`Options` adds those only the coordinating side reads (the CLI, the launcher,
+transports, sinks).
+
+Derived from here, never written again: the settings table and the environment
+(fsclone.config), ``Config``'s fields, the flags of each command (fsclone.cli), the spec a pass
+starts with (fsclone.engine.launch.build_spec) and the resume check (fsclone.spec).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import click
+
+from fsclone.ages import parse_age
+
+#: the pass commands (``fsclone pass OP``), and those with ``pass resume``: the commands that
+#: run a pass
+PASSES = ("copy", "delete", "mtime", "sync", "verify")
+RUNS = (*PASSES, "resume")
+#: the ways chunks reach workers (fsclone.transport.select)
+TRANSPORTS = ("auto", "local", "amqp", "mpi")
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """Where one option shows besides its field. ``name`` and ``default`` are the field's."""
+
+    name: str = ""
+    default: Any = None
+    help: str = ""  # the flag's
+    #: its name in the site's config.py ("" for none), and how a value there (or in the
+    #: environment, always a string) becomes the option's
+    setting: str = ""
+    parse: Callable[[Any], Any] = str
+    #: its flag ("" for none), with a short form, click's type of the flag's value, and what
+    #: the flag's value becomes as the option's value
+    flag: str = ""
+    short: str = ""
+    flag_type: click.ParamType | None = None
+    metavar: str | None = None
+    flag_default: Any = None  # None: not given, so the settings below the flags apply
+    show_default: bool = False
+    from_flag: Callable[[Any], Any] = _same
+    #: the commands of ``fsclone pass`` that take the flag
+    commands: tuple[str, ...] = ()
+    #: part of the request: a resume is refused when asked with another value. ``compare``
+    #: brings a value to a form that compares by meaning; ``spell`` writes one as the flag's
+    #: argument
+    shapes: bool = False
+    compare: Callable[[Any], Any] = _same
+    spell: Callable[[Any], str] = str
+
+    @property
+    def env(self) -> str:
+        """The environment variable that sets it ("" for none)."""
+        return f"FSCLONE_{self.setting.upper()}" if self.setting else ""
+
+
+def option(default: Any, **declaration: Any) -> Any:
+    """A field of :class:`PassOptions` or :class:`Options` with its :class:`Option`."""
+    return field(default=default, metadata={"option": Option(**declaration)})
+
+
+# -- parsers of values: from config.py, the environment or a flag ------------------------------
+
+def _age(v: Any) -> int | None:
+    return parse_age(v if isinstance(v, int) else str(v))
+
+
+def _count(least: int) -> Callable[[Any], int]:
+    """A parser of whole numbers of at least ``least`` (bools are not numbers here)."""
+    def parse(v: Any) -> int:
+        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+            raise ValueError("not a whole number")
+        n = int(v)
+        if n < least:
+            raise ValueError(f"must be at least {least}")
+        return n
+    return parse
+
+
+def _seconds(v: Any) -> float:
+    """A finite number of seconds above zero."""
+    secs = float(v)
+    if not math.isfinite(secs) or secs <= 0:
+        raise ValueError("must be a finite number of seconds above 0")
+    return secs
+
+
+def _root_pairs(v: Any) -> tuple[tuple[str, str], ...]:
+    """(SRC, DST) prefix pairs: a list of pairs, or ``"SRC:DST,SRC:DST"`` (the environment's
+    form). Each must be an absolute path."""
+    items = [item.split(":") for item in v.split(",") if item] if isinstance(v, str) else v
+    pairs = []
+    for item in items:
+        src, dst = (str(p) for p in item)
+        if not (os.path.isabs(src) and os.path.isabs(dst)):
+            raise ValueError(f"not a pair of absolute paths: {item!r}")
+        pairs.append((os.path.normpath(src), os.path.normpath(dst)))
+    return tuple(pairs)
+
+
+def _globs(v: Any) -> tuple[str, ...]:
+    return tuple(v.split(",")) if isinstance(v, str) else tuple(str(x) for x in v)
+
+
+class Seconds(click.ParamType):
+    """A finite, non-negative number of seconds: click's FloatRange lets nan and inf through
+    (every comparison with nan is false)."""
+
+    name = "secs"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            secs = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(secs) or secs < 0:
+            self.fail(f"{value!r} is not a finite, non-negative number of seconds", param, ctx)
+        return secs
+
+
+# -- how values of the request compare and spell -----------------------------------------------
+
+def _as_set(globs: tuple[str, ...]) -> tuple[str, ...]:
+    """Globs compare as a set: order and repeats do not matter, and the site's EXCLUDES come in
+    again as flags."""
+    return tuple(sorted(set(globs)))
+
+
+def _no_age(age: int | None) -> int | None:
+    """An age of 0 is no age."""
+    return age or None
+
+
+def _in_seconds(age: int) -> str:
+    return f"{age}s"
+
+
+def _to_ns(secs: float) -> int:
+    return int(secs * 1e9)
+
+
+def _ns_as_seconds(ns: int) -> str:
+    return f"{ns / 1e9:g}"
+
+
+def _auto_is_unset(kind: str) -> str | None:
+    """``--transport auto`` (its default) leaves the choice to TRANSPORT, or to the rules."""
+    return None if kind == "auto" else kind
+
+
+# -- the options -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class PassOptions:
+    """The options a worker needs: the fields every PassSpec carries."""
+
+    dry_run: bool = option(False, flag="--dry-run", short="-n", commands=PASSES, shapes=True,
+                           help="Show what would change; change nothing.")
+    checksum: bool = option(False, flag="--checksum", short="-c", commands=PASSES,
+                            shapes=True, help="Compare content by xxhash, not size and mtime.")
+    modify_window_ns: int = option(
+        0, flag="--modify-window", flag_type=Seconds(), metavar="SECS", from_flag=_to_ns,
+        commands=PASSES, shapes=True, spell=_ns_as_seconds,
+        help="Times this close count as equal (coarse-time filesystems).")
+    oldest: int | None = option(
+        None, setting="OLDEST_DATE", parse=_age, flag="--oldest", metavar="AGE",
+        from_flag=parse_age, commands=PASSES, shapes=True, compare=_no_age, spell=_in_seconds,
+        help="Skip files not read for AGE (atime), e.g. 90d. OLDEST_DATE.")
+    newest: int | None = option(
+        None, setting="NEWEST_DATE", parse=_age, flag="--newest", metavar="AGE",
+        from_flag=parse_age, commands=PASSES, shapes=True, compare=_no_age, spell=_in_seconds,
+        help="Skip files written in the last AGE (mtime), e.g. 1d. NEWEST_DATE.")
+    #: a flag given several times adds to the setting's list (fsclone.config.load)
+    excludes: tuple[str, ...] = option(
+        (), setting="EXCLUDES", parse=_globs, flag="--exclude", metavar="GLOB", commands=PASSES,
+        shapes=True, compare=_as_set, help="Leave matching entries alone.")
+    includes: tuple[str, ...] = option((), flag="--include", metavar="GLOB", commands=PASSES,
+                                       shapes=True, compare=_as_set,
+                                       help="Overrides --exclude.")
+    #: the delete guards: refuse to delete more than this many entries; refuse to delete at
+    #: all unless the source root holds this name
+    max_delete: int | None = option(
+        None, setting="MAX_DELETE", parse=_count(0), flag="--max-delete",
+        flag_type=click.IntRange(min=0), metavar="N", commands=PASSES, shapes=True,
+        help="Refuse to delete anything if more than N entries would go.")
+    sentinel: str | None = option(None, setting="SENTINEL", flag="--sentinel", metavar="NAME",
+                                  commands=PASSES, shapes=True,
+                                  help="Refuse to delete unless SRC/NAME exists.")
+    sample: float = option(1.0, flag="--sample", flag_type=click.FloatRange(0, 1, min_open=True),
+                           metavar="F", commands=("verify",), shapes=True,
+                           help="Check a random fraction F of the files [default: all].")
+    seed: int = option(0, flag="--seed", flag_type=click.IntRange(0, 2**64 - 1), flag_default=0,
+                       show_default=True, commands=("verify",), shapes=True,
+                       help="Which sample: the same seed draws the same files.")
+    metadata_only: bool = option(
+        False, flag="--metadata-only", commands=("verify",), shapes=True,
+        help="Compare types, sizes, owners, modes, times, links, xattrs; no data.")
+    #: the flag names the file the coordinator writes; a worker learns only that its results
+    #: carry manifest rows
+    manifest: bool = option(
+        False, flag="--manifest", flag_type=click.Path(dir_okay=False), metavar="FILE",
+        from_flag=bool, commands=("verify",),
+        help="Write path, size, mtime and xxh3-128 of every file checked (TSV).")
+    #: directories on another device than SRC's root are skipped
+    one_file_system: bool = option(
+        False, flag="--one-file-system", short="-x", commands=PASSES, shapes=True,
+        help="Do not walk into directories of SRC on other filesystems (mounts).")
+    verbose: bool = option(False, flag="--verbose", short="-v", commands=PASSES,
+                           help="Print every change made.")
+    #: the pass whose failed items this pass re-runs, else ""
+    retry_of: str = option("", flag="--retry-errors", metavar="ID", commands=("copy",),
+                           help="Re-run only the items pass ID listed as failed, on its roots.")
+    #: the sizes that shape chunks only: a resume keeps the stored ones
+    large_file_size: int = option(64 << 20, setting="LARGE_FILE_SIZE", parse=_count(1))
+    range_size: int = option(64 << 20, setting="RANGE_SIZE", parse=_count(1))
+    dir_slice: int = option(5000, setting="DIR_SLICE", parse=_count(1))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options(PassOptions):
+    """Every option: those of the pass, and those only the coordinating side reads."""
+
+    workers: int = option(os.cpu_count() or 1, setting="WORKERS", parse=_count(1),
+                          flag="--workers", short="-w", flag_type=click.IntRange(1, 4096),
+                          commands=RUNS, help="Worker processes [default: cores].")
+    transport: str | None = option(
+        None, setting="TRANSPORT", flag="--transport", flag_type=click.Choice(TRANSPORTS),
+        flag_default="auto", show_default=True, from_flag=_auto_is_unset, commands=RUNS,
+        help="How chunks reach workers; auto: amqp when a broker is set (under srun/mpirun the "
+             "other ranks consume it), else mpi when run by srun/mpirun, else local. TRANSPORT.")
+    broker: str | None = option(
+        None, setting="BROKER", flag="--broker", metavar="URL", commands=RUNS,
+        help="amqp://USER@HOST[:PORT]/VHOST for `fsclone worker`s (no password: see "
+             "PASSWORD_FILE). BROKER.")
+    state_dir: str = option("", setting="STATE_DIR", flag="--state-dir", metavar="DIR",
+                            commands=RUNS, help="Where pass records live.")
+    restart: bool = option(False, flag="--restart", commands=PASSES,
+                           help="Start anew instead of resuming.")
+    report_interval: float = option(10.0, setting="REPORT_INTERVAL", parse=_seconds)
+    #: the default SRC and DST
+    source_mount: str | None = option(None, setting="source_mount")
+    target_mount: str | None = option(None, setting="target_mount")
+    username: str | None = option(None, setting="USERNAME")
+    password_file: str | None = option(None, setting="PASSWORD_FILE")
+    broker_ca_file: str | None = option(None, setting="BROKER_CA_FILE")
+    broker_cert_file: str | None = option(None, setting="BROKER_CERT_FILE")
+    broker_key_file: str | None = option(None, setting="BROKER_KEY_FILE")
+    memcached: str | None = option(None, setting="MEMCACHED")
+    graphite: str | None = option(None, setting="GRAPHITE")
+    graphite_prefix: str = option("fsclone", setting="GRAPHITE_PREFIX")
+    #: (SRC, DST) prefixes whose passes a standalone ``fsclone worker`` serves (none: no pass)
+    allowed_roots: tuple[tuple[str, str], ...] = option((), setting="ALLOWED_ROOTS",
+                                                        parse=_root_pairs)
+    #: the secret shared by the amqp coordinator and its workers (fsclone.signing)
+    signing_key_file: str | None = option(None, setting="SIGNING_KEY_FILE")
+
+
+def _declared(cls: type) -> dict[str, Option]:
+    return {f.name: dataclasses.replace(f.metadata["option"], name=f.name, default=f.default)
+            for f in fields(cls)}
+
+
+#: every option by name, in the order declared (the pass's first)
+OPTIONS: Mapping[str, Option] = _declared(Options)
+#: the options of the pass, which every PassSpec carries
+PASS_OPTIONS: Mapping[str, Option] = _declared(PassOptions)
+#: the options that shape a pass's result, in the order a refused resume names them
+SHAPING: tuple[Option, ...] = tuple(o for o in OPTIONS.values() if o.shapes)
+
+
+def pass_options(options: PassOptions) -> dict[str, Any]:
+    """The values of the pass's options in ``options`` (a Config, or a PassSpec)."""
+    return {name: getattr(options, name) for name in PASS_OPTIONS}

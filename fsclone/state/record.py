@@ -1,0 +1,187 @@
+"""The durable record of a pass, as its coordinator writes it (one SQLite file per pass).
+
+A record holds the spec, status, phase, counters, the chunks still outstanding (so a pass can be
+resumed after any crash), the barriers, the planned deletions and the item errors. Every result
+is applied in one transaction, and a transport acknowledges results only after that commit.
+Reading a record without taking part in it is ``queries``'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import closing
+from dataclasses import replace
+from pathlib import Path
+
+from fsclone.chunk import Chunk, Group, ItemError, dumps, loads_chunk
+from fsclone.errors import UsageError
+from fsclone.lifecycle import RUNNING
+from fsclone.spec import PassSpec
+from fsclone.state.directory import PRIVATE_DIR, create_private
+from fsclone.state.tables import SCHEMA, add_missing_columns, error_rows, worker_rows
+from fsclone.stats import counters as C
+
+
+class PassStore:
+    """The record of one pass, open for the coordinator."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path / "pass.db", isolation_level="DEFERRED")
+        self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" + SCHEMA)
+        add_missing_columns(self.db)
+        row = self.db.execute("SELECT spec, status, phase, counters FROM pass").fetchone()
+        if row is None:
+            raise UsageError(f"{path} holds no pass record")
+        self.spec = PassSpec.from_wire(json.loads(row[0]))
+        self.status: str = row[1]
+        self.phase: int = row[2]
+        self.counters: dict[str, int] = json.loads(row[3])
+        self.outstanding: int = self.db.execute("SELECT count(*) FROM outstanding").fetchone()[0]
+        #: the pass counters split by the worker that earned them (they sum to ``counters``),
+        #: kept here so a resumed coordinator continues every worker's totals
+        self.workers: dict[str, dict[str, int]] = worker_rows(self.db)
+        self._dirty_workers: set[str] = set()
+        # the record names the process running the pass (status tells a dead one by its pid)
+        self.db.execute("UPDATE pass SET host=?, pid=?", (socket.gethostname(), os.getpid()))
+        self.db.commit()
+
+    @classmethod
+    def create(cls, state_dir: Path, spec: PassSpec) -> PassStore:
+        path = state_dir / spec.id
+        path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=False)
+        new = path / "pass.db.new"  # renamed once complete: readers never see a record without
+        os.close(create_private(new))  # its pass row (``status`` while a pass starts); SQLite
+        db = sqlite3.connect(new)  # gives its -wal and -shm files the database's mode
+        db.executescript(SCHEMA)
+        db.execute("INSERT INTO pass VALUES (?,?,?,?,?,?,?,?,?)",
+                   (spec.id, json.dumps(spec.to_wire()), RUNNING, 0, spec.started, None, "{}",
+                    socket.gethostname(), os.getpid()))
+        db.commit()
+        db.close()
+        new.rename(path / "pass.db")
+        return cls(path)
+
+    # -- chunks and barriers ------------------------------------------------------------------
+    # Every add_* returns early when there is nothing to add: most results carry no errors,
+    # deletions or children, and an empty executemany still costs a statement per result.
+    def add_chunks(self, chunks: Iterable[Chunk]) -> None:
+        rows = [(c.id, dumps(c)) for c in chunks]
+        if not rows:
+            return
+        cur = self.db.executemany("INSERT OR IGNORE INTO outstanding VALUES (?,?)", rows)
+        self.outstanding += cur.rowcount
+
+    def replace_chunk(self, chunk: Chunk) -> None:
+        """Store a chunk's next attempt in place of the current one."""
+        self.db.execute("UPDATE outstanding SET body=? WHERE id=?", (dumps(chunk), chunk.id))
+
+    def finish_chunk(self, chunk_id: str) -> bool:
+        """Take a chunk out of the outstanding set; False when it was not in it (a duplicate
+        result of a chunk already finished)."""
+        if not self.db.execute("DELETE FROM outstanding WHERE id=?", (chunk_id,)).rowcount:
+            return False
+        self.outstanding -= 1
+        return True
+
+    def outstanding_chunks(self) -> Iterator[Chunk]:
+        for (body,) in self.db.execute("SELECT body FROM outstanding").fetchall():
+            yield loads_chunk(body)
+
+    def add_group(self, group: Group) -> None:
+        self.db.execute("INSERT OR IGNORE INTO groups VALUES (?,?,?,NULL)",
+                        (group.id, group.size, dumps(group.then)))
+
+    def fail_member(self, group_id: str, path: str) -> bool:
+        """A member of a barrier failed at ``path``: the barrier's ``then`` chunk is released
+        marked, so that what the members built (a large file's temp) is discarded, never
+        published. Returns whether ``path`` is the barrier's first failure (the pieces of one
+        file often fail alike, as every range after a target fills: it is listed once)."""
+        row = self.db.execute("SELECT failed FROM groups WHERE id=?", (group_id,)).fetchone()
+        if row is None or row[0] is not None:
+            return row is None or os.fsdecode(row[0]) != path
+        self.db.execute("UPDATE groups SET failed=? WHERE id=?", (os.fsencode(path), group_id))
+        return True
+
+    def complete_member(self, group_id: str) -> Chunk | None:
+        """One member of a barrier is done; returns its ``then`` chunk when it was the last.
+        A ``finalize`` (the one chunk that publishes what its members built) comes with
+        ``members_failed`` in its args when any member failed (see :meth:`fail_member`); any
+        other (a directory's times, an emptied directory's removal) runs as always."""
+        self.db.execute("UPDATE groups SET remaining = remaining - 1 WHERE id=?", (group_id,))
+        row = self.db.execute("SELECT remaining, then_chunk, failed FROM groups WHERE id=?",
+                              (group_id,)).fetchone()
+        if row is None or row[0] > 0:
+            return None
+        self.db.execute("DELETE FROM groups WHERE id=?", (group_id,))
+        then = loads_chunk(row[1])
+        if row[2] is None or then.op != "finalize":
+            return then
+        return replace(then, args={**then.args, "members_failed": True})
+
+    # -- results ------------------------------------------------------------------------------
+    def add_counters(self, delta: dict[str, int], worker: str) -> None:
+        C.add(self.counters, delta)
+        C.add(self.workers.setdefault(worker, {}), delta)
+        self._dirty_workers.add(worker)
+
+    def add_errors(self, errors: Iterable[ItemError]) -> None:
+        rows = [(os.fsencode(e.path), e.op, e.errno, e.message, e.step, e.side) for e in errors]
+        if rows:
+            self.db.executemany("INSERT INTO errors (path, op, errno, message, step, side) "
+                                "VALUES (?,?,?,?,?,?)", rows)
+
+    def add_deletions(self, deletions: Iterable[tuple[str, tuple[str, ...], int]]) -> None:
+        rows = [(os.fsencode(d), json.dumps(list(n), ensure_ascii=True), c)
+                for d, n, c in deletions]
+        if rows:
+            self.db.executemany("INSERT INTO deletions (path, names, entries) VALUES (?,?,?)",
+                                rows)
+
+    def planned_deletions(self) -> Iterator[tuple[str, list[str]]]:
+        for path, names in self.db.execute("SELECT path, names FROM deletions ORDER BY seq"):
+            yield os.fsdecode(path), json.loads(names)
+
+    def planned_entries(self) -> int:
+        return self.db.execute("SELECT coalesce(sum(entries), 0) FROM deletions").fetchone()[0]
+
+    def errors_of(self, op: str) -> int:
+        """How many item errors chunks of ``op`` listed."""
+        return self.db.execute("SELECT count(*) FROM errors WHERE op=?", (op,)).fetchone()[0]
+
+    def errors(self, limit: int | None = None) -> list[ItemError]:
+        return error_rows(self.db, limit)
+
+    # -- pass status --------------------------------------------------------------------------
+    def set_phase(self, phase: int) -> None:
+        self.phase = phase
+        self.db.execute("UPDATE pass SET phase=?", (phase,))
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+        ended = time.time() if status != RUNNING else None
+        self.db.execute("UPDATE pass SET status=?, ended=?, host=?, pid=?",
+                        (status, ended, socket.gethostname(), os.getpid()))
+        self.commit()
+
+    def commit(self) -> None:
+        self.db.execute("UPDATE pass SET counters=?", (json.dumps(self.counters),))
+        self.db.executemany("INSERT OR REPLACE INTO workers VALUES (?,?)",
+                            [(w, json.dumps(self.workers[w])) for w in self._dirty_workers])
+        self._dirty_workers.clear()
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def mark(path: Path, status: str) -> None:
+    """Set the status of a pass that is not running (one a new pass supersedes)."""
+    with closing(sqlite3.connect(path / "pass.db")) as db:
+        db.execute("UPDATE pass SET status=?, ended=?", (status, time.time()))
+        db.commit()
