@@ -4,7 +4,7 @@ state, spool, logs, munge socket) in one temporary directory.
 
 Jobs run as the test's user (root in CI) and see the test's environment (``sbatch`` exports
 it), so SLURM_CONF reaches every client command a job runs. Skipped on a machine without
-Slurm, failed instead under CI (see tests.services.skip_or_fail).
+Slurm or when not root, failed instead under CI (see tests.services.skip_or_fail).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import LOOPBACK, Server, free_ports, require, wait_for
+from tests.services import LOOPBACK, Server, free_ports, require, skip_or_fail, wait_for
 
 #: how long a job gets to end once cancelled before Slurm kills it (KillWait)
 KILL_WAIT = 30
@@ -202,6 +202,8 @@ class SlurmCluster:
 def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     for tool in ("sbatch", "srun", "sinfo", "scancel", "scontrol", "squeue"):
         require(tool)
+    if os.geteuid() != 0:
+        skip_or_fail("the test cluster's slurmd runs jobs as root")
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
     try:
         cluster.start()

@@ -6,7 +6,9 @@ resume, and the resubmitted job resumes; a launcher the MPI cannot use gives one
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,21 +25,41 @@ from tests.slurm import KILL_WAIT, SlurmCluster
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "deploy" / "slurm"
+#: the documents that give the sizing advice
+SIZING_DOCS = (SCRIPTS / "README.md", REPO / "docs" / "migration.md")
 DAY = 86400
+#: the advice for a metadata-bound tree as the docs write it: "`--nodes=N --ntasks=T ...` with
+#: T = N x cores x 2-4"
+_ADVICE = re.compile(r"`(--nodes=N [^`]*)`\s+with\s+T\s+=\s+N\s+x\s+cores\s+x\s+(\d)-(\d)")
+
+
+def advice(doc: Path) -> tuple[list[str], tuple[int, int]]:
+    """The sbatch options ``doc`` advises for a metadata-bound tree (N nodes, T tasks), and
+    the fewest and most tasks per core it advises."""
+    found = _ADVICE.findall(doc.read_text())
+    assert len(found) == 1, f"{doc}: no sizing advice in the form this test reads"
+    options, fewest, most = found[0]
+    return options.split(), (int(fewest), int(most))
+
+
+def sized(options: list[str], nodes: int, tasks: int) -> list[str]:
+    """The advised ``options`` for ``nodes`` nodes and ``tasks`` tasks in all."""
+    return [o.replace("=N", f"={nodes}").replace("=T", f"={tasks}") for o in options]
 
 
 def submit(slurm: SlurmCluster, script: str, tmp_path: Path, *pass_args: str,
            tasks: int = 0, **settings: str) -> str:
-    """``sbatch --nodes=1 --ntasks=T --export=ALL,SRC=..,DST=..,CONFIG=..,FSCLONE=.. SCRIPT``:
-    T is 2 tasks per CPU unless given (the README's least for a metadata-bound tree); the
-    config's STATE_DIR is tmp_path/state. Returns the job id."""
+    """``sbatch OPTIONS --export=ALL,SRC=..,DST=..,CONFIG=..,FSCLONE=.. SCRIPT``, OPTIONS the
+    README's sizing for this node and T tasks, 2 per CPU unless given (the least it advises
+    for a metadata-bound tree); the config's STATE_DIR is tmp_path/state. Returns the job id."""
     config = tmp_path / "config.py"
     config.write_text(f"STATE_DIR = {str(tmp_path / 'state')!r}\n")
     exports = {"SRC": str(tmp_path / "src"), "DST": str(tmp_path / "dst"),
                "CONFIG": str(config), "FSCLONE": f"{sys.executable} -m fsclone"} | settings
     env = slurm.env | {"PYTHONPATH": str(REPO)}  # the ranks run this checkout's fsclone
     env = {k: v for k, v in env.items() if not k.startswith("FSCLONE_")}
-    out = slurm.run("sbatch", "--parsable", "--nodes=1", f"--ntasks={tasks or 2 * slurm.cpus}",
+    options = sized(advice(SIZING_DOCS[0])[0], 1, tasks or 2 * slurm.cpus)
+    out = slurm.run("sbatch", "--parsable", *options,
                     f"--output={tmp_path}/job-%j.out",
                     "--export=" + ",".join(["ALL", *(f"{k}={v}" for k, v in exports.items())]),
                     SCRIPTS / script, *pass_args, env=env)
@@ -63,6 +85,24 @@ def aged_tree(root: Path) -> Path:
     for path in [*root.rglob("*"), root]:
         os.utime(path, (time.time(), then), follow_symlinks=False)
     return root
+
+
+def test_the_sizing_advice_is_what_this_slurm_accepts(slurm: SlurmCluster) -> None:
+    """Each document's advice, at the fewest and the most tasks per core it names, is accepted
+    for every script on this node (sbatch --test-only: nothing runs); `--ntasks-per-node`
+    above the node's CPUs, which the README warns of, is refused even with --overcommit."""
+    scripts = sorted(SCRIPTS.glob("*.sbatch"))
+    for doc in SIZING_DOCS:
+        options, per_core = advice(doc)
+        for script, tasks in itertools.product(scripts, per_core):
+            asked = sized(options, 1, tasks * slurm.cpus)
+            try:
+                slurm.run("sbatch", "--test-only", *asked, script)
+            except RuntimeError as exc:
+                pytest.fail(f"{doc.name}'s advice {' '.join(asked)} refused: {exc}")
+    with pytest.raises(RuntimeError, match="Requested node configuration is not available"):
+        slurm.run("sbatch", "--test-only", "--nodes=1", f"--ntasks-per-node={2 * slurm.cpus}",
+                  "--overcommit", "--exclusive", scripts[0])
 
 
 def test_copy_pass_job_copies_the_tree(slurm: SlurmCluster, tmp_path: Path) -> None:
