@@ -17,6 +17,18 @@ class ConfigError(UsageError):
     """The site config file could not be read or holds a bad value."""
 
 
+class Interrupted(FscloneError):
+    """A pass stopped by SIGINT (Ctrl-C) or SIGTERM (a walltime end, scancel): its record is
+    kept, marked interrupted, and the same command resumes it."""
+
+    exit_code = 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the command line's handler so that it stops a pass the way Ctrl-C
+    does (:class:`KeyboardInterrupt`), and the pass can still say which signal it was."""
+
+
 class LockedError(FscloneError):
     """Another pass holds the lock on the same target."""
 

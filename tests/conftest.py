@@ -6,7 +6,7 @@ import pytest
 
 from tests.clirun import reap_spawned
 
-pytest_plugins = ["tests.services"]
+pytest_plugins = ["tests.services", "tests.slurm"]
 
 
 @pytest.fixture(autouse=True)

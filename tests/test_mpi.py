@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
-import shlex
 import signal
 import subprocess
 import sys
@@ -20,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fsclone.engine.worker import worker_name
-from fsclone.lifecycle import RUNNING
+from fsclone.lifecycle import INTERRUPTED, RUNNING
 from fsclone.state.queries import list_passes, read_workers
 from fsclone.transport.mpi import in_mpi_job, launcher_size
 from tests.clirun import PathLike, descendants, fsclone_env
@@ -119,9 +117,9 @@ def test_item_error_exits_1_on_every_rank(require_mpi: MpiRun, tmp_path: Path) -
 @pytest.mark.parametrize("how", ["walltime", "crash"])
 def test_job_killed_mid_pass_is_resumed_by_the_same_command(require_mpi: MpiRun, tmp_path: Path,
                                                             how: str) -> None:
-    """The end of a job's time (Slurm sends SIGTERM to every task) or a crash (SIGKILL to
-    every process at once, as when a node dies): the pass record survives either, and the same
-    command resumes the same pass to a faithful end."""
+    """The end of a job's time (Slurm sends SIGTERM to every task: rank 0 stops the pass) or a
+    crash (SIGKILL to every process at once, as when a node dies): the pass record survives
+    either, and the same command resumes the same pass to a faithful end."""
     src, dst = many_files(tmp_path / "src"), tmp_path / "dst"
     state = tmp_path / "state"
     args = ("pass", "copy", "--json", src, dst)
@@ -140,7 +138,8 @@ def test_job_killed_mid_pass_is_resumed_by_the_same_command(require_mpi: MpiRun,
     wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in ranks), 60,
              "every rank to be gone")
     killed = next(r for r in list_passes(state) if r.spec.id == first.spec.id)
-    assert killed.status == RUNNING and killed.outstanding > 0, "the pass ended before the kill"
+    assert killed.status == (INTERRUPTED if how == "walltime" else RUNNING), killed.status
+    assert killed.outstanding > 0, "the pass ended before the kill"
 
     proc = run(require_mpi, *args, state=state)
     assert proc.returncode == 0, proc.stderr.decode()
@@ -182,6 +181,33 @@ def test_ctrl_c_on_rank_0_interrupts_the_pass_on_every_rank(require_mpi: MpiRun,
 
 
 @job
+def test_sigterm_to_every_rank_then_again_to_rank_0_ends_every_rank_with_130(
+        require_mpi: MpiRun, tmp_path: Path) -> None:
+    """Slurm's SIGTERM reaches every task: the worker ranks leave the stop to rank 0. Another
+    one may reach rank 0 while it stops the pass (a second scancel): the stop still ends with
+    every rank told to exit, or the job would hang until SIGKILL."""
+    src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
+    with held(src / "d039/f059") as lease:  # the rank that opens it answers STOP only later
+        job = subprocess.Popen(command(require_mpi, "pass", "copy", src, dst),
+                               env=fsclone_env(state), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+        wait_for(lease.breaking, 60, "a rank to open the held file")
+        ranks = {pid: Path(f"/proc/{pid}/environ").read_bytes() for pid in descendants(job.pid)}
+        ranks = {pid: env for pid, env in ranks.items() if b"OMPI_COMM_WORLD_RANK=" in env}
+        for pid in ranks:
+            os.kill(pid, signal.SIGTERM)
+        (rank0,) = [pid for pid, env in ranks.items() if b"OMPI_COMM_WORLD_RANK=0\0" in env]
+        wait_for(lambda: list_passes(state)[0].status == "interrupted", 60, "the stop")
+        os.kill(rank0, signal.SIGTERM)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err.decode()
+    (stopped,) = list_passes(state)
+    assert [line for line in err.decode().splitlines() if line.startswith("fsclone: ")] == [
+        f"fsclone: copy pass {stopped.spec.id} interrupted by SIGTERM; run the same command "
+        f"again to resume (or: fsclone pass resume {stopped.spec.id})"]
+
+
+@job
 def test_a_rank_without_the_source_stops_the_job_in_one_line(require_mpi: MpiRun,
                                                              tmp_path: Path) -> None:
     """Rank 2 runs in a mount namespace where the source is hidden, like a node that lacks the
@@ -199,7 +225,7 @@ def test_a_rank_without_the_source_stops_the_job_in_one_line(require_mpi: MpiRun
     assert f"fsclone: rank 2 ({worker_name(2)}) stops the job: [Errno 2]".encode() \
         in proc.stderr, proc.stderr.decode()
     (stopped,) = list_passes(state)
-    assert stopped.status == RUNNING
+    assert stopped.status in (RUNNING, INTERRUPTED)  # killed by mpirun, or stopped by its SIGTERM
 
     again = run(require_mpi, "pass", "copy", "--json", src, dst, state=state)
     assert again.returncode == 0, again.stderr.decode()
@@ -238,8 +264,9 @@ def test_with_a_broker_rank_0_coordinates_it_and_the_ranks_consume_it(
 @job
 def test_the_batch_scripts_run_a_migration_with_mpirun_for_srun(require_mpi: MpiRun,
                                                                 tmp_path: Path) -> None:
-    """deploy/slurm's scripts with their site settings filled in: the copy pass leaves the
-    files written today to the final pass, which takes them and deletes what SRC lost."""
+    """deploy/slurm's scripts with their site settings in the environment (as sbatch --export
+    gives them): the copy pass leaves the files written today to the final pass, which takes
+    them and deletes what SRC lost."""
     src, dst, state = many_files(tmp_path / "src", dirs=3, files=4), tmp_path / "dst", \
         tmp_path / "state"
     config = tmp_path / "config.py"
@@ -248,13 +275,8 @@ def test_the_batch_scripts_run_a_migration_with_mpirun_for_srun(require_mpi: Mpi
     def sbatch(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         site = {"SRC": str(src), "DST": str(dst), "CONFIG": str(config),
                 "FSCLONE": f"{sys.executable} -m fsclone", "LAUNCH": " ".join(require_mpi(RANKS))}
-        text = (SLURM / script).read_text()
-        for name, value in site.items():
-            text = re.sub(rf"^{name}=.*$", f"{name}={shlex.quote(value)}", text, count=1,
-                          flags=re.MULTILINE)
-        (tmp_path / script).write_text(text)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FSCLONE_")}
-        return subprocess.run(["bash", tmp_path / script, *args], env=env, capture_output=True,
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FSCLONE_")} | site
+        return subprocess.run(["bash", SLURM / script, *args], env=env, capture_output=True,
                               text=True, timeout=300, check=False)
 
     copy = sbatch("copy-pass.sbatch")

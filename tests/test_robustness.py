@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from fsclone.state.queries import list_passes
 from tests.clirun import children, fsclone, fsclone_json, spawn
+from tests.faultmount import faulty
 from tests.fstree import assert_rsync_clean, assert_same_tree, leftovers
 from tests.midpass import held, many_files
 from tests.services import wait_for
@@ -176,15 +178,57 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, case: s
     assert not any(state.glob("*/pass.db"))
 
 
-def test_ctrl_c_stops_the_pass_and_says_how_to_resume(tmp_path: Path) -> None:
+def _pass_counters(state: Path) -> dict[str, int]:
+    (record,) = list_passes(state)
+    return record.counters
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_pass_and_says_how_to_resume(tmp_path: Path,
+                                                        signum: signal.Signals) -> None:
+    """Ctrl-C, or SIGTERM as a walltime end sends it: to every process of the pass, and the
+    coordinator twice (a second scancel). The record is kept, one line says how to resume, and
+    the resumed pass does not redo the chunks the first run finished."""
     src, dst, state = many_files(tmp_path / "src"), tmp_path / "dst", tmp_path / "state"
     with held(src / "d039/f059"):
         proc = spawn("pass", "copy", "--workers", "2", src, dst, state=state)
         wait_for(lambda: copied_count(dst) > 200, 60, "progress", poll=0.01)
-        proc.send_signal(signal.SIGINT)
+        for pid in [proc.pid, *children(proc.pid), proc.pid]:
+            os.kill(pid, signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert err.decode().strip().endswith("interrupted; run the same command again to resume")
+    assert proc.returncode == 130, err.decode()
+    (stopped,) = list_passes(state)
+    assert stopped.status == "interrupted" and stopped.outstanding > 0
+    assert err.decode().splitlines() == [
+        f"fsclone: copy pass {stopped.spec.id} interrupted by {signum.name}; run the same "
+        f"command again to resume (or: fsclone pass resume {stopped.spec.id})"]
     resumed = fsclone("pass", "copy", src, dst, state=state)
     assert resumed.returncode == 0 and b"resuming pass" in resumed.stderr
     assert_same_tree(src, dst)
+    # a finished chunk done again would count its entries twice
+    assert fsclone("pass", "copy", src, tmp_path / "once", state=tmp_path / "s2").returncode == 0
+    counters, once = _pass_counters(state), _pass_counters(tmp_path / "s2")
+    assert [counters[k] for k in ("scanned", "chunks_done")] == \
+        [once[k] for k in ("scanned", "chunks_done")]
+    assert counters["files_copied"] + counters.get("unchanged", 0) == once["files_copied"]
+
+
+def test_sigterm_stops_a_scan_which_the_same_command_resumes(tmp_path: Path) -> None:
+    with faulty(tmp_path, "src") as (src, fs):
+        many_files(src, dirs=20, files=20, size=16)
+        fs.delay("meta", 3_000)  # a scan only looks up and stats: slow those down
+        proc = spawn("scan", "--workers", "2", src, state=tmp_path / "state")
+        wait_for(lambda: any(r.counters.get("scanned", 0) > 20
+                             for r in list_passes(tmp_path / "state")), 60, "progress")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        fs.delay("meta", 0)
+        assert proc.returncode == 130, err.decode()
+        (scan,) = list_passes(tmp_path / "state")
+        assert err.decode().splitlines() == [
+            f"fsclone: scan {scan.spec.id} interrupted by SIGTERM; run the same command again "
+            "to resume"]
+        again = fsclone("scan", src, state=tmp_path / "state")
+    assert again.returncode == 0 and f"resuming scan {scan.spec.id}".encode() in again.stderr
+    (resumed,) = list_passes(tmp_path / "state")
+    assert resumed.status == "done" and resumed.counters["files"] == 400

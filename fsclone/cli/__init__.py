@@ -6,14 +6,16 @@ One module per command family; each registers its commands on :data:`cli`.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 import click
 
 from fsclone import __version__
-from fsclone.errors import FscloneError
+from fsclone.errors import FscloneError, Terminated
 from fsclone.options import OPTIONS, Option
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -93,8 +95,15 @@ def cli() -> None:
     """fsclone: make DST an exact copy of SRC, in parallel passes."""
 
 
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (a walltime end, scancel, a shutdown) stops a pass as Ctrl-C does, record kept."""
+    raise Terminated
+
+
 def main() -> None:
-    """Entry point: every error is one line on stderr and an exit code (2: usage or fatal)."""
+    """Entry point: every error is one line on stderr and an exit code (2: usage or fatal;
+    130 interrupted by SIGINT or SIGTERM)."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         cli.main(standalone_mode=False)
     except click.UsageError as exc:

@@ -15,7 +15,7 @@ from fsclone.engine.layout import source_layout
 from fsclone.engine.retry import retry_seed
 from fsclone.engine.roots import check_delete_guards, check_roots
 from fsclone.engine.sweep import WRITERS, remove_staging, supersede
-from fsclone.errors import UsageError
+from fsclone.errors import Interrupted, Terminated, UsageError
 from fsclone.fs.lease import TargetLease
 from fsclone.lifecycle import UNFINISHED, Summary
 from fsclone.options import pass_options
@@ -45,6 +45,16 @@ def build_spec(cfg: Config, op: str, src: str, dst: str) -> PassSpec:
     """A new pass of ``op`` on ``src`` and ``dst``, with the pass options of ``cfg``."""
     return PassSpec(id=new_pass_id(op), op=op, src=src, dst=dst, started=time.time(),
                     **pass_options(cfg))
+
+
+def interrupted(spec: PassSpec, signal: KeyboardInterrupt) -> Interrupted:
+    """The one line a pass or scan stopped by a signal ends with: which signal, how to go on."""
+    what = f"{'scan' if spec.op == 'scan' else spec.op + ' pass'} {spec.id} interrupted by " \
+        f"{'SIGTERM' if isinstance(signal, Terminated) else 'SIGINT'}"
+    if spec.rehearsal:
+        return Interrupted(f"{what}; a dry run leaves nothing to resume")
+    also = "" if spec.op == "scan" else f" (or: fsclone pass resume {spec.id})"
+    return Interrupted(f"{what}; run the same command again to resume{also}")
 
 
 def resumable(state: Path, pass_id: str) -> PassSpec:
@@ -117,6 +127,8 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
             summary = coordinator.run()
             record_tree(state, store.spec, summary.status, summary.counters)
             return store.spec, summary
+        except KeyboardInterrupt as exc:
+            raise interrupted(store.spec, exc) from None
         finally:
             store.close()
     finally:

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from fsclone.config import Config
 from fsclone.engine.coordinator import Coordinator, Hooks
-from fsclone.engine.launch import build_spec
+from fsclone.engine.launch import build_spec, interrupted
 from fsclone.errors import UsageError
 from fsclone.lifecycle import Summary
 from fsclone.spec import PassSpec
@@ -42,5 +42,7 @@ def run_scan(cfg: Config, src: str, hooks: Hooks, transport: Transport,
         summary = Coordinator(store, transport, hooks).run()
         record_tree(state, store.spec, summary.status, summary.counters)
         return store.spec, summary
+    except KeyboardInterrupt as exc:
+        raise interrupted(store.spec, exc) from None
     finally:
         store.close()

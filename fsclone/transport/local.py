@@ -155,7 +155,8 @@ def _worker_main(spec: PassSpec, key: bytes, index: int, chunks: Connection,
     _die_with(coordinator)
     for conn in inherited:
         conn.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, a walltime end: the
+        signal.signal(signum, signal.SIG_IGN)      # coordinator's to handle
     runner = ChunkRunner(spec, worker_name(index), key)
     try:
         work(_Pipes(chunks, results, runner))

@@ -38,6 +38,7 @@ from fsclone.chunk import Chunk, Result, dumps, loads_chunk, loads_result
 from fsclone.engine.worker import ChunkRunner, work, worker_name
 from fsclone.errors import FscloneError, MessageError, TransportError
 from fsclone.spec import PassSpec
+from fsclone.transport import pmi
 from fsclone.transport.base import Message, Transport
 from fsclone.transport.inflight import InFlight, Pushed
 from fsclone.transport.pool import Service
@@ -196,11 +197,18 @@ class MpiTransport(Transport):
 
 class MpiJob:
     """This process's part in an MPI job: rank 0 coordinates, the other ranks work, and all
-    exit with rank 0's exit code. Creating it imports mpi4py, which starts MPI."""
+    exit with rank 0's exit code. Creating it imports mpi4py and starts MPI, once
+    :func:`fsclone.transport.pmi.check` has found that MPI_Init can succeed."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
+        import mpi4py
+
+        mpi4py.rc.initialize, mpi4py.rc.finalize = False, True
         from mpi4py import MPI
 
+        if not MPI.Is_initialized():
+            pmi.check(env, MPI.Get_library_version())
+            MPI.Init_thread(MPI.THREAD_MULTIPLE)
         self.comm = MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
@@ -261,7 +269,8 @@ class MpiJob:
     def serve(self, service: Service | None = None) -> int:
         """A worker rank's part; returns the exit code rank 0 sends. Without ``service``, run
         the chunks rank 0 sends; with one (an AMQP consumer), run it until rank 0 says exit."""
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when a pass stops
+        for signum in (signal.SIGINT, signal.SIGTERM):  # srun passes both on to every
+            signal.signal(signum, signal.SIG_IGN)      # task: rank 0 decides when a pass stops
         return self._run_chunks() if service is None else self._run_beside(service)
 
     def _run_chunks(self) -> int:
