@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.clirun import fsclone
+from tests.clirun import fsclone, fsclone_env
 
 Rules = tuple[tuple[str, str], ...]
 
@@ -159,3 +160,14 @@ def test_deletes_keep_what_rsync_keeps(rules: Rules, op: str, source: Path,
     assert proc.returncode == 0, proc.stderr
     got, expected = _below(ours), _below(theirs)
     assert (sorted(got - expected), sorted(expected - got)) == ([], []), "(extra, missing)"
+
+
+def test_a_rules_file_can_be_standard_input(source: Path, tmp_path: Path) -> None:
+    """``--exclude-from -`` reads the patterns from standard input, as rsync does."""
+    dst = tmp_path / "dst"
+    proc = subprocess.run([sys.executable, "-m", "fsclone", "pass", "copy", "-w", "1",
+                           "--exclude-from", "-", str(source), str(dst)],
+                          input=b"# from stdin\n*.dat\n", env=fsclone_env(tmp_path / "state"),
+                          capture_output=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert _below(dst) == _rsync_selects(source, ["--exclude", "*.dat"])

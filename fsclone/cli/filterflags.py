@@ -11,6 +11,7 @@ asked with an edited file is refused.
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
@@ -56,7 +57,10 @@ def _gather(ctx: click.Context, order: list[str]) -> tuple[str, ...]:
 
 
 def _read(path: str, param: click.Parameter, ctx: click.Context) -> str:
-    """A file of patterns, as names are read (undecodable bytes kept as they are)."""
+    """A file of patterns (``-``: standard input, as in rsync), as names are read
+    (undecodable bytes kept as they are)."""
+    if path == "-":
+        return os.fsdecode(sys.stdin.buffer.read())
     try:
         with open(path, "rb") as f:
             return os.fsdecode(f.read())
