@@ -96,6 +96,15 @@ def test_filter_rules_follow_rsync_reading() -> None:
     assert from_lines("a\r\n\n# c\n; d\n+ b\n e\n!", EXCLUDE) == ["- a", "+ b", "-  e", "!"]
 
 
+def test_the_sites_excludes_come_before_the_command_lines_rules() -> None:
+    """EXCLUDES name what must never be copied: first, no include of the command line can
+    take them back."""
+    cfg = load(None, {"FSCLONE_EXCLUDES": ".snapshot,lost+found"}, {"filter_rules": ("+ *",)})
+    assert cfg.filter_rules == ("- .snapshot", "- lost+found", "+ *")
+    assert Filters(PassSpec(id="p", op="copy", src="/s", dst="/d", started=0.0,
+                            filter_rules=cfg.filter_rules)).excluded("a/.snapshot", True)
+
+
 def test_unnamed_file_is_invisible_until_linked_and_never_replaces(tmp_path: Path) -> None:
     unnamed = UnnamedFiles()
     dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
