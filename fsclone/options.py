@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from fsclone.ages import parse_age
+from fsclone.rules import EXCLUDE, effective, rule
 
 #: the pass commands (``fsclone pass OP``), and those with ``pass resume``: the commands that
 #: run a pass
@@ -117,8 +118,11 @@ def _root_pairs(v: Any) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def _globs(v: Any) -> tuple[str, ...]:
-    return tuple(v.split(",")) if isinstance(v, str) else tuple(str(x) for x in v)
+def _excludes(v: Any) -> tuple[str, ...]:
+    """The site's EXCLUDES: patterns to exclude, a list or ``"A,B"`` (the environment's form),
+    as rules."""
+    patterns = v.split(",") if isinstance(v, str) else [str(x) for x in v]
+    return tuple(r for r in (rule(p, EXCLUDE) for p in patterns) if r)
 
 
 class Seconds(click.ParamType):
@@ -139,12 +143,6 @@ class Seconds(click.ParamType):
 
 
 # -- how values of the request compare and spell -----------------------------------------------
-
-def _as_set(globs: tuple[str, ...]) -> tuple[str, ...]:
-    """Globs compare as a set: order and repeats do not matter, and the site's EXCLUDES come in
-    again as flags."""
-    return tuple(sorted(set(globs)))
-
 
 def _no_age(age: int | None) -> int | None:
     """An age of 0 is no age."""
@@ -190,13 +188,16 @@ class PassOptions:
         None, setting="NEWEST_DATE", parse=_age, flag="--newest", metavar="AGE",
         from_flag=parse_age, commands=PASSES, shapes=True, compare=_no_age, spell=_in_seconds,
         help="Skip files written in the last AGE (mtime), e.g. 1d. NEWEST_DATE.")
-    #: a flag given several times adds to the setting's list (fsclone.config.load)
-    excludes: tuple[str, ...] = option(
-        (), setting="EXCLUDES", parse=_globs, flag="--exclude", metavar="GLOB", commands=PASSES,
-        shapes=True, compare=_as_set, help="Leave matching entries alone.")
-    includes: tuple[str, ...] = option((), flag="--include", metavar="GLOB", commands=PASSES,
-                                       shapes=True, compare=_as_set,
-                                       help="Overrides --exclude.")
+    #: rsync's filter rules, in order ('- PATTERN', '+ PATTERN', '!': fsclone.rules): the
+    #: site's EXCLUDES first, then those of --filter, --exclude, --include, --exclude-from and
+    #: --include-from in the order given (fsclone.cli.filterflags gathers them; a flag given
+    #: several times adds to the setting's list, fsclone.config.load)
+    filter_rules: tuple[str, ...] = option(
+        (), setting="EXCLUDES", parse=_excludes, flag="--filter", metavar="RULE",
+        commands=PASSES, shapes=True, compare=effective,
+        help="An rsync rule: '- PATTERN' excludes, '+ PATTERN' includes. Rules of --filter, "
+             "--exclude, --include, --exclude-from, --include-from apply in the order given: "
+             "the first that matches decides.")
     #: the delete guards: refuse to delete more than this many entries; refuse to delete at
     #: all unless the source root holds this name
     max_delete: int | None = option(
@@ -256,6 +257,18 @@ class Options(PassOptions):
                             commands=RUNS, help="Where pass records live.")
     restart: bool = option(False, flag="--restart", commands=PASSES,
                            help="Start anew instead of resuming.")
+    #: what the filter flags said, each in its order: filter_rules holds them all in order
+    excludes: tuple[str, ...] = option((), flag="--exclude", metavar="PATTERN", commands=PASSES,
+                                       help="Leave matching entries alone (rsync's pattern).")
+    includes: tuple[str, ...] = option((), flag="--include", metavar="PATTERN", commands=PASSES,
+                                       help="Do not exclude matching entries (rsync's pattern).")
+    exclude_from: tuple[str, ...] = option(
+        (), flag="--exclude-from", flag_type=click.Path(dir_okay=False), metavar="FILE",
+        commands=PASSES, help="--exclude each pattern in FILE, one a line (';' or '#' starts a "
+                              "comment line).")
+    include_from: tuple[str, ...] = option(
+        (), flag="--include-from", flag_type=click.Path(dir_okay=False), metavar="FILE",
+        commands=PASSES, help="--include each pattern in FILE, one a line.")
     report_interval: float = option(10.0, setting="REPORT_INTERVAL", parse=_seconds)
     #: the default SRC and DST
     source_mount: str | None = option(None, setting="source_mount")

@@ -40,12 +40,21 @@ class PassSpec(PassOptions):
         """The spec in ``data``; keys it does not know (a record of another version) are left
         out, and JSON's lists become the tuples they were."""
         try:
-            given = dict(data)
+            given = _with_rules(dict(data))
             values = {f.name: _tuples(given[f.name], f.default)
                       for f in dataclasses.fields(cls) if f.name in given}
             return cls(**values)
         except (TypeError, ValueError) as exc:
             raise MessageError(f"malformed pass spec: {exc}") from exc
+
+
+def _with_rules(given: dict[str, Any]) -> dict[str, Any]:
+    """A record from before filter rules kept its globs as two lists, an include overriding
+    every exclude: the same as the rules of all includes, then all excludes."""
+    if "filter_rules" not in given and ("excludes" in given or "includes" in given):
+        given["filter_rules"] = [*(f"+ {p}" for p in given.get("includes") or ()),
+                                 *(f"- {p}" for p in given.get("excludes") or ())]
+    return given
 
 
 def _tuples(value: Any, default: Any) -> Any:

@@ -19,7 +19,7 @@ GROUND = (
     "fsclone", "fsclone.errors", "fsclone.pathkey", "fsclone.process", "fsclone.private",
     "fsclone.text", "fsclone.ages", "fsclone.schema", "fsclone.chunk", "fsclone.spec",
     "fsclone.lifecycle", "fsclone.signing", "fsclone.manifest", "fsclone.options", "fsclone.config",
-    "fsclone.filters", "fsclone.stats.counters",
+    "fsclone.filters", "fsclone.rules", "fsclone.stats.counters",
 )
 
 #: lowest first; each floor maps its rooms to their modules (a name ending in ".*" is a

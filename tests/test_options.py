@@ -24,8 +24,9 @@ from fsclone.spec import PassSpec, as_flags, differences
 #: a value other than the default for each option whose flag takes one (on/off flags need
 #: none): a new option of that kind needs a line here
 SAMPLES = {
-    "modify_window_ns": "2", "oldest": "90d", "newest": "1d", "excludes": "*.tmp",
-    "includes": "keep.tmp", "max_delete": "10", "sentinel": ".mounted", "sample": "0.5",
+    "modify_window_ns": "2", "oldest": "90d", "newest": "1d", "filter_rules": "- *.o",
+    "excludes": "*.tmp", "includes": "keep.tmp", "exclude_from": "/dev/null",
+    "include_from": "/dev/null", "max_delete": "10", "sentinel": ".mounted", "sample": "0.5",
     "seed": "7", "manifest": "/var/tmp/manifest.tsv", "retry_of": "20260101-000000-copy-abcdef",
     "workers": "3", "transport": "mpi", "broker": "amqp://alice@mq/hpc", "state_dir": "/var/st",
 }
@@ -124,7 +125,8 @@ def test_every_pass_option_goes_over_the_wire() -> None:
 
 def test_a_spec_written_before_still_reads() -> None:
     """A record's spec as older versions wrote it (every key of today's, and one this version
-    no longer knows): the same fields, the same meaning."""
+    no longer knows): the same fields, the same meaning. Its globs, an include overriding
+    every exclude, are the rules of its includes, then its excludes."""
     old = {"id": "20260101-000000-sync-abcdef", "op": "sync", "src": "/s", "dst": "/d",
            "started": 1.5, "dry_run": False, "checksum": True, "modify_window_ns": 2000000000,
            "oldest": 86400, "newest": None, "excludes": ["a", "b"], "includes": ["c"],
@@ -135,9 +137,9 @@ def test_a_spec_written_before_still_reads() -> None:
     spec = PassSpec.from_wire(old)
     assert spec == PassSpec(
         id="20260101-000000-sync-abcdef", op="sync", src="/s", dst="/d", started=1.5,
-        checksum=True, modify_window_ns=2000000000, oldest=86400, excludes=("a", "b"),
-        includes=("c",), large_file_size=1048576, range_size=524288, dir_slice=100,
-        verbose=True, max_delete=10, sentinel=".m", one_file_system=True,
+        checksum=True, modify_window_ns=2000000000, oldest=86400,
+        filter_rules=("+ c", "- a", "- b"), large_file_size=1048576, range_size=524288,
+        dir_slice=100, verbose=True, max_delete=10, sentinel=".m", one_file_system=True,
         source_mounts=("", "sub"))
     assert PassSpec.from_wire({k: old[k] for k in ("id", "op", "src", "dst", "started")}) == \
         PassSpec(id=spec.id, op="sync", src="/s", dst="/d", started=1.5)

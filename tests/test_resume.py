@@ -139,23 +139,58 @@ def test_a_resume_asked_with_other_options_is_refused_and_says_the_ways_on(
     other = _once_unlocked("pass", "copy", "--exclude", "d001", src, dst, state=state)
     assert other.returncode == 2
     (line,) = other.stderr.decode().splitlines()
-    assert pass_id in line and "--exclude" in line and "--restart" in line, line
-    assert f"fsclone pass copy --exclude d000 {src} {dst}" in line, line
+    assert pass_id in line and "--filter" in line and "--restart" in line, line
+    assert f"fsclone pass copy --filter '- d000' {src} {dst}" in line, line
     assert sorted(dst.rglob("*")) == before
     same = fsclone("pass", "copy", "--exclude", "d000", src, dst, state=state)
     assert same.returncode == 0 and b"resuming pass " + pass_id.encode() in same.stderr
 
 
+def test_a_resume_compares_the_rules_of_a_from_file_not_its_name(tmp_path: Path) -> None:
+    """The pass keeps the rules an --exclude-from file held: the same file edited is another
+    request (refused), another file with the same rules is the same one (resumed)."""
+    src, dst, state = many_files(tmp_path / "src", dirs=4, files=10), tmp_path / "dst", \
+        tmp_path / "state"
+    rules = tmp_path / "rules"
+    rules.write_text("# skipped\nd000\n")
+    with held(src / "d003/f009") as lease:
+        pass_id = _interrupt(["copy", "--exclude-from", rules, src, dst], lease, state)
+    rules.write_text("# skipped\nd001\n")
+    edited = _once_unlocked("pass", "copy", "--exclude-from", rules, src, dst, state=state)
+    assert edited.returncode == 2 and b"--filter '- d000'" in edited.stderr, edited.stderr
+    same = tmp_path / "same"
+    same.write_text("d000\n; the same rule\n")
+    resumed = fsclone("pass", "copy", "--exclude-from", same, src, dst, state=state)
+    assert resumed.returncode == 0, resumed.stderr
+    assert b"resuming pass " + pass_id.encode() in resumed.stderr
+    assert not (dst / "d000").exists() and (dst / "d001").is_dir()
+
+
+def test_a_rule_fsclone_cannot_read_is_a_usage_error(tmp_path: Path) -> None:
+    """A --filter rule of another kind than '-', '+' or '!' (rsync's merge rules, say), and a
+    rules file that cannot be read, stop the command before any pass starts."""
+    src, dst, state = _tree(tmp_path / "src", {"a": "a"}), tmp_path / "dst", tmp_path / "state"
+    for flag, value in (("--filter", ". rules"), ("--exclude-from", str(tmp_path / "missing"))):
+        proc = fsclone("pass", "copy", flag, value, src, dst, state=state)
+        assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, proc.stderr
+        assert flag.encode() in proc.stderr
+        assert not dst.exists() and pass_ids(state) == []
+
+
 def test_options_compare_by_meaning_and_spell_as_flags() -> None:
-    stored = PassSpec(id="p", op="sync", src="/s", dst="/d", started=0, excludes=("a", "b"),
-                      oldest=0, max_delete=10, sentinel=".m", modify_window_ns=2_000_000_000)
-    asked = PassSpec(id="q", op="sync", src="/s", dst="/d", started=1, excludes=("b", "a", "a"),
+    """Filter rules compare in order, a repeat and the rules before a '!' aside (they can never
+    decide), and spell as --filter rules."""
+    stored = PassSpec(id="p", op="sync", src="/s", dst="/d", started=0,
+                      filter_rules=("- a", "+ b"), oldest=0, max_delete=10, sentinel=".m",
+                      modify_window_ns=2_000_000_000)
+    asked = PassSpec(id="q", op="sync", src="/s", dst="/d", started=1,
+                     filter_rules=("- x", "!", "- a", "+ b", "- a"),
                      modify_window_ns=2_000_000_000, max_delete=10, sentinel=".m")
     assert differences(stored, asked) == []
     assert differences(stored, PassSpec(id="q", op="sync", src="/s", dst="/d", started=1,
-                                        dry_run=True, excludes=("a",))) == \
-        ["--dry-run", "--modify-window", "--exclude", "--max-delete", "--sentinel"]
-    assert as_flags(stored) == ["--modify-window", "2", "--exclude", "a", "--exclude", "b",
+                                        dry_run=True, filter_rules=("+ b", "- a"))) == \
+        ["--dry-run", "--modify-window", "--filter", "--max-delete", "--sentinel"]
+    assert as_flags(stored) == ["--modify-window", "2", "--filter", "- a", "--filter", "+ b",
                                 "--max-delete", "10", "--sentinel", ".m"]
 
 

@@ -19,6 +19,7 @@ from fsclone.filters import Filters
 from fsclone.fs import data, dirs
 from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.lifecycle import DONE
+from fsclone.rules import EXCLUDE, from_lines
 from fsclone.spec import PassSpec
 from fsclone.state.queries import find_unfinished
 from fsclone.state.record import PassStore
@@ -81,15 +82,27 @@ def test_ages() -> None:
         parse_age("yesterday")
 
 
-def test_globs_follow_rsync_reading() -> None:
+def test_filter_rules_follow_rsync_reading() -> None:
+    """The cases the rsync comparison (tests/test_filters.py) cannot see: the directory flag of
+    a target entry, and rules read from a file's lines."""
     spec = PassSpec(id="p", op="copy", src="/s", dst="/d", started=0.0,
-                    excludes=("*.o", "build/tmp", "cache"), includes=("keep.o",))
+                    filter_rules=("+ keep.o", "- *.o", "- build/tmp", "- cache/", "- /top"))
     f = Filters(spec)
-    assert f.excluded("x/y/a.o", "a.o")
-    assert not f.excluded("x/keep.o", "keep.o")
-    assert f.excluded("build/tmp", "tmp") and not f.excluded("src/build/tmp", "tmp")
-    assert f.excluded("deep/cache", "cache")
-    assert not f.excluded("a.c", "a.c")
+    assert f.excluded("x/y/a.o", False) and not f.excluded("x/keep.o", False)
+    assert f.excluded("build/tmp", False) and f.excluded("src/build/tmp", True)
+    assert f.excluded("deep/cache", True) and not f.excluded("deep/cache", False)
+    assert f.excluded("top", False) and not f.excluded("x/top", False)
+    assert not f.excluded("a.c", False)
+    assert from_lines("a\r\n\n# c\n; d\n+ b\n e\n!", EXCLUDE) == ["- a", "+ b", "-  e", "!"]
+
+
+def test_the_sites_excludes_come_before_the_command_lines_rules() -> None:
+    """EXCLUDES name what must never be copied: first, no include of the command line can
+    take them back."""
+    cfg = load(None, {"FSCLONE_EXCLUDES": ".snapshot,lost+found"}, {"filter_rules": ("+ *",)})
+    assert cfg.filter_rules == ("- .snapshot", "- lost+found", "+ *")
+    assert Filters(PassSpec(id="p", op="copy", src="/s", dst="/d", started=0.0,
+                            filter_rules=cfg.filter_rules)).excluded("a/.snapshot", True)
 
 
 def test_unnamed_file_is_invisible_until_linked_and_never_replaces(tmp_path: Path) -> None:

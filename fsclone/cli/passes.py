@@ -23,6 +23,7 @@ from fsclone.cli import (
     given,
 )
 from fsclone.cli.display.console import Console
+from fsclone.cli.filterflags import RulesInOrder
 from fsclone.config import Config, load
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.launch import PassRequest, resumable, run_pass
@@ -152,7 +153,7 @@ def _make_pass_command(op: str, doc: str) -> None:
         _run(op, **kw)
 
     command.__doc__ = doc
-    pass_group.command(op)(_pass_options(op, command))
+    pass_group.command(op, cls=RulesInOrder)(_pass_options(op, command))
 
 
 _make_pass_command("copy", "Copy what differs from SRC to DST (early passes, while users work).")

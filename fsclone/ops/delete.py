@@ -77,7 +77,7 @@ def _goes(ctx: Context, out: Outcome, name: str, is_dir: bool,
         return False
     if not out.chunk.path and (name == ctx.staging or (is_dir and staging_pass(name))):
         return False
-    return not ctx.filters.excluded(out.path(name), name)
+    return not ctx.filters.excluded(out.path(name), is_dir)
 
 
 def ours(name: str, is_dir: bool) -> bool:
@@ -95,7 +95,7 @@ def run_delete(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     target = plan_deletes(ctx, out, sfd, dfd, kinds)
     for name, is_dir in target.items():
         rel = out.path(name)
-        if kinds.get(name) and is_dir and not ctx.filters.excluded(rel, name) \
+        if kinds.get(name) and is_dir and not ctx.filters.excluded(rel, True) \
                 and not mountguard.skipped(ctx, out, name, sfd):
             out.child("delete", rel)
 

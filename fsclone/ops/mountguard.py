@@ -49,7 +49,7 @@ def check_mounted(ctx: Context, path: str, sfd: int) -> None:
 def check_emptied(ctx: Context, out: Outcome, sfd: int, dfd: int,
                   source: Mapping[str, bool]) -> None:
     """Refuse deletions below an empty source directory where a mount begins on either side."""
-    if any(not ctx.filters.excluded(out.path(name), name) for name in source):
+    if any(not ctx.filters.excluded(out.path(name), is_dir) for name, is_dir in source.items()):
         return
     if mounts.is_mount_root(sfd):
         raise NotTheSource("the source directory is an empty mounted filesystem while its "

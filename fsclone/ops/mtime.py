@@ -18,7 +18,7 @@ def run_mtime(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     out.count(C.SCANNED)
     for name, is_dir in dirs.list_kinds(sfd).items():
         rel = out.path(name)
-        if not is_dir or ctx.filters.excluded(rel, name) or skipped(ctx, out, name, sfd):
+        if not is_dir or ctx.filters.excluded(rel, True) or skipped(ctx, out, name, sfd):
             continue
         target = dirs.lstat_at(name, dfd)
         if target is not None and stat.S_ISDIR(target.st_mode):

@@ -94,7 +94,7 @@ class Planner:
         is joined only when something needs it)."""
         ctx, out = self.ctx, self.out
         filters = ctx.filters
-        if filters.globs and filters.excluded(out.path(name), name):
+        if filters.globs and filters.excluded(out.path(name), stat.S_ISDIR(st.st_mode)):
             out.count(C.SKIP_EXCLUDED)
             return None
         if not ctx.times.holds(st):

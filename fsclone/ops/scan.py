@@ -45,7 +45,7 @@ def _split(out: Outcome, names: list[str]) -> list[str]:
 def _count(ctx: Context, out: Outcome, name: str, st: os.stat_result) -> None:
     rel = out.path(name)
     out.count(C.SCANNED)
-    if ctx.filters.excluded(rel, name):
+    if ctx.filters.excluded(rel, stat.S_ISDIR(st.st_mode)):
         out.count(C.SKIP_EXCLUDED)
         return
     if stat.S_ISDIR(st.st_mode):

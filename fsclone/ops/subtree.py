@@ -119,7 +119,7 @@ def _planned(ctx: Context, path: str, kinds: dict[str, bool]) -> dict[str, bool]
     if not ctx.filters.globs:
         return kinds
     return {name: is_dir for name, is_dir in kinds.items()
-            if not ctx.filters.excluded(join(path, name), name)}
+            if not ctx.filters.excluded(join(path, name), is_dir)}
 
 
 def prune(path: str, group: str) -> Chunk:

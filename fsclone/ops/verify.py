@@ -130,7 +130,7 @@ class DirVerifier:
         """Whether an entry is checked: not excluded, and a directory or drawn by the sample
         (decided before any stat, so a small sample of a huge tree costs few)."""
         rel = self.out.path(name)
-        return not self.ctx.filters.excluded(rel, name) and (is_dir or drawn(self.spec, rel))
+        return not self.ctx.filters.excluded(rel, is_dir) and (is_dir or drawn(self.spec, rel))
 
     # -- one entry --------------------------------------------------------------------------
     def entry(self, name: str) -> None:
