@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from fsclone.ages import parse_age
+from fsclone.errors import ConfigError
 
 #: the pass commands (``fsclone pass OP``), and those with ``pass resume``: the commands that
 #: run a pass
@@ -117,6 +118,28 @@ def _root_pairs(v: Any) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def parse_address(value: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6addr]:port`` (a service's address: MEMCACHED, GRAPHITE)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or "]" in port or (host.count(":") and not host.startswith("[")):
+        host, port = value, str(default_port)
+    host = host.strip("[]")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"bad port in address {value!r}") from None
+    if not host or not 0 < number < 65536:
+        raise ConfigError(f"bad address {value!r}: expected host:port")
+    return host, number
+
+
+def _address(v: Any) -> str:
+    """A service's address, checked as the settings are read; kept as written (each sink
+    knows its default port)."""
+    parse_address(str(v), 1)
+    return str(v)
+
+
 def _globs(v: Any) -> tuple[str, ...]:
     return tuple(v.split(",")) if isinstance(v, str) else tuple(str(x) for x in v)
 
@@ -136,6 +159,19 @@ class Seconds(click.ParamType):
         if not math.isfinite(secs) or secs < 0:
             self.fail(f"{value!r} is not a finite, non-negative number of seconds", param, ctx)
         return secs
+
+
+class Address(click.ParamType):
+    """``HOST[:PORT]`` or ``[V6ADDR]:PORT``: a bad one is a usage error, before anything runs."""
+
+    name = "address"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        try:
+            return _address(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 # -- how values of the request compare and spell -----------------------------------------------
@@ -265,8 +301,14 @@ class Options(PassOptions):
     broker_ca_file: str | None = option(None, setting="BROKER_CA_FILE")
     broker_cert_file: str | None = option(None, setting="BROKER_CERT_FILE")
     broker_key_file: str | None = option(None, setting="BROKER_KEY_FILE")
-    memcached: str | None = option(None, setting="MEMCACHED")
-    graphite: str | None = option(None, setting="GRAPHITE")
+    memcached: str | None = option(
+        None, setting="MEMCACHED", parse=_address, flag="--memcached", flag_type=Address(),
+        metavar="HOST:PORT", commands=RUNS,
+        help="memcached for the live view of the pass (fsclone status). MEMCACHED.")
+    graphite: str | None = option(
+        None, setting="GRAPHITE", parse=_address, flag="--graphite", flag_type=Address(),
+        metavar="HOST:PORT", commands=RUNS,
+        help="carbon's plaintext listener for the pass's metrics. GRAPHITE.")
     graphite_prefix: str = option("fsclone", setting="GRAPHITE_PREFIX")
     #: (SRC, DST) prefixes whose passes a standalone ``fsclone worker`` serves (none: no pass)
     allowed_roots: tuple[tuple[str, str], ...] = option((), setting="ALLOWED_ROOTS",

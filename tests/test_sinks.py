@@ -12,9 +12,10 @@ import pytest
 from fsclone.chunk import ItemError
 from fsclone.engine.retry import seed_for
 from fsclone.errors import ConfigError
+from fsclone.options import parse_address
 from fsclone.stats.graphite import metrics
 from fsclone.stats.reporter import Reporter
-from fsclone.stats.sinks import Sink, SinkError, parse_address
+from fsclone.stats.sinks import Sink, SinkError
 from fsclone.stats.snapshot import Snapshot
 from tests.services import wait_for
 from tests.snapshots import snap

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from types import TracebackType
 
 from fsclone.config import Config
-from fsclone.stats.sinks import Sink, SinkError, parse_address
+from fsclone.options import parse_address
+from fsclone.stats.sinks import Sink, SinkError
 from fsclone.stats.snapshot import Snapshot
 
 Note = Callable[[str], None]
