@@ -310,6 +310,8 @@ class Options(PassOptions):
         metavar="HOST:PORT", commands=RUNS,
         help="carbon's plaintext listener for the pass's metrics. GRAPHITE.")
     graphite_prefix: str = option("fsclone", setting="GRAPHITE_PREFIX")
+    #: the Graphite node naming the migration: "" for the target's basename
+    pass_label: str = option("", setting="PASS_LABEL")
     #: (SRC, DST) prefixes whose passes a standalone ``fsclone worker`` serves (none: no pass)
     allowed_roots: tuple[tuple[str, str], ...] = option((), setting="ALLOWED_ROOTS",
                                                         parse=_root_pairs)

@@ -133,5 +133,5 @@ def reporter_for(cfg: Config, note: Note) -> Reporter:
         from fsclone.stats import graphite
 
         sinks.append(graphite.GraphiteSink(parse_address(cfg.graphite, graphite.DEFAULT_PORT),
-                                           cfg.graphite_prefix))
+                                           cfg.graphite_prefix, cfg.pass_label))
     return Reporter(sinks, note)
