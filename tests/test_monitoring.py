@@ -67,13 +67,15 @@ def fill(expression: str) -> str:
 @pytest.fixture(scope="module")
 def copied_with_sinks(tmp_path_factory: pytest.TempPathFactory, memcached_server: MemcachedServer,
                       carbon_server: CarbonServer) -> dict[str, Any]:
-    """The summary of a copy pass by four workers that reported to both services (enough
-    directories that each worker copies some: two chunks in flight per worker)."""
+    """The summary of a copy pass by four workers that reported to both services, named by
+    their flags (enough directories that each worker copies some: two chunks in flight per
+    worker)."""
     root = tmp_path_factory.mktemp("copied")
     src = many_files(root / "src", dirs=40, files=10, size=4096)
     rc, summary = fsclone_json("pass", "copy", "--workers", str(WORKERS), src, root / "dst",
-                               state=root / "state", pass_label=LABEL,
-                               **sinks(memcached_server, carbon_server))
+                               "--memcached", f"{memcached_server.host}:{memcached_server.port}",
+                               "--graphite", f"{carbon_server.host}:{carbon_server.port}",
+                               state=root / "state", pass_label=LABEL, report_interval=0.1)
     assert rc == 0, summary
     return summary
 
@@ -93,8 +95,8 @@ def test_memcached_totals_equal_the_pass_summary(copied_with_sinks: dict[str, An
     assert pass_id in memcached_doc(memcached_server, INDEX_KEY)
     # status from a machine without the pass records: memcached alone
     elsewhere = tmp_path / "no-records"
-    proc = fsclone("status", pass_id, "--json", state=elsewhere,
-                   memcached=f"{memcached_server.host}:{memcached_server.port}")
+    proc = fsclone("status", pass_id, "--json", "--memcached",
+                   f"{memcached_server.host}:{memcached_server.port}", state=elsewhere)
     view = json.loads(proc.stdout)
     assert view["source"] == "memcached" and view["counters"] == summary["counters"]
     assert {w["worker"] for w in view["workers"]} == set(total["workers"])
