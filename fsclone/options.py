@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from fsclone.ages import parse_age
+from fsclone.errors import ConfigError
 from fsclone.rules import EXCLUDE, effective, rule
 
 #: the pass commands (``fsclone pass OP``), and those with ``pass resume``: the commands that
@@ -125,6 +126,28 @@ def _excludes(v: Any) -> tuple[str, ...]:
     return tuple(r for r in (rule(p, EXCLUDE) for p in patterns) if r)
 
 
+def parse_address(value: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6addr]:port`` (a service's address: MEMCACHED, GRAPHITE)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or "]" in port or (host.count(":") and not host.startswith("[")):
+        host, port = value, str(default_port)
+    host = host.strip("[]")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"bad port in address {value!r}") from None
+    if not host or not 0 < number < 65536:
+        raise ConfigError(f"bad address {value!r}: expected host:port")
+    return host, number
+
+
+def _address(v: Any) -> str:
+    """A service's address, checked as the settings are read; kept as written (each sink
+    knows its default port)."""
+    parse_address(str(v), 1)
+    return str(v)
+
+
 class Seconds(click.ParamType):
     """A finite, non-negative number of seconds: click's FloatRange lets nan and inf through
     (every comparison with nan is false)."""
@@ -140,6 +163,19 @@ class Seconds(click.ParamType):
         if not math.isfinite(secs) or secs < 0:
             self.fail(f"{value!r} is not a finite, non-negative number of seconds", param, ctx)
         return secs
+
+
+class Address(click.ParamType):
+    """``HOST[:PORT]`` or ``[V6ADDR]:PORT``: a bad one is a usage error, before anything runs."""
+
+    name = "address"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        try:
+            return _address(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 # -- how values of the request compare and spell -----------------------------------------------
@@ -278,9 +314,17 @@ class Options(PassOptions):
     broker_ca_file: str | None = option(None, setting="BROKER_CA_FILE")
     broker_cert_file: str | None = option(None, setting="BROKER_CERT_FILE")
     broker_key_file: str | None = option(None, setting="BROKER_KEY_FILE")
-    memcached: str | None = option(None, setting="MEMCACHED")
-    graphite: str | None = option(None, setting="GRAPHITE")
+    memcached: str | None = option(
+        None, setting="MEMCACHED", parse=_address, flag="--memcached", flag_type=Address(),
+        metavar="HOST:PORT", commands=RUNS,
+        help="memcached for the live view of the pass (fsclone status). MEMCACHED.")
+    graphite: str | None = option(
+        None, setting="GRAPHITE", parse=_address, flag="--graphite", flag_type=Address(),
+        metavar="HOST:PORT", commands=RUNS,
+        help="carbon's plaintext listener for the pass's metrics. GRAPHITE.")
     graphite_prefix: str = option("fsclone", setting="GRAPHITE_PREFIX")
+    #: the Graphite node naming the migration: "" for the target's basename
+    pass_label: str = option("", setting="PASS_LABEL")
     #: (SRC, DST) prefixes whose passes a standalone ``fsclone worker`` serves (none: no pass)
     allowed_roots: tuple[tuple[str, str], ...] = option((), setting="ALLOWED_ROOTS",
                                                         parse=_root_pairs)

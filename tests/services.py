@@ -1,4 +1,5 @@
-"""Real servers for tests: memcached, RabbitMQ, carbon-cache and mpirun, on loopback only.
+"""Real servers for tests: memcached, RabbitMQ, carbon-cache, graphite-web and mpirun, on
+loopback only.
 
 Each server is a child of the test session, with its own temporary directory and free ports,
 so concurrent sessions never share state. Fixtures are session-scoped because RabbitMQ takes
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import random
 import secrets
@@ -23,10 +25,11 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn, Self, TypeVar
-from urllib.parse import quote
+from typing import Any, NoReturn, Self, TypeVar
+from urllib.parse import quote, urlencode
 
 import pika
 import pika.exceptions
@@ -423,6 +426,84 @@ class CarbonServer(Server):
             raise TimeoutError(f"{exc}; last read: {self.read_series(metric_path)}") from None
 
 
+def grafana_expand(expression: str, values: dict[str, str]) -> str:
+    """A dashboard's target or variable query as Grafana sends it: each ``$name`` replaced by
+    its value (a multi-value variable at "All" by its allValue, e.g. ``*``)."""
+    for name in sorted(values, key=len, reverse=True):  # $op before a $opt, were there one
+        expression = expression.replace(f"${name}", values[name])
+    if "$" in expression:
+        raise ValueError(f"a variable of {expression!r} has no value")
+    return expression
+
+
+class GraphiteWebServer(Server):
+    """Debian's graphite-web (Django's server, on Debian's python3) reading a CarbonServer's
+    whisper files, and its cache for points not yet written: what Grafana's Graphite data
+    source asks, ``/render`` and ``/metrics/find``, answered as a site's graphite-web would."""
+
+    name = "graphite-web"
+    program = "graphite-manage"
+
+    def __init__(self, workdir: Path, carbon: CarbonServer) -> None:
+        super().__init__(workdir, free_port())
+        storage = workdir / "storage"
+        (storage / "log").mkdir(parents=True)
+        # graphite.settings imports the module GRAPHITE_SETTINGS_MODULE names over its defaults
+        (workdir / "fsclone_test_graphite.py").write_text(
+            f"SECRET_KEY = {secrets.token_hex(16)!r}\n"
+            f"STORAGE_DIR = {str(storage)!r}\n"
+            f"LOG_DIR = {str(storage / 'log')!r}\n"
+            f"INDEX_FILE = {str(storage / 'index')!r}\n"
+            f"WHISPER_DIR = {str(carbon.whisper_dir)!r}\n"
+            f"STANDARD_DIRS = [WHISPER_DIR]\n"
+            f"CARBONLINK_HOSTS = ['{carbon.host}:{carbon.query_port}:a']\n"
+            f"ALLOWED_HOSTS = [{self.host!r}]\n"
+            "DEFAULT_XFILES_FACTOR = 0\n"
+            "LOG_ROTATION = False\n"
+            "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3',\n"
+            f"                         'NAME': {str(storage / 'graphite.db')!r}}}}}\n"
+        )
+
+    def command(self) -> list[str]:
+        return [self.executable, "runserver", "--noreload", f"{self.host}:{self.port}"]
+
+    def start(self) -> None:
+        """Make graphite-web's own database first (its users and sessions: even an anonymous
+        /render reads them), once: restarts keep it."""
+        if not (self.workdir / "storage" / "graphite.db").exists():
+            subprocess.run([self.executable, "migrate", "--no-input", "-v", "0"],
+                           env=self.environ(), cwd=self.workdir, stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=self.start_timeout, check=True)
+        super().start()
+
+    def environ(self) -> dict[str, str]:
+        # graphite-web runs on Debian's /usr/bin/python3: our interpreter's paths stay away
+        return _clean_env("PYTHON", "GRAPHITE_", "DJANGO_") | {
+            "PYTHONPATH": str(self.workdir),
+            "GRAPHITE_SETTINGS_MODULE": "fsclone_test_graphite",
+        }
+
+    def get(self, path: str, *pairs: tuple[str, str], **query: str) -> bytes:
+        """The body of a GET of ``path`` with the query ``pairs`` (a name may repeat: several
+        ``target``) and ``query``; raise on an HTTP error."""
+        url = f"http://{self.host}:{self.port}{path}?{urlencode([*pairs, *query.items()])}"
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            body: bytes = reply.read()
+        return body
+
+    def render(self, target: str, since: str = "-1h") -> list[dict[str, Any]]:
+        """``/render?format=json`` of one target: its series, each with its ``datapoints``
+        ([value or None, time], oldest first)."""
+        series: list[dict[str, Any]] = json.loads(
+            self.get("/render", target=target, format="json", **{"from": since}))
+        return series
+
+    def find(self, query: str) -> list[str]:
+        """The nodes ``/metrics/find`` lists for a query (what a template variable offers)."""
+        nodes: list[dict[str, str]] = json.loads(self.get("/metrics/find", query=query))
+        return [node["text"] for node in nodes]
+
+
 def mpirun_cmd(n: int) -> list[str]:
     """mpirun prefix for `n` local ranks that works as root in a container with few cores.
 
@@ -458,6 +539,14 @@ def rabbitmq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rabbit
 @pytest.fixture(scope="session")
 def carbon_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CarbonServer]:
     server = CarbonServer(tmp_path_factory.mktemp("carbon"))
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def graphite_web(tmp_path_factory: pytest.TempPathFactory,
+                 carbon_server: CarbonServer) -> Iterator[GraphiteWebServer]:
+    server = GraphiteWebServer(tmp_path_factory.mktemp("graphite-web"), carbon_server)
     with server:
         yield server
 

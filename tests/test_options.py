@@ -20,6 +20,7 @@ from fsclone.config import SETTINGS, load, read_site_file
 from fsclone.engine.launch import build_spec
 from fsclone.options import OPTIONS, PASS_OPTIONS, PASSES, RUNS, SHAPING, Option
 from fsclone.spec import PassSpec, as_flags, differences
+from tests.clirun import fsclone
 
 #: a value other than the default for each option whose flag takes one (on/off flags need
 #: none): a new option of that kind needs a line here
@@ -29,6 +30,7 @@ SAMPLES = {
     "include_from": "/dev/null", "max_delete": "10", "sentinel": ".mounted", "sample": "0.5",
     "seed": "7", "manifest": "/var/tmp/manifest.tsv", "retry_of": "20260101-000000-copy-abcdef",
     "workers": "3", "transport": "mpi", "broker": "amqp://alice@mq/hpc", "state_dir": "/var/st",
+    "memcached": "mc1:11211", "graphite": "[fd00::2]:2003",
 }
 #: the arguments and options of the pass commands that are no option of a pass: the roots,
 #: which pass to resume, and how the CLI prints
@@ -172,3 +174,22 @@ def test_the_example_config_shows_every_setting() -> None:
     example = (Path(__file__).parent.parent / "config.py.example").read_text()
     shown = set(re.findall(r"^#? ?(\w+) =", example, re.MULTILINE))
     assert set(SETTINGS) <= shown, set(SETTINGS) - shown
+
+
+@pytest.mark.parametrize(("args", "graphite", "named"), [
+    (["pass", "copy", "--graphite", "carbon1:x", "/s", "/d"], None, "'--graphite'"),
+    (["pass", "sync", "--memcached", "mc1:0", "/s", "/d"], None, "'--memcached'"),
+    (["scan", "--graphite", ":2003", "/s"], None, "'--graphite'"),
+    (["status", "--memcached", "[::1]:99999"], None, "'--memcached'"),
+    (["pass", "copy", "/s", "/d"], "carbon1:port", "GRAPHITE"),  # FSCLONE_GRAPHITE
+])
+def test_a_bad_service_address_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
+                                                       graphite: str | None, named: str) -> None:
+    """Refused as it is read, naming the flag (or the setting) that gave it: no pass starts."""
+    state = tmp_path / "state"
+    proc = fsclone(*args, state=state, graphite=graphite) if graphite else \
+        fsclone(*args, state=state)
+    assert proc.returncode == 2
+    [line] = proc.stderr.decode().splitlines()
+    assert line.startswith("fsclone: ") and named in line and "address" in line, line
+    assert not (tmp_path / "state").exists()

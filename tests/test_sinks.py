@@ -6,16 +6,23 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from fsclone.chunk import ItemError
+from fsclone.config import Config
+from fsclone.engine.coordinator import Hooks
+from fsclone.engine.launch import PassRequest, run_pass
 from fsclone.engine.retry import seed_for
 from fsclone.errors import ConfigError
+from fsclone.options import parse_address
 from fsclone.stats.graphite import metrics
 from fsclone.stats.reporter import Reporter
-from fsclone.stats.sinks import Sink, SinkError, parse_address
+from fsclone.stats.sinks import Sink, SinkError
 from fsclone.stats.snapshot import Snapshot
+from fsclone.transport.memory import MemoryTransport
 from tests.services import wait_for
 from tests.snapshots import snap
 
@@ -109,7 +116,7 @@ def test_rates_are_per_worker_and_per_pass() -> None:
 
 def test_metric_names_are_sanitized_and_complete() -> None:
     sent = dict(metrics(snap(4).with_rates(None), "site.hpc fs"))
-    base = "site.hpc_fs.20260101-000000-copy-abcdef"
+    base = "site.hpc_fs.d.copy"  # the target's basename and the op, never the pass id
     assert sent[f"{base}.total.files_copied"] == 8
     assert sent[f"{base}.total.errors"] == 0  # sent while zero: every panel has a series
     assert sent[f"{base}.total.outstanding"] == 5 and sent[f"{base}.total.queue_depth"] == 3
@@ -117,6 +124,41 @@ def test_metric_names_are_sanitized_and_complete() -> None:
     assert sent[f"{base}.host.node1_ib0.1.files_copied"] == 4
     assert sent[f"{base}.host.node1_ib0.1.rate.files_copied"] == 1.0
     assert all(" " not in path for path in sent)
+
+
+def test_metric_names_last_across_passes() -> None:
+    """Every pass of a migration writes the same series: the site's PASS_LABEL (one node),
+    else the target's basename (the source's for a scan)."""
+    first = snap(4).with_rates(None)
+    later = replace(first, pass_id="20260102-000000-copy-123456", dst="/gpfs/new/")
+    assert {p for p, _ in metrics(first, "fsclone", "home.v2")} == \
+        {p for p, _ in metrics(later, "fsclone", "home.v2")}
+    assert all(p.startswith("fsclone.home_v2.copy.") for p, _ in metrics(later, "fsclone",
+                                                                         "home.v2"))
+    assert all(p.startswith("fsclone.new.copy.") for p, _ in metrics(later, "fsclone"))
+    scan = replace(first, op="scan", src="/lustre/old", dst="")
+    assert all(p.startswith("fsclone.old.scan.") for p, _ in metrics(scan, "fsclone"))
+
+
+def test_the_final_report_ends_every_series_the_pass_sent(tmp_path: Path) -> None:
+    """A pass reporting all along: each Graphite series of any report is in the last one (so
+    no panel ends at a stale value), queue depth included, at 0 once the pass is done."""
+    src = tmp_path / "src"
+    for d in range(6):
+        (src / f"d{d}").mkdir(parents=True)
+        for f in range(20):
+            (src / f"d{d}" / f"f{f}").write_bytes(b"x" * f)
+    reports: list[Snapshot] = []
+    hooks = Hooks(stats=reports.append, stats_interval=0.0)
+    cfg = Config(workers=2, state_dir=str(tmp_path / "state"), dir_slice=5)
+    _, summary = run_pass(cfg, PassRequest(op="copy", src=str(src), dst=str(tmp_path / "dst")),
+                          hooks, MemoryTransport())
+    assert summary.status == "done" and len(reports) > 2
+    final = dict(metrics(reports[-1].with_rates(reports[-2]), "fsclone"))
+    sent = {path for r in reports for path, _ in metrics(r.with_rates(None), "fsclone")}
+    assert sent <= set(final)
+    assert final["fsclone.dst.copy.total.queue_depth"] == 0
+    assert final["fsclone.dst.copy.total.outstanding"] == 0
 
 
 @pytest.mark.parametrize(("value", "expected"), [

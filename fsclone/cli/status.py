@@ -54,12 +54,13 @@ def _warn(line: str) -> None:
 @click.option("--watch", "-w", is_flag=True, help="Refresh until Ctrl-C, per host and worker.")
 @click.option("--interval", type=click.FloatRange(0.1), default=2.0, show_default=True,
               metavar="SECS", help="How often --watch refreshes.")
+@flag_option("memcached", help="Read the live view there. MEMCACHED.")
 @_common
-def status(pass_id: str | None, watch: bool, interval: float, config_file: str | None,
-           state_dir: str | None, as_json: bool) -> None:
+def status(pass_id: str | None, watch: bool, interval: float, memcached: str | None,
+           config_file: str | None, state_dir: str | None, as_json: bool) -> None:
     """Every pass this site knows (op, roots, state, progress, rate, errors, ETA), or pass ID
     with each host and worker. Reads memcached when MEMCACHED is set, else the pass records."""
-    views = Views(_config(config_file, state_dir=state_dir), _warn)
+    views = Views(_config(config_file, state_dir=state_dir, memcached=memcached), _warn)
     try:
         def lines() -> list[str]:
             if pass_id:
@@ -113,13 +114,17 @@ def errors(pass_id: str, limit: int | None, config_file: str | None, state_dir: 
 @click.argument("src", required=False)
 @WORKERS_OPTION
 @flag_option("restart")
+@flag_option("memcached")
+@flag_option("graphite")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the counts.")
 @_common
-def scan(src: str | None, workers: int | None, restart: bool, quiet: bool,
-         config_file: str | None, state_dir: str | None, as_json: bool) -> None:
+def scan(src: str | None, workers: int | None, restart: bool, memcached: str | None,
+         graphite: str | None, quiet: bool, config_file: str | None, state_dir: str | None,
+         as_json: bool) -> None:
     """Count SRC in parallel (files, dirs, symlinks, others, bytes, hard links, a size
     histogram), like dwalk. Later passes on SRC show an ETA from this count."""
-    cfg = _config(config_file, state_dir=state_dir, workers=workers)
+    cfg = _config(config_file, state_dir=state_dir, workers=workers, memcached=memcached,
+                  graphite=graphite)
     root = src or cfg.source_mount
     if not root:
         raise click.UsageError("SRC is needed (or source_mount in config)")

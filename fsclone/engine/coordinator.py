@@ -85,7 +85,7 @@ class Coordinator:
             raise
         finally:
             try:
-                self._report(final=True)
+                self._report()  # the final totals, before the transport stops
             finally:
                 self.transport.stop()
         errors = store.errors(limit=20)
@@ -199,12 +199,13 @@ class Coordinator:
                                        f"cannot hand on a {c.op} chunk") for c in refused)
         result.counters[C.ERRORS] = result.counters.get(C.ERRORS, 0) + len(refused)
 
-    def _report(self, final: bool = False) -> None:
-        """Hand the stats sinks a snapshot (the last one after the transport's last result)."""
+    def _report(self) -> None:
+        """Hand the stats sinks a snapshot. The last one, after the transport's last result,
+        has the queue's depth too, so no series of the pass ends at a value it no longer has."""
         store = self.store
         self.hooks.stats(Snapshot.of_pass(
             store.spec, store.status, store.phase, time.time(), store.counters, store.workers,
-            store.outstanding, None if final else self.transport.depth()))
+            store.outstanding, self.transport.depth()))
         self._next_stats = time.monotonic() + self.hooks.stats_interval
 
     def _apply(self, result: Result) -> list[Chunk]:

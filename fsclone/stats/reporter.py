@@ -14,7 +14,8 @@ from collections.abc import Callable
 from types import TracebackType
 
 from fsclone.config import Config
-from fsclone.stats.sinks import Sink, SinkError, parse_address
+from fsclone.options import parse_address
+from fsclone.stats.sinks import Sink, SinkError
 from fsclone.stats.snapshot import Snapshot
 
 Note = Callable[[str], None]
@@ -132,5 +133,5 @@ def reporter_for(cfg: Config, note: Note) -> Reporter:
         from fsclone.stats import graphite
 
         sinks.append(graphite.GraphiteSink(parse_address(cfg.graphite, graphite.DEFAULT_PORT),
-                                           cfg.graphite_prefix))
+                                           cfg.graphite_prefix, cfg.pass_label))
     return Reporter(sinks, note)

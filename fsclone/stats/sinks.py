@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from fsclone.errors import ConfigError, FscloneError
+from fsclone.errors import FscloneError
 from fsclone.stats.snapshot import Snapshot
 
 
@@ -33,21 +33,6 @@ class Sink(ABC):
     def close(self) -> None:
         """Release connections. Default: nothing to release."""
         return None
-
-
-def parse_address(value: str, default_port: int) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6addr]:port`` as in the site config."""
-    host, sep, port = value.rpartition(":")
-    if not sep or "]" in port or (host.count(":") and not host.startswith("[")):
-        host, port = value, str(default_port)
-    host = host.strip("[]")
-    try:
-        number = int(port)
-    except ValueError:
-        raise ConfigError(f"bad port in address {value!r}") from None
-    if not host or not 0 < number < 65536:
-        raise ConfigError(f"bad address {value!r}: expected host:port")
-    return host, number
 
 
 def safe_token(text: str, keep: str = "") -> str:

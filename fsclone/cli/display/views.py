@@ -15,6 +15,7 @@ from typing import Any
 from fsclone.config import Config
 from fsclone.errors import UsageError
 from fsclone.lifecycle import RUNNING
+from fsclone.options import parse_address
 from fsclone.process import alive
 from fsclone.state.directory import pass_ids
 from fsclone.state.queries import PassRecord, list_passes, read_workers, try_read_record
@@ -22,7 +23,7 @@ from fsclone.state.trees import tree_total
 from fsclone.stats import counters as C
 from fsclone.stats.graphite import split_worker
 from fsclone.stats.memcache import DEFAULT_PORT, LiveReader
-from fsclone.stats.sinks import SinkError, parse_address
+from fsclone.stats.sinks import SinkError
 from fsclone.stats.snapshot import Snapshot
 
 Note = Callable[[str], None]
