@@ -33,7 +33,7 @@ import struct
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fsclone.fs import dirs, fstype, steps
 from fsclone.fs.meta import EntryChanged
@@ -83,9 +83,9 @@ NO_PROJECT_IDS = {"tmpfs", "btrfs"}
 _UNSUPPORTED = {errno.ENOTTY, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 
 
-@dataclass(frozen=True)
-class Attrs:
-    """An inode's project ID and carried flags; None where its filesystem has none."""
+class Attrs(NamedTuple):
+    """An inode's project ID and carried flags; None where its filesystem has none (a tuple:
+    made for every file a verify reads)."""
 
     projid: int | None = None
     flags: int | None = None

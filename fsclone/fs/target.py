@@ -44,6 +44,8 @@ from fsclone.schema import temp_name
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_FILE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DEFAULT_ACL = "system.posix_acl_default"
+#: what a new file without project ID and flags gets from them: no step after its times
+_NOTHING: tuple[Pending | None, int] = (None, 0)
 
 
 def open_staging(root_fd: int, name: str) -> int:
@@ -192,25 +194,30 @@ class TargetDir(DirSide):
             except OSError as exc:
                 mark(exc, STAT, TARGET)
                 raise
-            then, locks = self._carried(fd, src, sfd) if src.flags.any else (None, 0)
+            carry = src.flags
+            then, locks = self._carried(fd, carry, sfd) if carry.flags or carry.projids \
+                else _NOTHING
             meta.apply_all(fd, st, want, have, current=current, then=then)
         finally:
             os.close(sfd)
         return written, locks
 
-    def _carried(self, fd: int, src: SourceDir, sfd: int) -> tuple[Pending | None, int]:
+    def _carried(self, fd: int, carry: Side, sfd: int) -> tuple[Pending | None, int]:
         """The project ID and flags the new file ``fd`` is to get from the source file
-        ``sfd`` (None: nothing, which it has already), and the flags that wait for its name.
-        One ioctl on the path of every new file, where project IDs are not carried (tmpfs)."""
-        carry, flags = src.flags, self.flags
+        ``sfd`` (``carry``: the source's Side), None for nothing (which it has already), and
+        the flags that wait for its name. One ioctl on the path of every new file, where
+        project IDs are not carried (tmpfs)."""
+        flags = self.flags
         if carry.projids and not flags.probed:
             flags.probe(fd)
             carry.projids = flags.projids
         want = carry.read_new(sfd)
-        plain = self.plain()
+        plain = self._plain
+        if plain is None:
+            plain = self.plain()
         if want is None:
             if plain:
-                return None, 0
+                return _NOTHING
             want = carry.zero()
         locks = want.flags if want.flags and want.flags & LOCKS else 0
         return Pending(fd, want, flags, False, FRESH if plain else NONE), locks
