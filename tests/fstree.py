@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import os
 import random
 import socket
 import stat
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +46,12 @@ _NOT_SUPPORTED = (errno.ENOTSUP, errno.EOPNOTSUPP)
 #: XFS lists a POSIX ACL a second time, under its on-disk name: the ACL is compared once, as
 #: its ``system.posix_acl_*`` name
 _ACL_VIEWS = frozenset({"trusted.SGI_ACL_FILE", "trusted.SGI_ACL_DEFAULT"})
+# _IOR(type, nr, size) = 2 << 30 | size << 16 | type << 8 | nr (x86_64):
+_FSGETXATTR = 2 << 30 | 28 << 16 | ord("X") << 8 | 31  # FS_IOC_FSGETXATTR, struct fsxattr
+_GETFLAGS = 2 << 30 | 8 << 16 | ord("f") << 8 | 1  # FS_IOC_GETFLAGS, a long
+#: the chattr flags a faithful copy keeps: sync, immutable, append, nodump, noatime, dirsync,
+#: projinherit (others, such as extents or inline data, are the filesystem's own business)
+POLICY_FLAGS = 0x8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x10000 | 0x20000000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +78,10 @@ class Entry:
     digest: str | None = None
     data_map: tuple[tuple[int, int], ...] | None = None
     link_group: tuple[bytes, ...] | None = None
+    #: project ID and POLICY_FLAGS of files and directories; None where the filesystem has
+    #: none, and then not compared
+    projid: int | None = None
+    flags: int | None = None
 
 
 def _join(parent: bytes, name: bytes) -> bytes:
@@ -162,6 +174,27 @@ def _read_file(path: bytes, size: int) -> tuple[str, tuple[tuple[int, int], ...]
     return digest.hexdigest(), data_map
 
 
+def inode_attrs(path: PathArg) -> tuple[int | None, int | None]:
+    """The project ID and POLICY_FLAGS of a file or directory (None: the filesystem has none),
+    read through an O_NOATIME descriptor."""
+    fd = _open_noatime(os.fsencode(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    out: list[int | None] = []
+    try:
+        for request, shape, at in ((_FSGETXATTR, "=IIIII8x", 3), (_GETFLAGS, "=I4x", 0)):
+            try:
+                raw = fcntl.ioctl(fd, request, bytes(struct.calcsize(shape)))
+            except OSError as e:
+                if e.errno not in (*_NOT_SUPPORTED, errno.ENOTTY, errno.EINVAL):
+                    raise
+                out.append(None)
+            else:
+                out.append(struct.unpack(shape, raw)[at])
+    finally:
+        os.close(fd)
+    projid, flags = out
+    return projid, None if flags is None else flags & POLICY_FLAGS
+
+
 def _readlink(path: bytes, st: os.stat_result) -> bytes:
     """readlink(2) always touches the link's atime and has no O_NOATIME, so put it back."""
     target = os.readlink(path)
@@ -201,6 +234,9 @@ def snapshot(root: PathArg, *, atime: bool = True) -> dict[bytes, Entry]:
             xattrs=_xattrs(path),
             link_group=groups.get((st.st_dev, st.st_ino)),
         )
+        if kind in ("file", "dir"):
+            projid, flags = inode_attrs(path)
+            entry = dataclasses.replace(entry, projid=projid, flags=flags)
         if kind == "symlink":
             entry = dataclasses.replace(entry, target=_readlink(path, st))
         elif kind == "file":
@@ -228,7 +264,7 @@ def _entry_diffs(a: Entry, b: Entry, skip: frozenset[str], time_step_ns: int = 1
         x, y = getattr(a, name), getattr(b, name)
         if name in _TIMES and time_step_ns > 1 and x is not None and y is not None:
             x, y = x - x % time_step_ns, y - y % time_step_ns
-        if name in skip or x == y:
+        if name in skip or x == y or (name in ("projid", "flags") and None in (x, y)):
             continue
         if name == "mode":
             diffs.append(f"mode {x:#o} != {y:#o}")
@@ -242,6 +278,8 @@ def _entry_diffs(a: Entry, b: Entry, skip: frozenset[str], time_step_ns: int = 1
             diffs.append(f"hard links differ: {_short(x)} != {_short(y)}")
         elif name == "target":
             diffs.append(f"symlink target {x!r} != {y!r}")
+        elif name == "flags":
+            diffs.append(f"flags {x:#x} != {y:#x}")
         else:
             diffs.append(f"{name} {x!r} != {y!r}")
     return diffs

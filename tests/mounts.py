@@ -84,3 +84,17 @@ def bind(source: Path, path: Path) -> Iterator[Path]:
         yield path
     finally:
         _umount(path)
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[Path]:
+    """``path`` bind-mounted read-only on itself for the block's duration: every change below
+    it fails (EROFS), root's included, which no flag fsclone carries can do (an immutable
+    target directory is one fsclone unlocks when the source asks for a change)."""
+    require_root()
+    _mount("--bind", path, path)
+    try:
+        _mount("-o", "remount,bind,ro", path)
+        yield path
+    finally:
+        _umount(path)

@@ -24,6 +24,7 @@ from fsclone.transport.mpi import in_mpi_job, launcher_size
 from tests.clirun import PathLike, descendants, fsclone_env
 from tests.fstree import assert_rsync_clean, assert_same_tree, build_hostile_tree, snapshot
 from tests.midpass import held, many_files
+from tests.mounts import read_only
 from tests.services import RabbitMQServer, wait_for
 
 #: real mpirun jobs on trees that need root (chown, mknod, chattr)
@@ -101,12 +102,8 @@ def test_item_error_exits_1_on_every_rank(require_mpi: MpiRun, tmp_path: Path) -
     src, dst, state = many_files(tmp_path / "src", dirs=2, files=3), tmp_path / "dst", \
         tmp_path / "state"
     (dst / "d001").mkdir(parents=True)
-    if subprocess.run(["chattr", "+i", dst / "d001"], check=False).returncode != 0:
-        pytest.skip("no immutable flag on this filesystem")
-    try:
+    with read_only(dst / "d001"):
         proc = run(require_mpi, "pass", "copy", "--json", src, dst, state=state)
-    finally:
-        subprocess.run(["chattr", "-i", dst / "d001"], check=True)
     assert proc.returncode == 1, proc.stderr.decode()
     out = summary(proc)
     assert out["error_count"] == 4  # 3 files, the directory's times

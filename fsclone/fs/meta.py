@@ -2,8 +2,9 @@
 
 Order of application matters: owner first (chown clears set-id bits), then mode, then xattrs
 (POSIX ACLs are the ``system.posix_acl_*`` xattrs, and setting the access ACL after chmod keeps
-the ACL mask), then times last (every other change moves ctime, not mtime, but times must be the
-final word).
+the ACL mask), then times (every other change moves ctime, not mtime, but times must be the
+final word), then project ID and flags (fs.inodeflags, the caller's ``then``): immutable and
+append-only forbid every change after them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fsclone.fs import steps, threadcwd
@@ -140,8 +142,10 @@ def apply_times(target: Target, st: os.stat_result) -> None:
 
 
 def apply_all(target: Target, st: os.stat_result, want: dict[str, bytes],
-              have: dict[str, bytes], current: os.stat_result | None = None) -> None:
-    """Owner → mode → ACLs/xattrs → times, as the module docstring explains. With ``current``,
+              have: dict[str, bytes], current: os.stat_result | None = None,
+              then: Callable[[], None] | None = None) -> None:
+    """Owner → mode → ACLs/xattrs → times → ``then`` (project ID → flags: an
+    inodeflags.Pending), as the module docstring explains. With ``current``,
     the target's stat, owner and mode are set only where they differ. A chown clears set-id
     bits and the kernel drops ``security.capability`` with it (and nothing else), so after
     one a mode that has them is set again, and the caps are taken as gone."""
@@ -154,6 +158,8 @@ def apply_all(target: Target, st: os.stat_result, want: dict[str, bytes],
     if want or have:
         apply_xattrs(target, want, have)
     apply_times(target, st)
+    if then is not None:
+        then()
 
 
 def apply_at(name: str, dir_fd: int, st: os.stat_result, want: dict[str, bytes],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from fsclone.fs import data, dirs
+from fsclone.fs.inodeflags import Attrs, Side
 from fsclone.fs.side import DirSide
 from fsclone.fs.steps import COMPARE, LIST, OPEN, SOURCE, STAT, TARGET, mark
 
@@ -56,9 +57,12 @@ class SourceDir(DirSide):
             mark(exc, OPEN, SOURCE)
             raise
 
-    def same_bytes(self, name: str, target_fd: int, size: int) -> bool:
+    def same_bytes(self, name: str, target_fd: int, size: int, target: Side,
+                   ) -> tuple[bool, tuple[Attrs, Attrs] | None]:
         """Whether the file ``name`` holds the same ``size`` bytes here and in the target
-        directory ``target_fd`` (xxh3-128 of both sides: ``--checksum``)."""
+        directory ``target_fd`` (xxh3-128 of both sides: ``--checksum``), and both sides'
+        project IDs and flags, read through the same fds (None: not carried; ``target``: the
+        target's Side)."""
         src = self.open_file(name)
         try:
             try:
@@ -67,7 +71,8 @@ class SourceDir(DirSide):
                 mark(exc, OPEN, TARGET)
                 raise
             try:
-                return _digest(src, size, SOURCE) == _digest(dst, size, TARGET)
+                attrs = (self.flags.read(src), target.read(dst)) if self.flags.any else None
+                return _digest(src, size, SOURCE) == _digest(dst, size, TARGET), attrs
             finally:
                 os.close(dst)
         finally:

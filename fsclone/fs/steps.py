@@ -25,6 +25,7 @@ OWNER: Final = "owner"          # chown
 MODE: Final = "mode"            # chmod
 XATTR: Final = "xattr"          # read or write extended attributes and ACLs
 TIMES: Final = "times"          # set times
+FLAGS: Final = "flags"          # read or set a project ID or inode flags
 PUBLISH: Final = "publish"      # give a finished entry its name (rename, link in)
 REMOVE: Final = "remove"        # unlink or rmdir
 COMPARE: Final = "compare"      # content checks (verify, --checksum)

@@ -7,6 +7,10 @@ deletion, planned and guarded elsewhere): one that appeared at the name makes th
 and a failed publish discards its temp, so nothing of a failed step stays behind. Hard links go
 through the pass's staging directory (see docs/design.md), which is a TargetDir too.
 
+Project IDs and flags (fs.inodeflags) come last, after times; immutable and append-only wait
+until a new file has its name. An immutable or append-only target that must change (renamed
+over, linked, its metadata mended) is unlocked for the change and locked again.
+
 Every OSError that leaves here is marked with its step and TARGET (fs/steps.py), or SOURCE for
 the source reads of a file's copy, so an item error says what failed.
 """
@@ -14,10 +18,12 @@ the source reads of a file's copy, so an item error says what failed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 
 from fsclone.fs import data, dirs, meta
+from fsclone.fs.inodeflags import FRESH, LOCKS, NONE, Attrs, Pending, Side
 from fsclone.fs.side import DirSide, Xattrs
 from fsclone.fs.source import SourceChanged, SourceDir, changed
 from fsclone.fs.steps import (
@@ -38,6 +44,8 @@ from fsclone.schema import temp_name
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_FILE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DEFAULT_ACL = "system.posix_acl_default"
+#: what a new file without project ID and flags gets from them: no step after its times
+_NOTHING: tuple[Pending | None, int] = (None, 0)
 
 
 def open_staging(root_fd: int, name: str) -> int:
@@ -56,14 +64,18 @@ class TargetDir(DirSide):
     this run's temp names its own; ``inherits`` says whether new files get a default ACL
     (:meth:`has_default_acl`), which their metadata then replaces in full."""
 
-    __slots__ = ("dev", "inherits", "pass_id", "tag", "unnamed")
+    __slots__ = ("_locks", "_plain", "dev", "inherits", "pass_id", "tag", "unnamed")
     SIDE = TARGET
 
-    def __init__(self, fd: int, pass_id: str, unnamed: UnnamedFiles, dev: int,
+    def __init__(self, fd: int, flags: Side, pass_id: str, unnamed: UnnamedFiles, dev: int,
                  tag: str = "") -> None:
-        super().__init__(fd)
+        super().__init__(fd, flags)
         self.pass_id, self.unnamed, self.dev, self.tag = pass_id, unnamed, dev, tag
         self.inherits = False
+        #: temp name → the immutable or append-only flags its file gets once it has its name
+        self._locks: dict[str, int] = {}
+        #: whether a new file here has no carried flags (None: not read yet, see :meth:`plain`)
+        self._plain: bool | None = None
 
     # -- reads ----------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -84,6 +96,18 @@ class TargetDir(DirSide):
         """This run's temp name for ``name``."""
         return temp_name(self.pass_id, name, self.tag)
 
+    def plain(self) -> bool:
+        """Whether a new file here starts with no project ID and no carried flags: this
+        directory has none to give (read once per chunk, so a new file costs no read of its
+        own)."""
+        if self._plain is None:
+            try:
+                self._plain = not self.flags.read(self.fd).flags
+            except OSError as exc:
+                mark(exc, STAT, TARGET)
+                raise
+        return self._plain
+
     # -- new files ------------------------------------------------------------------------
     def copy_unnamed(self, src: SourceDir, name: str, st: os.stat_result) -> int | None:
         """Copy the source file ``name`` (listed as ``st``) into an unnamed file, then link it
@@ -98,7 +122,7 @@ class TargetDir(DirSide):
         if fd is None:
             return None
         try:
-            written = self._fill(fd, src, name, st, fresh=True)
+            written, locks = self._fill(fd, src, name, st, fresh=True)
             try:
                 self.unnamed.link(fd, self.fd, name)
             except FileExistsError:  # the name appeared since the listing: replace it
@@ -106,6 +130,8 @@ class TargetDir(DirSide):
             except OSError as exc:
                 mark(exc, PUBLISH, TARGET)
                 raise
+            if locks:
+                self.flags.lock(fd, locks)
         finally:
             os.close(fd)
         return written
@@ -126,18 +152,21 @@ class TargetDir(DirSide):
         tmp = self.temp(name)
         fd = self._create(tmp)
         try:
-            written = self._fill(fd, src, name, st)
+            written, locks = self._fill(fd, src, name, st)
         except BaseException:
             os.close(fd)
             self.discard(tmp)
             raise
         os.close(fd)
+        if locks:
+            self._locks[tmp] = locks
         return tmp, written
 
     def _fill(self, fd: int, src: SourceDir, name: str, st: os.stat_result,
-              fresh: bool = False) -> int:
+              fresh: bool = False) -> tuple[int, int]:
         """Copy the source file's data and metadata into ``fd`` (``fresh``: just made with
-        ``meta.creation_mode(st)``); returns the bytes written. Raises SourceChanged when the
+        ``meta.creation_mode(st)``); returns the bytes written and the immutable and
+        append-only flags it gets once it has its name. Raises SourceChanged when the
         source was replaced or written since ``st`` was taken: one fstat after the copy proves
         the fd is the listed file, unchanged, so none is needed before it."""
         try:
@@ -165,10 +194,33 @@ class TargetDir(DirSide):
             except OSError as exc:
                 mark(exc, STAT, TARGET)
                 raise
-            meta.apply_all(fd, st, want, have, current=current)
+            carry = src.flags
+            then, locks = self._carried(fd, carry, sfd) if carry.flags or carry.projids \
+                else _NOTHING
+            meta.apply_all(fd, st, want, have, current=current, then=then)
         finally:
             os.close(sfd)
-        return written
+        return written, locks
+
+    def _carried(self, fd: int, carry: Side, sfd: int) -> tuple[Pending | None, int]:
+        """The project ID and flags the new file ``fd`` is to get from the source file
+        ``sfd`` (``carry``: the source's Side), None for nothing (which it has already), and
+        the flags that wait for its name. One ioctl on the path of every new file, where
+        project IDs are not carried (tmpfs)."""
+        flags = self.flags
+        if carry.projids and not flags.probed:
+            flags.probe(fd)
+            carry.projids = flags.projids
+        want = carry.read_new(sfd)
+        plain = self._plain
+        if plain is None:
+            plain = self.plain()
+        if want is None:
+            if plain:
+                return _NOTHING
+            want = carry.zero()
+        locks = want.flags if want.flags and want.flags & LOCKS else 0
+        return Pending(fd, want, flags, False, FRESH if plain else NONE), locks
 
     def sized_temp(self, name: str, size: int, tag: str) -> str:
         """A new temp file of ``size`` bytes (all hole) for the byte ranges of a large file,
@@ -215,19 +267,27 @@ class TargetDir(DirSide):
             mark(exc, OPEN, TARGET)
             raise
 
-    def publish_stamped(self, tmp: str, name: str, st: os.stat_result, want: Xattrs) -> None:
-        """Give the complete temp file ``tmp`` the metadata of ``st`` (and xattrs ``want``),
-        then rename it over ``name``; the temp is discarded on any failure."""
+    def publish_stamped(self, tmp: str, name: str, st: os.stat_result, want: Xattrs,
+                        attrs: Attrs) -> None:
+        """Give the complete temp file ``tmp`` the metadata of ``st`` (xattrs ``want``, project
+        ID and flags ``attrs``), then rename it over ``name``, then lock it (immutable,
+        append-only) through the fd held on it; the temp is discarded on any failure."""
         try:
             fd = self._open_temp(tmp)
-            try:
-                meta.apply_all(fd, st, want, meta.read_xattrs(fd, side=TARGET))
-            finally:
-                os.close(fd)
         except BaseException:
             self.discard(tmp)
             raise
-        self.publish(tmp, name)
+        try:
+            try:
+                meta.apply_all(fd, st, want, meta.read_xattrs(fd, side=TARGET),
+                               then=Pending(fd, attrs, self.flags, False))
+            except BaseException:
+                self.discard(tmp)
+                raise
+            self.publish(tmp, name)
+            self.flags.lock(fd, attrs.flags)
+        finally:
+            os.close(fd)
 
     # -- other new entries ----------------------------------------------------------------
     def mkdir(self, name: str) -> None:
@@ -272,12 +332,36 @@ class TargetDir(DirSide):
     def publish(self, tmp: str, name: str) -> None:
         """Rename a finished temp over ``name``, which replaces anything but a directory (a
         non-directory of another type included). A directory is never removed here: one that
-        appeared since the listing makes the rename fail, and the temp is discarded."""
+        appeared since the listing makes the rename fail, and the temp is discarded. An
+        immutable or append-only ``name`` refuses to be renamed over: its flags are cleared
+        for the rename and put back on the old inode (other names may hold it). A temp whose
+        file is to be immutable or append-only is locked once renamed, through an fd opened
+        on it before."""
+        locks = self._locks.pop(tmp, 0) if self._locks else 0
+        fd = -1
         try:
-            os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            if locks:
+                fd = self._open_temp(tmp)
+            self._rename(tmp, name)
         except BaseException as exc:
+            if fd >= 0:
+                os.close(fd)
             self._unpublished(tmp, exc)
             raise
+        if fd >= 0:
+            try:
+                self.flags.lock(fd, locks)
+            finally:
+                os.close(fd)
+
+    def _rename(self, tmp: str, name: str) -> None:
+        try:
+            os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except PermissionError as exc:
+            if exc.errno != errno.EPERM:
+                raise
+            with self.flags.unlocked_at(name, self.fd):
+                os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
     def _unpublished(self, tmp: str, exc: BaseException) -> None:
         """``tmp`` could not be published (``exc``): it goes."""
@@ -287,6 +371,8 @@ class TargetDir(DirSide):
 
     def discard(self, tmp: str) -> None:
         """Remove a temp entry of ours, if it is there."""
+        if self._locks:
+            self._locks.pop(tmp, None)
         try:
             os.unlink(tmp, dir_fd=self.fd)
         except FileNotFoundError:
@@ -315,6 +401,15 @@ class TargetDir(DirSide):
     def link_from(self, staging: TargetDir, key: str, name: str) -> None:
         """Give ``name`` the inode ``key`` of ``staging`` (linked to a temp name, which is
         renamed over ``name``)."""
+        try:
+            self._link_from(staging, key, name)
+        except PermissionError as exc:  # an immutable or append-only inode takes no new name
+            if exc.errno != errno.EPERM:
+                raise
+            with staging.flags.unlocked_at(key, staging.fd):
+                self._link_from(staging, key, name)
+
+    def _link_from(self, staging: TargetDir, key: str, name: str) -> None:
         tmp = self.temp(name)
         try:
             os.link(key, tmp, src_dir_fd=staging.fd, dst_dir_fd=self.fd, follow_symlinks=False)
@@ -338,7 +433,15 @@ class TargetDir(DirSide):
             mark(exc, CREATE, TARGET)
             raise
         try:
-            os.link(name, key, src_dir_fd=self.fd, dst_dir_fd=staging.fd, follow_symlinks=False)
+            try:
+                os.link(name, key, src_dir_fd=self.fd, dst_dir_fd=staging.fd,
+                        follow_symlinks=False)
+            except PermissionError as exc:  # an immutable or append-only inode: no new name
+                if exc.errno != errno.EPERM:
+                    raise
+                with self.flags.unlocked_at(name, self.fd):
+                    os.link(name, key, src_dir_fd=self.fd, dst_dir_fd=staging.fd,
+                            follow_symlinks=False)
         except FileExistsError:
             return False
         except OSError as exc:
@@ -348,12 +451,33 @@ class TargetDir(DirSide):
 
     # -- metadata -------------------------------------------------------------------------
     def mend(self, name: str, st: os.stat_result, want: Xattrs, have: Xattrs,
-             compared: os.stat_result | None) -> None:
+             compared: os.stat_result | None, attrs: Attrs | None = None) -> None:
         """Make the metadata of the entry ``name`` those of ``st`` in place, in fs.meta's
         fixed order, on the inode ``compared`` (its lstat; None: an entry just made here)
-        only: see meta.apply_at, which marks its errors."""
-        meta.apply_at(name, self.fd, st, want, have, compared)
+        only: see meta.apply_at, which marks its errors. With ``attrs`` (the source's project
+        ID and flags, for a regular file), through a descriptor opened for the ioctls: an
+        immutable or append-only target is unlocked, mended, and given ``attrs`` last."""
+        if attrs is None:
+            meta.apply_at(name, self.fd, st, want, have, compared)
+            return
+        assert compared is not None  # only entries compared carry flags
+        fd, now = self.open_checked(name, compared)
+        try:
+            with self.flags.unlocked(fd, restore=attrs.flags is None):
+                meta.apply_all(fd, st, want, have, current=now,
+                               then=Pending(fd, attrs, self.flags))
+        finally:
+            os.close(fd)
 
-    def make_writable(self) -> bool:
-        """See dirs.make_writable: for a non-root pass in its own read-only directory."""
-        return dirs.make_writable(self.fd)
+    def open_up(self) -> bool:
+        """Let entries of this directory change: a non-root pass's own read-only directory
+        is made writable (dirs.make_writable), an immutable or append-only one loses those
+        flags. Its metadata, applied after its entries, restores both. Returns whether
+        anything changed."""
+        if dirs.make_writable(self.fd):
+            return True
+        try:
+            return bool(self.flags.unlock(self.fd) & LOCKS)
+        except OSError as exc:
+            mark(exc, STAT, TARGET)
+            raise

@@ -4,9 +4,12 @@ TargetDir, and counts what it did. Only a pass that writes makes one: a dry run 
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Callable
 
+from fsclone.fs.inodeflags import Attrs
 from fsclone.fs.side import Xattrs
 from fsclone.fs.source import SourceDir
 from fsclone.fs.target import TargetDir
@@ -86,10 +89,18 @@ class Applier:
         self.out.count(C.TYPE_CHANGED)  # left alone: see fsclone.ops.plan
 
     def mend(self, name: str, st: os.stat_result, dst: os.stat_result, want: Xattrs,
-             have: Xattrs) -> None:
+             have: Xattrs, attrs: Attrs | None) -> None:
         """Metadata-only changes, in place: no data is rewritten. ``dst``, the target's lstat,
-        is the inode changed (a user may have swapped the name since)."""
-        self.tgt.mend(name, st, want, have, compared=dst)
+        is the inode changed (a user may have swapped the name since); ``attrs``, the
+        source's project ID and flags (None: not compared). A target that refuses the change
+        (immutable, append-only) is mended with the source's flags after all, which unlocks
+        it first."""
+        try:
+            self.tgt.mend(name, st, want, have, dst, attrs)
+        except PermissionError as exc:
+            if attrs is not None or exc.errno != errno.EPERM or not stat.S_ISREG(st.st_mode):
+                raise
+            self.tgt.mend(name, st, want, have, dst, self.src.attrs(name, st))
         self.out.count(C.UPDATED)
 
 

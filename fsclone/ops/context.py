@@ -10,7 +10,8 @@ from contextlib import contextmanager
 
 from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
-from fsclone.fs import dirs, meta, profile, steps
+from fsclone.fs import dirs, inodeflags, meta, profile, steps
+from fsclone.fs.source import SourceDir
 from fsclone.fs.target import TargetDir, open_staging
 from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.schema import LINKS_PREFIX
@@ -45,6 +46,8 @@ class Context:
         self.dst_dev, self.dst_ino = (dst_st.st_dev, dst_st.st_ino) if dst_st else (0, 0)
         self.staging = LINKS_PREFIX + spec.id
         self.unnamed = UnnamedFiles()
+        #: what each side holds of project IDs and flags; the source's, what is carried
+        self.src_flags, self.dst_flags = inodeflags.sides(self.src_root, self.dst_root)
         #: when a target time counts as the source's (see fs.meta.TimeRule)
         self.times = self._time_rule()
         self._staging: TargetDir | None = None
@@ -79,7 +82,11 @@ class Context:
 
     def target_dir(self, fd: int, tag: str = "") -> TargetDir:
         """The target directory ``fd`` as a TargetDir of this pass (``tag``: see there)."""
-        return TargetDir(fd, self.spec.id, self.unnamed, self.dst_dev, tag)
+        return TargetDir(fd, self.dst_flags, self.spec.id, self.unnamed, self.dst_dev, tag)
+
+    def source_dir(self, fd: int) -> SourceDir:
+        """The source directory ``fd`` as a SourceDir of this pass."""
+        return SourceDir(fd, self.src_flags)
 
     def close(self) -> None:
         staging = self._staging.fd if self._staging is not None else None

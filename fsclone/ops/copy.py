@@ -16,7 +16,8 @@ import stat
 
 from fsclone.chunk import Chunk, Result, new_id
 from fsclone.fs import meta
-from fsclone.fs.source import SourceChanged, SourceDir
+from fsclone.fs.inodeflags import Attrs
+from fsclone.fs.source import SourceChanged
 from fsclone.fs.target import TargetDir
 from fsclone.ops.apply import Applier
 from fsclone.ops.context import Context, Outcome
@@ -53,7 +54,7 @@ class CopyChunk:
 
     def __init__(self, ctx: Context, out: Outcome, sfd: int, dfd: int | None) -> None:
         self.ctx, self.out = ctx, out
-        self.src = SourceDir(sfd)
+        self.src = ctx.source_dir(sfd)
         # the tag makes temp names unique to this run of the chunk
         self.tgt = ctx.target_dir(dfd, new_id()[:12]) if dfd is not None else None
         self.plan = Planner(ctx, out, self.src, self.tgt)
@@ -101,10 +102,11 @@ class CopyChunk:
         self._finish()
 
     def _unlock(self, refused: PermissionError) -> None:
-        """A non-root pass refused a change in its own read-only target directory makes it
-        writable, once, for the entry to be tried again (the directory's metadata restores
-        the mode); ``refused`` is raised when that cannot help."""
-        if self.unlocked or self.applier is None or not self.applier.tgt.make_writable():
+        """A change refused in the target directory (a non-root pass's own read-only one, an
+        immutable or append-only one) opens it up, once, for the entry to be tried again
+        (the directory's metadata restores mode and flags); ``refused`` is raised when that
+        cannot help."""
+        if self.unlocked or self.applier is None or not self.applier.tgt.open_up():
             raise refused
         self.unlocked = True
 
@@ -137,27 +139,51 @@ class CopyChunk:
         wanted = self.src.xattrs_of(names)
         present = tgt.xattrs_of(names)
         times = self.ctx.times
+        # project IDs and flags are compared only where the source inode changed since its
+        # copy did (setting either moves the ctime): the no-change path costs a comparison
+        carried = self.src.flags.any
+        known = self.plan.known
         same = 0
         for (_, name, st, dst), sx, dx in zip(self.unsettled, wanted, present, strict=True):
             assert dst is not None  # the data of an entry there is current
-            if sx == dx and meta.inode_same(st, dst, times):
+            if (sx == dx and (st.st_ctime_ns < dst.st_ctime_ns or not carried) and not known
+                    and meta.inode_same(st, dst, times)):
                 same += 1
                 continue
             try:
+                attrs = self._attrs(name, st, dst, tgt) if carried else None
+                flagged = attrs is not None and bool(attrs[0].differences(attrs[1]))
+                if sx == dx and not flagged and meta.inode_same(st, dst, times):
+                    same += 1
+                    continue
                 if isinstance(sx, OSError):
                     raise sx
                 if isinstance(dx, OSError):
                     raise dx
                 diff = meta.with_xattrs(meta.inode_diff(st, dst, times), sx, dx)
-                self.out.act("attrs", self.out.path(name), ",".join(diff.names()))
+                self.out.act("attrs", self.out.path(name),
+                             ",".join(diff.names() + (["flags"] if flagged else [])))
                 if self.applier is None:
                     self.out.count(C.UPDATED)
                 else:
-                    self.applier.mend(name, st, dst, sx, dx)
+                    self.applier.mend(name, st, dst, sx, dx,
+                                      attrs[0] if attrs is not None else None)
             except OSError as exc:
                 self.out.fail(self.out.path(name), exc)
         if same:
             self.out.count(C.SAME, same)
+
+    def _attrs(self, name: str, st: os.stat_result, dst: os.stat_result, tgt: TargetDir,
+               ) -> tuple[Attrs, Attrs] | None:
+        """Both sides' project IDs and flags of a regular file, when they may differ: read
+        with the data by ``--checksum``, or read now where the source's inode changed (its
+        ctime) since the copy's did. None: not compared."""
+        known = self.plan.known.pop(name, None) if self.plan.known else None
+        if known is not None:
+            return known
+        if st.st_ctime_ns < dst.st_ctime_ns or not stat.S_ISREG(st.st_mode):
+            return None
+        return self.src.attrs(name, st), tgt.attrs(name, dst)
 
     def _split(self, entries: list[tuple[str, os.stat_result]]) -> list[tuple[str, os.stat_result]]:
         """Keep the first slice of a huge directory; the rest go out as slice chunks."""

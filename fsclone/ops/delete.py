@@ -128,7 +128,7 @@ def run_unlink(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
             if is_dir:
                 subtrees.append(name)
                 continue
-            remove.unlink(name, dfd)
+            remove.unlink(name, dfd, ctx.dst_flags)
             changed = True
             removed += not mine
         except FileNotFoundError:

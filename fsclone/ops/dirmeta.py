@@ -7,30 +7,38 @@ from __future__ import annotations
 import os
 
 from fsclone.chunk import Chunk, Result
-from fsclone.fs import meta, remove, steps
+from fsclone.fs import inodeflags, meta, remove, steps
 from fsclone.ops.context import Context, Outcome, on_both_dirs
 from fsclone.stats import counters as C
 
 
 def apply_dir_meta(ctx: Context, out: Outcome, relpath: str, sfd: int, dfd: int,
                    count: bool | None = None) -> None:
-    """Make the target directory's owner, mode, xattrs/ACLs and times those of the source.
-    What counts as an update: by default a change of owner, mode or xattrs (a copy pass restores
-    times after every write into a directory, which is no news); with ``count`` True any change
-    (the mtime pass); with False nothing (a directory this pass created)."""
+    """Make the target directory's owner, mode, xattrs/ACLs, times, project ID and flags those
+    of the source. What counts as an update: by default a change of owner, mode, xattrs,
+    project ID or flags (a copy pass restores times after every write into a directory, which
+    is no news); with ``count`` True any change (the mtime pass); with False nothing (a
+    directory this pass created). A directory's project ID and flags are always compared (its
+    fds are open: an ioctl or two a side), which also locks again one a copy had to unlock."""
     try:
         sst, dst = os.fstat(sfd), os.fstat(dfd)
         diff = meta.inode_diff(sst, dst, ctx.times)
         sx = meta.read_xattrs(sfd, side=steps.SOURCE)
         dx = meta.read_xattrs(dfd, side=steps.TARGET)
         diff = meta.with_xattrs(diff, sx, dx)
-        if not diff:
+        side = ctx.dst_flags
+        want = have = inodeflags.NONE
+        if ctx.src_flags.any:
+            want, have = ctx.src_flags.read(sfd), side.read(dfd)
+        flagged = bool(want.differences(have))
+        if not diff and not flagged:
             return
-        out.act("attrs", relpath or ".", ",".join(diff.names()))
+        out.act("attrs", relpath or ".", ",".join(diff.names() + (["flags"] if flagged else [])))
         if ctx.spec.dry_run:
             return
-        meta.apply_all(dfd, sst, sx, dx)
-        if count or (count is None and (diff.owner or diff.mode or diff.xattrs)):
+        with side.unlocked(dfd, restore=want.flags is None):
+            meta.apply_all(dfd, sst, sx, dx, then=inodeflags.Pending(dfd, want, side))
+        if count or (count is None and (diff.owner or diff.mode or diff.xattrs or flagged)):
             out.count(C.UPDATED)
     except OSError as exc:
         out.fail(relpath, exc, "dirmeta")
@@ -54,7 +62,7 @@ def run_cleanup(ctx: Context, chunk: Chunk) -> Result:
     if ctx.dst_root is None or ctx.spec.dry_run:
         return out.result
     try:
-        remove.remove_flat_tree(ctx.dst_root, ctx.staging)
+        remove.remove_flat_tree(ctx.dst_root, ctx.staging, ctx.dst_flags)
     except FileNotFoundError:
         pass
     except OSError as exc:

@@ -5,7 +5,6 @@ source's size and mtime and other bytes."""
 
 from __future__ import annotations
 
-from fsclone.fs.source import SourceDir
 from fsclone.ops.context import Context, Outcome, file_of, file_path, on_both_dirs
 from fsclone.stats import counters as C
 
@@ -15,7 +14,7 @@ def _finalize(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     source changed. The temp is discarded on every way out but its publishing."""
     a = out.chunk.args
     name = file_of(out.chunk)
-    src, tgt = SourceDir(sfd), ctx.target_dir(dfd)
+    src, tgt = ctx.source_dir(sfd), ctx.target_dir(dfd)
     published = False
     try:
         if a.get("members_failed"):
@@ -27,7 +26,7 @@ def _finalize(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
             out.count(C.CHANGED)
             out.act("changed", out.path(name), "(during copy; next pass takes it)")
             return
-        tgt.publish_stamped(a["tmp"], name, st, src.xattrs(name))
+        tgt.publish_stamped(a["tmp"], name, st, src.xattrs(name), src.attrs(name, st))
         published = True
     finally:
         if not published:

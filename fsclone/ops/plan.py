@@ -14,6 +14,7 @@ import os
 import stat
 from typing import Final
 
+from fsclone.fs.inodeflags import Attrs
 from fsclone.fs.source import SourceDir
 from fsclone.fs.target import TargetDir
 from fsclone.ops.context import Context, Outcome
@@ -76,7 +77,7 @@ class Planner:
     """Decides, entry by entry, for one chunk (``tgt`` None: a dry run whose target directory
     does not exist yet)."""
 
-    __slots__ = ("ctx", "dry", "existing", "out", "src", "sync", "tgt")
+    __slots__ = ("ctx", "dry", "existing", "known", "out", "src", "sync", "tgt")
 
     def __init__(self, ctx: Context, out: Outcome, src: SourceDir, tgt: TargetDir | None,
                  ) -> None:
@@ -87,6 +88,9 @@ class Planner:
         self.existing: set[str] | None = None
         self.dry = ctx.spec.dry_run
         self.sync = out.chunk.op == "sync"
+        #: name → both sides' project IDs and flags, read with the data by ``--checksum``
+        #: (compared with the rest of the metadata, in the settle pass)
+        self.known: dict[str, tuple[Attrs, Attrs]] = {}
 
     def decide(self, name: str, st: os.stat_result) -> Action | None:
         """The action for one entry, None for none (skipped ones are counted here). On the
@@ -165,7 +169,10 @@ class Planner:
         if not self.ctx.spec.checksum:
             return self.ctx.times.same(st.st_mtime_ns, dst.st_mtime_ns)
         assert self.tgt is not None  # a target entry was found
-        return self.src.same_bytes(name, self.tgt.fd, st.st_size)
+        same, attrs = self.src.same_bytes(name, self.tgt.fd, st.st_size, self.tgt.flags)
+        if attrs is not None:
+            self.known[name] = attrs
+        return same
 
     def _symlink(self, name: str, st: os.stat_result, dst: os.stat_result | None) -> Action:
         """A symlink cannot change in place: a target link of the same length and mtime is

@@ -13,7 +13,6 @@ import os
 
 from fsclone.chunk import Chunk, Group, new_id
 from fsclone.fs import data
-from fsclone.fs.source import SourceDir
 from fsclone.fs.target import TargetDir
 from fsclone.ops.context import Context, Outcome, file_of, file_path, on_both_dirs
 from fsclone.stats import counters as C
@@ -72,7 +71,7 @@ def _copy_range(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     """Copy one byte range of a large file into its shared temp file. A source that changed is
     left to ``finalize``, which checks the identity once all ranges are done."""
     a = out.chunk.args
-    written = ctx.target_dir(dfd).copy_range(SourceDir(sfd), file_of(out.chunk), a["tmp"],
+    written = ctx.target_dir(dfd).copy_range(ctx.source_dir(sfd), file_of(out.chunk), a["tmp"],
                                              a["start"], a["end"], a["sparse"])
     out.count(C.BYTES, written)
 

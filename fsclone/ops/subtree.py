@@ -136,7 +136,7 @@ def run_prune(ctx: Context, out: Outcome, dfd: int) -> None:
     chunk = out.chunk
     if chunk.names is not None:  # a slice of a huge directory's non-directories
         dirs.make_writable(dfd)
-        _unlink(out, dfd, chunk.path, chunk.names)
+        _unlink(ctx, out, dfd, chunk.path, chunk.names)
         return
     step = ctx.spec.dir_slice
     group = new_id()
@@ -148,7 +148,7 @@ def run_prune(ctx: Context, out: Outcome, dfd: int) -> None:
         files = [name for name, is_dir in kinds.items() if not is_dir]
         members.extend(Chunk(op="prune", path=path, names=tuple(files[i:i + step]), group=group)
                        for i in range(step, len(files), step))
-        _unlink(out, fd, path, files[:step])
+        _unlink(ctx, out, fd, path, files[:step])
         return subdirs_on_fs(out, fd, path, kinds, report=False)
 
     path, chain, subdirs = walk_chain(out, dfd, visit)
@@ -161,11 +161,11 @@ def run_prune(ctx: Context, out: Outcome, dfd: int) -> None:
         remove_chain(ctx, out, chunk.path, chain)
 
 
-def _unlink(out: Outcome, dfd: int, path: str, names: Iterable[str]) -> None:
+def _unlink(ctx: Context, out: Outcome, dfd: int, path: str, names: Iterable[str]) -> None:
     removed = 0
     for name in names:
         try:
-            remove.unlink(name, dfd)
+            remove.unlink(name, dfd, ctx.dst_flags)
             removed += 1
         except FileNotFoundError:
             continue
@@ -196,7 +196,7 @@ def remove_chain(ctx: Context, out: Outcome, path: str, chain: list[str]) -> Non
                 break  # gone already (a redone chunk), or its rmdir below says why not
         for level in reversed(range(len(fds))):
             try:
-                remove.rmdir(names[level], fds[level])
+                remove.rmdir(names[level], fds[level], ctx.dst_flags)
             except FileNotFoundError:
                 continue
             except OSError as exc:

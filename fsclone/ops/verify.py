@@ -2,8 +2,9 @@
 
 A ``verify`` chunk lists one directory on both sides (or checks one slice of a huge one) and
 reports every difference as a mismatch: an entry missing in the target, extra in the target, of
-another type, with other metadata (owner, mode, mtime, xattrs and ACLs, symlink target, device
-number, link count and, within the chunk, which names share an inode) or other content
+another type, with other metadata (owner, mode, mtime, xattrs and ACLs, project ID and flags
+where both sides have them, symlink target, device number, link count and, within the chunk,
+which names share an inode) or other content
 (xxh3-128 of both sides). Files of ``large_file_size`` or more are hashed in ``verify_range``
 chunks by several workers: equal ranges mean equal files, so no barrier is needed.
 
@@ -22,7 +23,7 @@ from collections import defaultdict
 import xxhash
 
 from fsclone.chunk import ItemError
-from fsclone.fs import data, dirs, meta, steps
+from fsclone.fs import data, dirs, inodeflags, meta, steps
 from fsclone.ops.context import Context, Outcome, file_of, file_path, on_both_dirs
 from fsclone.ops.mountguard import other_filesystem
 from fsclone.spec import PassSpec
@@ -30,6 +31,9 @@ from fsclone.stats import counters as C
 from fsclone.text import printable
 
 Xattrs = dict[str, bytes]
+#: what an entry's project ID and flags are on the source, on the target
+Attrs = tuple[inodeflags.Attrs, inodeflags.Attrs]
+_UNREAD = (inodeflags.NONE, inodeflags.NONE)
 _KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink",
           stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "char device",
           stat.S_IFBLK: "block device"}
@@ -114,7 +118,8 @@ class DirVerifier:
         path = out.chunk.path
         if differences := self.meta_diffs(os.fstat(self.sfd), os.fstat(self.dfd),
                                           meta.read_xattrs(self.sfd, side=steps.SOURCE),
-                                          meta.read_xattrs(self.dfd, side=steps.TARGET)):
+                                          meta.read_xattrs(self.dfd, side=steps.TARGET),
+                                          self._read_attrs(self.sfd, self.dfd)):
             self.found[path] += differences
         for name in sorted(dst.keys() - src.keys()):
             if self._wanted(name, dst[name]):
@@ -162,8 +167,9 @@ class DirVerifier:
         """Differences of a file, symlink or special of the same type on both sides."""
         found: list[str] = []
         xattrs: tuple[Xattrs, Xattrs] | None = None
+        attrs = _UNREAD  # symlinks and specials have no flags worth carrying
         if stat.S_ISREG(st.st_mode):
-            found, xattrs = self.regular(name, st, dst)
+            found, xattrs, attrs = self.regular(name, st, dst)
         elif stat.S_ISLNK(st.st_mode):
             # readlink moves a link's atime (a kernel rule, no O_NOATIME for links): the one
             # trace a verify leaves, since undoing it would be a write
@@ -180,26 +186,45 @@ class DirVerifier:
         if xattrs is None:
             xattrs = (meta.read_xattrs(name, self.sfd, side=steps.SOURCE),
                       meta.read_xattrs(name, self.dfd, side=steps.TARGET))
-        return found + self.meta_diffs(st, dst, *xattrs)
+        return found + self.meta_diffs(st, dst, *xattrs, attrs)
 
     def regular(self, name: str, st: os.stat_result, dst: os.stat_result
-                ) -> tuple[list[str], tuple[Xattrs, Xattrs] | None]:
-        """Size, then content unless the pass is metadata-only. A small file's xattrs are read
-        through the fds its content is read through (the cheapest way, per file, that counts
-        with many small ones); a large file is handed to ``verify_range`` chunks."""
-        if st.st_size != dst.st_size:
-            return [f"size {st.st_size} != {dst.st_size}"], None
-        if self.spec.metadata_only:
-            return [], None
-        if st.st_size >= self.spec.large_file_size:
-            self._ranges(name, st)
-            return [], None
+                ) -> tuple[list[str], tuple[Xattrs, Xattrs] | None, Attrs]:
+        """Size, then content unless the pass is metadata-only. A small file's xattrs, project
+        ID and flags are read through the fds its content is read through (the cheapest way,
+        per file, that counts with many small ones); a large file is handed to
+        ``verify_range`` chunks."""
+        if st.st_size != dst.st_size or self.spec.metadata_only \
+                or st.st_size >= self.spec.large_file_size:
+            attrs = self._attrs_at(name, st, dst)
+            if st.st_size != dst.st_size:
+                return [f"size {st.st_size} != {dst.st_size}"], None, attrs
+            if not self.spec.metadata_only:
+                self._ranges(name, st)
+            return [], None, attrs
         with dirs.FilePair(name, self.sfd, self.dfd) as (src, dst_fd):
             same = same_content(self.out, src, dst_fd, name, st.st_size, st.st_mtime_ns, 0,
                                 st.st_size)
             xattrs = (meta.read_xattrs(src, side=steps.SOURCE),
                       meta.read_xattrs(dst_fd, side=steps.TARGET))
-        return ([] if same else ["content differs"]), xattrs
+            attrs = self._read_attrs(src, dst_fd)
+        return ([] if same else ["content differs"]), xattrs, attrs
+
+    def _read_attrs(self, src: int, dst: int) -> Attrs:
+        """Both sides' project IDs and flags, through open fds (the source reads only what
+        both sides hold: see fs.inodeflags.sides)."""
+        carry = self.ctx.src_flags
+        if not carry.any:
+            return _UNREAD
+        return carry.read(src), self.ctx.dst_flags.read(dst)
+
+    def _attrs_at(self, name: str, st: os.stat_result, dst: os.stat_result) -> Attrs:
+        """The same for a file not opened for its content, through opens of its own."""
+        carry = self.ctx.src_flags
+        if not carry.any:
+            return _UNREAD
+        return (carry.read_at(name, self.sfd, st),
+                self.ctx.dst_flags.read_at(name, self.dfd, dst))
 
     def _ranges(self, name: str, st: os.stat_result) -> None:
         args = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -209,8 +234,9 @@ class DirVerifier:
                            args={**args, "start": start, "end": min(start + step, st.st_size)})
 
     def meta_diffs(self, st: os.stat_result, dst: os.stat_result, src_x: Xattrs,
-                   dst_x: Xattrs) -> list[str]:
-        """Owner, mode, mtime and xattrs (ACLs included). Owners are compared even when not
+                   dst_x: Xattrs, attrs: Attrs = _UNREAD) -> list[str]:
+        """Owner, mode, mtime, xattrs (ACLs included), project ID and flags (where both sides'
+        filesystems have them). Owners are compared even when not
         root: a copy that could not set them is still not faithful. atime is not compared:
         users' reads move it after any copy, and a verify must not cry wolf on each."""
         found = []
@@ -228,7 +254,7 @@ class DirVerifier:
                 found.append(f"{label} extra in target")
             elif src_x[key] != dst_x[key]:
                 found.append(f"{label} differs")
-        return found
+        return found + attrs[0].differences(attrs[1])
 
     def _link_groups(self) -> None:
         """Within this chunk, the names sharing an inode must be the same on both sides (across
