@@ -35,10 +35,15 @@ def phase_name(op: str, index: int) -> str:
 
 @dataclass
 class Summary:
-    """How a pass ended: what the coordinator returns and the CLI prints."""
+    """How a pass ended: what the coordinator returns and the CLI prints. ``counters`` are the
+    pass's totals, over all its runs; ``elapsed`` is this run's seconds, ``active`` those of all
+    ``runs``, and ``earlier`` the counters the pass had when this run started (a resume)."""
 
     status: str
     counters: dict[str, int]
     errors: list[ItemError] = field(default_factory=list)
     error_count: int = 0
     elapsed: float = 0.0
+    runs: int = 1
+    active: float = 0.0
+    earlier: dict[str, int] = field(default_factory=dict)

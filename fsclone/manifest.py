@@ -73,13 +73,14 @@ def read_manifest(path: str | Path) -> Iterator[ManifestRow]:
             yield parse_row(line)
 
 
-def check_location(path: str, roots: tuple[str, ...]) -> None:
-    """Refuse a manifest inside a tree being verified: the verify would find it there."""
+def check_location(path: str, roots: tuple[str, ...], what: str = "the manifest") -> None:
+    """Refuse a file fsclone writes (``what``: a manifest, the log) inside a pass root: the
+    pass would find it there."""
     where = os.path.realpath(path)
     for root in roots:
         top = os.path.realpath(root).rstrip("/") + "/"
         if where.startswith(top):
-            raise UsageError(f"the manifest {path} must not be inside {root}")
+            raise UsageError(f"{what} {path} must not be inside {root}")
 
 
 class ManifestWriter:

@@ -106,6 +106,14 @@ def _seconds(v: Any) -> float:
     return secs
 
 
+def _seconds_or_none(v: Any) -> float:
+    """A finite number of seconds, 0 or more (0: never)."""
+    secs = float(v)
+    if not math.isfinite(secs) or secs < 0:
+        raise ValueError("must be a finite number of seconds, 0 or more")
+    return secs
+
+
 def _root_pairs(v: Any) -> tuple[tuple[str, str], ...]:
     """(SRC, DST) prefix pairs: a list of pairs, or ``"SRC:DST,SRC:DST"`` (the environment's
     form). Each must be an absolute path."""
@@ -306,6 +314,16 @@ class Options(PassOptions):
         (), flag="--include-from", flag_type=click.Path(dir_okay=False), metavar="FILE",
         commands=PASSES, help="--include each pattern in FILE, one a line.")
     report_interval: float = option(10.0, setting="REPORT_INTERVAL", parse=_seconds)
+    #: seconds between progress lines where stderr is no terminal (a batch job's output) and
+    #: in the log file; 0: none (the terminal's live line and the summary stay)
+    progress: float = option(
+        60.0, setting="PROGRESS", parse=_seconds_or_none, flag="--progress",
+        flag_type=Seconds(), metavar="SECS", commands=RUNS,
+        help="A progress line every SECS when stderr is not a terminal, 0 for none "
+             "[default: 60]. PROGRESS.")
+    log_file: str | None = option(
+        None, setting="LOG_FILE", flag="--log-file", metavar="PATH", commands=RUNS,
+        help="Also append what fsclone prints, with times, to PATH (made 0600). LOG_FILE.")
     #: the default SRC and DST
     source_mount: str | None = option(None, setting="source_mount")
     target_mount: str | None = option(None, setting="target_mount")

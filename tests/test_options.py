@@ -31,6 +31,7 @@ SAMPLES = {
     "seed": "7", "manifest": "/var/tmp/manifest.tsv", "retry_of": "20260101-000000-copy-abcdef",
     "workers": "3", "transport": "mpi", "broker": "amqp://alice@mq/hpc", "state_dir": "/var/st",
     "memcached": "mc1:11211", "graphite": "[fd00::2]:2003",
+    "progress": "5", "log_file": "/var/log/fsclone.log",
 }
 #: the arguments and options of the pass commands that are no option of a pass: the roots,
 #: which pass to resume, and how the CLI prints

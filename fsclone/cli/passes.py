@@ -23,6 +23,7 @@ from fsclone.cli import (
     given,
 )
 from fsclone.cli.display.console import Console
+from fsclone.cli.display.logfile import open_log
 from fsclone.cli.filterflags import RulesInOrder
 from fsclone.config import Config, load
 from fsclone.engine.coordinator import Hooks
@@ -123,9 +124,11 @@ def _leave(code: int) -> NoReturn:
 def _coordinate(cfg: Config, req: PassRequest, kw: dict[str, Any],
                 transport: Transport) -> int:
     """Run the pass, print its summary, and return the exit code."""
-    console = Console(kw["quiet"], kw["as_json"])
-    hooks = Hooks(progress=console.progress, action=console.action, note=console.note,
-                  stats_interval=cfg.report_interval)
+    log = open_log(cfg.log_file, (req.src, req.dst)) if cfg.log_file else None
+    console = Console(kw["quiet"], kw["as_json"], every=cfg.progress, log=log,
+                      state_dir=cfg.state_path)
+    hooks = Hooks(start=console.start, progress=console.progress, action=console.action,
+                  note=console.note, stats_interval=cfg.report_interval)
     with contextlib.ExitStack() as stack:
         hooks.stats = stack.enter_context(reporter_for(cfg, console.warn)).offer
         if kw.get("manifest"):

@@ -21,6 +21,7 @@ from fsclone.engine.worker import worker_name
 from fsclone.errors import GuardError
 from fsclone.lifecycle import DONE, INTERRUPTED, PHASES, REFUSED, Summary
 from fsclone.signing import Signer, may_issue
+from fsclone.spec import PassSpec
 from fsclone.state.record import PassStore
 from fsclone.stats import counters as C
 from fsclone.stats.snapshot import Snapshot
@@ -40,6 +41,8 @@ COORDINATOR = worker_name("coordinator")
 class Hooks:
     """How the coordinator reports while it runs; the CLI decides where it goes."""
 
+    #: once, as a run starts: the pass and its counters then (not 0 when it is resumed)
+    start: Callable[[PassSpec, dict[str, int]], None] = lambda spec, counters: None
     progress: Callable[[dict[str, int], int], None] = lambda counters, outstanding: None
     action: Callable[[str], None] = lambda line: None
     note: Callable[[str], None] = lambda line: None
@@ -68,7 +71,9 @@ class Coordinator:
         refused (after the cleanup phase: nothing of the pass's own stays in the target), or
         interrupted (resumable, its staging kept for the resume)."""
         store, spec = self.store, self.store.spec
-        started = time.monotonic()
+        store.begin_run()
+        earlier = dict(store.counters)
+        self.hooks.start(spec, earlier)
         self.transport.start(spec)
         try:
             for index, phase in enumerate(PHASES[spec.op]):
@@ -90,7 +95,8 @@ class Coordinator:
                 self.transport.stop()
         errors = store.errors(limit=20)
         return Summary(store.status, dict(store.counters), errors,
-                       store.counters.get(C.ERRORS, 0), time.monotonic() - started)
+                       store.counters.get(C.ERRORS, 0), store.active - store.ran,
+                       runs=store.runs, active=store.active, earlier=earlier)
 
     def _phase(self, index: int, phase: str) -> None:
         """Run one phase to its end: seed it, or resubmit what a dead run left outstanding. A
@@ -205,7 +211,8 @@ class Coordinator:
         store = self.store
         self.hooks.stats(Snapshot.of_pass(
             store.spec, store.status, store.phase, time.time(), store.counters, store.workers,
-            store.outstanding, self.transport.depth()))
+            store.outstanding, self.transport.depth(),
+            runs=store.runs, ran=store.ran, active=store.active))
         self._next_stats = time.monotonic() + self.hooks.stats_interval
 
     def _apply(self, result: Result) -> list[Chunk]:

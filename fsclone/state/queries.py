@@ -14,7 +14,7 @@ from fsclone.chunk import Chunk, ItemError, loads_chunk
 from fsclone.lifecycle import UNFINISHED
 from fsclone.spec import PassSpec
 from fsclone.state.directory import op_of, pass_ids
-from fsclone.state.tables import error_rows, read_only, redone_rows, worker_rows
+from fsclone.state.tables import columns, error_rows, read_only, redone_rows, worker_rows
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,13 @@ class PassRecord:
     errors: int
     host: str
     pid: int
+    #: the runs of the pass (coordinators that started or resumed it), the seconds those before
+    #: the last one took, when the last one started, and the seconds of all of them to the last
+    #: commit; None for a record written before they were kept
+    runs: int | None = None
+    ran: float | None = None
+    run_started: float | None = None
+    active: float | None = None
 
 
 def read_errors(path: Path, limit: int | None = None) -> list[ItemError]:
@@ -62,12 +69,15 @@ def read_redone(path: Path) -> list[str]:
 def read_record(path: Path) -> PassRecord:
     """Read a pass record without taking part in it (for status)."""
     with closing(read_only(path)) as db:
-        spec, status, phase, started, ended, counters, host, pid = db.execute(
-            "SELECT spec, status, phase, started, ended, counters, host, pid FROM pass").fetchone()
+        timing = ("runs, ran, run_started, active" if "runs" in columns(db, "pass")
+                  else "NULL, NULL, NULL, NULL")
+        spec, status, phase, started, ended, counters, host, pid, *times = db.execute(
+            "SELECT spec, status, phase, started, ended, counters, host, pid, "
+            f"{timing} FROM pass").fetchone()
         outstanding = db.execute("SELECT count(*) FROM outstanding").fetchone()[0]
         errors = db.execute("SELECT count(*) FROM errors").fetchone()[0]
     return PassRecord(PassSpec.from_wire(json.loads(spec)), status, phase, started, ended,
-                      json.loads(counters), outstanding, errors, host, pid)
+                      json.loads(counters), outstanding, errors, host, pid, *times)
 
 
 def try_read_record(state_dir: Path, pass_id: str) -> PassRecord | None:

@@ -47,6 +47,13 @@ class PassStore:
         #: kept here so a resumed coordinator continues every worker's totals
         self.workers: dict[str, dict[str, int]] = worker_rows(self.db)
         self._dirty_workers: set[str] = set()
+        #: the runs of the pass so far and the seconds they took (written at every commit,
+        #: so a run that dies without a word counts to its last commit)
+        runs, active = self.db.execute("SELECT runs, active FROM pass").fetchone()
+        self.runs: int = runs or 0
+        self.ran: float = active or 0.0  # the seconds of the runs before this one
+        self._run_started: float | None = None
+        self._run_ended: float | None = None  # set with the status it ends with
         # the record names the process running the pass (status tells a dead one by its pid)
         self.db.execute("UPDATE pass SET host=?, pid=?", (socket.gethostname(), os.getpid()))
         self.db.commit()
@@ -59,7 +66,8 @@ class PassStore:
         os.close(create_private(new))  # its pass row (``status`` while a pass starts); SQLite
         db = sqlite3.connect(new)  # gives its -wal and -shm files the database's mode
         db.executescript(SCHEMA)
-        db.execute("INSERT INTO pass VALUES (?,?,?,?,?,?,?,?,?)",
+        db.execute("INSERT INTO pass (id, spec, status, phase, started, ended, counters, host, "
+                   "pid, runs, ran) VALUES (?,?,?,?,?,?,?,?,?,0,0)",
                    (spec.id, json.dumps(spec.to_wire()), RUNNING, 0, spec.started, None, "{}",
                     socket.gethostname(), os.getpid()))
         db.commit()
@@ -173,12 +181,30 @@ class PassStore:
     def set_status(self, status: str) -> None:
         self.status = status
         ended = time.time() if status != RUNNING else None
+        self._run_ended = ended
         self.db.execute("UPDATE pass SET status=?, ended=?, host=?, pid=?",
                         (status, ended, socket.gethostname(), os.getpid()))
         self.commit()
 
+    def begin_run(self) -> None:
+        """A coordinator starts (or resumes) the pass: from now on its time counts."""
+        self.runs += 1
+        self._run_started = time.time()
+        self.db.execute("UPDATE pass SET runs=?, ran=?, run_started=?",
+                        (self.runs, self.ran, self._run_started))
+        self.db.commit()
+
+    @property
+    def active(self) -> float:
+        """Seconds the pass has run so far, over all its runs."""
+        started = self._run_started
+        if started is None:
+            return self.ran
+        return self.ran + (self._run_ended or time.time()) - started
+
     def commit(self) -> None:
-        self.db.execute("UPDATE pass SET counters=?", (json.dumps(self.counters),))
+        self.db.execute("UPDATE pass SET counters=?, active=?",
+                        (json.dumps(self.counters), self.active))
         self.db.executemany("INSERT OR REPLACE INTO workers VALUES (?,?)",
                             [(w, json.dumps(self.workers[w])) for w in self._dirty_workers])
         self._dirty_workers.clear()

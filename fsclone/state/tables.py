@@ -13,7 +13,8 @@ from fsclone.chunk import ItemError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pass (id TEXT PRIMARY KEY, spec TEXT, status TEXT, phase INTEGER,
-    started REAL, ended REAL, counters TEXT, host TEXT, pid INTEGER);
+    started REAL, ended REAL, counters TEXT, host TEXT, pid INTEGER, runs INTEGER, ran REAL,
+    run_started REAL, active REAL);
 CREATE TABLE IF NOT EXISTS outstanding (id TEXT PRIMARY KEY, body BLOB);
 CREATE TABLE IF NOT EXISTS groups (id TEXT PRIMARY KEY, remaining INTEGER, then_chunk BLOB,
     failed BLOB);
@@ -28,20 +29,22 @@ CREATE TABLE IF NOT EXISTS redone (path BLOB PRIMARY KEY);
 #: columns later versions added to a table, with their definition: a record written before
 #: them (and resumed across an upgrade) gets them when it is opened for writing
 _ADDED = {
+    # the pass learnt how long it ran, over its runs (see record.PassStore.begin_run)
+    "pass": {"runs": "INTEGER", "ran": "REAL", "run_started": "REAL", "active": "REAL"},
     "groups": {"failed": "BLOB"},  # barriers learnt to remember a failed member
     "errors": {"step": "TEXT NOT NULL DEFAULT ''",  # item errors learnt where they failed
                "side": "TEXT NOT NULL DEFAULT ''"},
 }
 
 
-def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+def columns(db: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
 def add_missing_columns(db: sqlite3.Connection) -> None:
     """Bring a record written by an earlier version up to :data:`SCHEMA`."""
     for table, added in _ADDED.items():
-        have = _columns(db, table)
+        have = columns(db, table)
         for column, definition in added.items():
             if column not in have:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
@@ -56,7 +59,7 @@ def read_only(path: Path) -> sqlite3.Connection:
 def error_rows(db: sqlite3.Connection, limit: int | None) -> list[ItemError]:
     """The item errors, in the order they happened. A record opened read-only is never
     upgraded: one from before the step and side columns reads with them unknown ("")."""
-    where = "step, side" if "step" in _columns(db, "errors") else "'', ''"
+    where = "step, side" if "step" in columns(db, "errors") else "'', ''"
     sql = f"SELECT path, op, errno, message, {where} FROM errors ORDER BY seq"
     rows = db.execute(sql + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
     return [ItemError(os.fsdecode(p), o, e, m, step, side) for p, o, e, m, step, side in rows]

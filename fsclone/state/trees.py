@@ -20,6 +20,8 @@ from fsclone.stats import counters as C
 
 #: ops whose SCANNED counts every entry of the source (excluded ones included, not below them)
 FULL_WALK_OPS = ("copy", "sync", "scan")
+#: ops whose SCANNED, at the end of the walk, is the tree's entries: progress in percent
+SIZED_OPS = (*FULL_WALK_OPS, "verify")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,14 @@ def record_tree(state_dir: Path, spec: PassSpec, status: str, counters: dict[str
         return
     write_private_json(_path(state_dir, spec.src), {"src": spec.src, "pass": spec.id,
                                                     "when": time.time(), "counters": counters})
+
+
+def expected_entries(state_dir: Path, op: str, src: str, pass_id: str) -> int | None:
+    """The entries a pass ``pass_id`` of ``op`` on ``src`` will have scanned at the end of its
+    walk, as an earlier full walk counted them; None when unknown, or when its walk counts
+    something else (delete walks the target, mtime directories only)."""
+    total = tree_total(state_dir, src) if op in SIZED_OPS else None
+    return total.entries or None if total and total.pass_id != pass_id else None
 
 
 def tree_total(state_dir: Path, src: str) -> TreeTotal | None:

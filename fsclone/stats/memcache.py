@@ -56,7 +56,8 @@ def pass_doc(snap: Snapshot) -> Doc:
         "status": snap.status, "phase": snap.phase, "host": snap.host, "retry_of": snap.retry_of,
         "started": snap.started, "updated": snap.time, "counters": snap.counters,
         "outstanding": snap.outstanding, "depth": snap.depth, "rates": snap.rates.get("", {}),
-        "workers": sorted(snap.workers),
+        "workers": sorted(snap.workers), "runs": snap.runs, "ran": snap.ran,
+        "active": snap.active,
     }
 
 

@@ -39,23 +39,35 @@ class Snapshot:
     host: str = field(default_factory=socket.gethostname)
     retry_of: str = ""
     rates: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: the coordinators that ran the pass so far, the seconds those before the current one
+    #: took, and the seconds all of them had run by ``time``; None: unknown (an older record
+    #: or memcached document), so the time since ``started`` stands in
+    runs: int = 1
+    ran: float = 0.0
+    active: float | None = None
 
     @classmethod
     def of_pass(cls, spec: PassSpec, status: str, phase: int, time: float,
                 counters: dict[str, int], workers: dict[str, dict[str, int]], outstanding: int,
-                depth: int | None, host: str | None = None) -> Snapshot:
+                depth: int | None, host: str | None = None, runs: int = 1, ran: float = 0.0,
+                active: float | None = None) -> Snapshot:
         """The snapshot of pass ``spec`` at phase index ``phase``; the counters are copied (the
         sinks read them on other threads). ``host``: the coordinator's, when not this one."""
         return cls(pass_id=spec.id, op=spec.op, src=spec.src, dst=spec.dst, status=status,
                    phase=phase_name(spec.op, phase), started=spec.started, time=time,
                    counters=dict(counters), workers={w: dict(c) for w, c in workers.items()},
                    outstanding=outstanding, depth=depth, host=host or socket.gethostname(),
-                   retry_of=spec.retry_of)
+                   retry_of=spec.retry_of, runs=runs, ran=ran, active=active)
+
+    @property
+    def seconds(self) -> float:
+        """How long the pass had run by ``time``, over all its runs."""
+        return self.active if self.active is not None else max(self.time - self.started, 0.0)
 
     def with_rates(self, previous: Snapshot | None) -> Snapshot:
-        """This snapshot with per-second rates since ``previous`` (since the start when None)."""
-        since = previous.time if previous else self.started
-        secs = max(self.time - since, 1e-3)
+        """This snapshot with per-second rates since ``previous`` (the pass's averages, over
+        the time its runs took, when None)."""
+        secs = max(self.time - previous.time if previous else self.seconds, 1e-3)
         before = previous.workers if previous else {}
 
         def rates(now: dict[str, int], then: dict[str, int]) -> dict[str, float]:

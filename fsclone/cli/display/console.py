@@ -6,10 +6,16 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 from fsclone.cli.display.itemerrors import error_brief, error_json
+from fsclone.cli.display.logfile import LogFile
+from fsclone.cli.display.progress import Mark, Progress, Window, per_second, rates
+from fsclone.cli.display.render import human_bytes
 from fsclone.lifecycle import Summary
+from fsclone.spec import PassSpec
+from fsclone.state.trees import expected_entries
 from fsclone.stats import counters as C
 
 #: summary lines, in order: counter, label
@@ -28,40 +34,60 @@ _SUMMARY = [
 ]
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
+#: seconds the live line's rate is over (it is redrawn twice a second)
+LIVE_WINDOW = 5.0
 
 
 class Console:
-    """Progress on stderr when it is a terminal; actions and the summary on stdout."""
+    """Progress on stderr: a live line when it is a terminal, else a line every ``every``
+    seconds (0: none); actions and the summary on stdout. With a ``log``, the progress lines
+    go there too (the rest reaches it through the teed streams, see logfile)."""
 
-    def __init__(self, quiet: bool, as_json: bool, stream: TextIO | None = None) -> None:
+    def __init__(self, quiet: bool, as_json: bool, stream: TextIO | None = None,
+                 every: float = 0.0, log: LogFile | None = None,
+                 state_dir: Path | None = None) -> None:
         self.quiet = quiet
         self.as_json = as_json
         self.err = stream or sys.stderr
         self.live = not quiet and not as_json and self.err.isatty()
-        self.started = time.monotonic()
+        self.every = every
+        self.log = log
+        self.state_dir = state_dir
         self._line = False
+        self._run: Progress | None = None
+        self._window: Window | None = None
+        self._last = Mark(0.0, {})  # the last periodic line's
+        self._next = 0.0
+
+    def start(self, spec: PassSpec, counters: dict[str, int]) -> None:
+        """A run of pass ``spec`` starts with ``counters`` (a resumed pass's are not 0)."""
+        expected = (expected_entries(self.state_dir, spec.op, spec.src, spec.id)
+                    if self.state_dir else None)
+        self._begin(Mark(time.monotonic(), dict(counters)), expected)
+
+    def _begin(self, mark: Mark, expected: int | None) -> None:
+        self._run = Progress(mark, expected)
+        self._window = Window(LIVE_WINDOW, mark)
+        self._last = mark
+        self._next = mark.at + self.every
 
     def progress(self, counters: dict[str, int], outstanding: int) -> None:
-        if not self.live:
-            return
-        secs = max(time.monotonic() - self.started, 1e-6)
-        verifying = C.VERIFIED in counters
-        files = counters.get(C.VERIFIED if verifying else C.COPIED, 0)
-        data = counters.get(C.HASHED if verifying else C.BYTES, 0)
-        line = (f"{counters.get(C.SCANNED, 0):,} scanned, {files:,} files "
-                f"{human_bytes(data)} {'verified' if verifying else 'copied'} "
-                f"({files / secs:,.0f} files/s, {human_bytes(data / secs)}/s), "
-                + (f"{counters.get(C.MISMATCHES, 0)} mismatches, " if verifying else "")
-                + f"{counters.get(C.ERRORS, 0)} errors, {outstanding} chunks to go")
-        self.err.write("\r\x1b[K" + line)
-        self.err.flush()
-        self._line = True
+        """Called every half second while a phase runs."""
+        now = Mark(time.monotonic(), dict(counters))
+        if self._run is None:  # no start was said: rates from here, no size known
+            self._begin(now, None)
+        assert self._run is not None and self._window is not None
+        if self.live:
+            self.err.write("\r\x1b[K" + self._run.line(now, self._window.add(now), outstanding))
+            self.err.flush()
+            self._line = True
+        if self.every and now.at >= self._next:
+            line = f"progress: {self._run.line(now, self._last, outstanding)}"
+            self._last, self._next = now, now.at + self.every
+            if not self.live and not self.quiet:
+                self.note(line, always=True)  # the log has it through the teed stderr
+            elif self.log is not None:
+                self.log.line(f"fsclone: {line}")
 
     def _clear(self) -> None:
         if self._line:
@@ -73,8 +99,9 @@ class Console:
             self._clear()
             print(line, flush=True)
 
-    def note(self, line: str) -> None:
-        if not self.quiet and not self.as_json:
+    def note(self, line: str, always: bool = False) -> None:
+        """A line on stderr, unless -q, or --json without ``always``."""
+        if not self.quiet and (always or not self.as_json):
             self._clear()
             print(f"fsclone: {line}", file=self.err, flush=True)
 
@@ -89,10 +116,18 @@ class Console:
         """``notes``: lines saying how the pass was partial by design (a sampled verify)."""
         self._clear()
         notes = notes or []
+        run, before = run_marks(summary)
+        verifying = C.VERIFIED in summary.counters
         if self.as_json:
             print(json.dumps({
                 "pass": pass_id, "op": op, "status": summary.status, "dry_run": dry_run,
-                "elapsed": round(summary.elapsed, 3), "counters": summary.counters,
+                "elapsed": round(summary.active, 3), "runs": summary.runs,
+                "counters": summary.counters,
+                "run": {"elapsed": round(summary.elapsed, 3),
+                        "counters": {k: v - before.counters.get(k, 0)
+                                     for k, v in summary.counters.items()
+                                     if v != before.counters.get(k, 0)},
+                        "rates": per_second(run, before, verifying)},
                 "errors": [error_json(e) for e in summary.errors],
                 "error_count": summary.error_count, **({"notes": notes} if notes else {})}))
             return
@@ -109,7 +144,13 @@ class Console:
             return
         head = f"pass {pass_id}: {op}{' (dry run)' if dry_run else ''} {summary.status} " \
                f"in {summary.elapsed:.1f}s"
-        lines = [head] + [f"  {note}" for note in notes] + [
+        speed = rates(run, before, verifying)
+        if summary.runs > 1:  # resumed: this run beside the whole pass, whose totals follow
+            lines = [f"{head} this run ({speed}); {summary.active:.1f}s over its "
+                     f"{summary.runs} runs, whose totals follow"]
+        else:
+            lines = [f"{head} ({speed})"]
+        lines += [f"  {note}" for note in notes] + [
             f"  {label:32} {human_bytes(c[key]) if key in (C.BYTES, C.HASHED) else f'{c[key]:,}'}"
             for key, label in _SUMMARY if c.get(key)]
         if summary.errors:
@@ -117,3 +158,8 @@ class Console:
             lines += [f"    {error_brief(e)}" for e in summary.errors[:10]]
         print("\n".join(lines), file=sys.stdout if not self.quiet else self.err, flush=True)
 
+
+
+def run_marks(summary: Summary) -> tuple[Mark, Mark]:
+    """This run's end and start, as marks: its rates are over this run alone."""
+    return Mark(summary.elapsed, summary.counters), Mark(0.0, summary.earlier)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from fsclone.cli.display.console import human_bytes
 from fsclone.cli.display.views import PassView, WorkerView
 from fsclone.stats import counters as C
 from fsclone.text import printable
@@ -15,6 +14,14 @@ from fsclone.text import printable
 _COLUMNS = (("scanned", C.SCANNED, 13), ("files", C.COPIED, 11), ("bytes", C.BYTES, 11),
             ("files/s", "rate:" + C.COPIED, 9), ("bytes/s", "rate:" + C.BYTES, 11),
             ("errors", C.ERRORS, 7), ("chunks", C.CHUNKS, 9))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
 
 
 def duration(secs: float) -> str:
@@ -60,7 +67,13 @@ def _eta(view: PassView) -> str:
         return f"ETA {duration(view.eta)}"
     if view.running and view.expected is None:
         return "ETA unknown (no count of this tree yet: `fsclone scan SRC`)"
-    return f"took {duration(view.elapsed)}" if not view.running else ""
+    return f"took {duration(view.elapsed)}{_runs(view)}" if not view.running else ""
+
+
+def _runs(view: PassView) -> str:
+    """" over 2 runs (the last 0.3s)", for a pass that was resumed."""
+    last = view.last_run
+    return "" if last is None else f" over {view.snap.runs} runs (the last {duration(last)})"
 
 
 def pass_lines(view: PassView) -> list[str]:
@@ -98,8 +111,9 @@ def _clock(when: float) -> str:
 def detail_lines(view: PassView) -> list[str]:
     """The pass, its totals, then each host (its workers summed) and each of its workers."""
     s = view.snap
-    when = f"running for {duration(view.elapsed)}, updated {duration(time.time() - s.time)} " \
-           "ago" if view.running else f"ended {_clock(s.time)} after {duration(view.elapsed)}"
+    when = f"running for {duration(view.elapsed)}{_runs(view)}, updated " \
+           f"{duration(time.time() - s.time)} ago" if view.running else \
+           f"ended {_clock(s.time)} after {duration(view.elapsed)}{_runs(view)}"
     depth = f", {s.depth:,} queued" if s.depth is not None else ""
     lines = [
         *pass_lines(view),

@@ -19,7 +19,7 @@ from fsclone.options import parse_address
 from fsclone.process import alive
 from fsclone.state.directory import pass_ids
 from fsclone.state.queries import PassRecord, list_passes, read_workers, try_read_record
-from fsclone.state.trees import tree_total
+from fsclone.state.trees import expected_entries
 from fsclone.stats import counters as C
 from fsclone.stats.graphite import split_worker
 from fsclone.stats.memcache import DEFAULT_PORT, LiveReader
@@ -55,7 +55,16 @@ class PassView:
 
     @property
     def elapsed(self) -> float:
-        return max((time.time() if self.running else self.snap.time) - self.snap.started, 0.0)
+        """Seconds the pass has run, over all its runs (to now, when it runs)."""
+        since = time.time() - self.snap.time if self.running else 0.0
+        return self.snap.seconds + max(since, 0.0)
+
+    @property
+    def last_run(self) -> float | None:
+        """Seconds of its last (or current) run, when it ran more than once and this is known."""
+        if self.snap.runs < 2 or self.snap.active is None:
+            return None
+        return self.elapsed - self.snap.ran
 
     @property
     def errors(self) -> int:
@@ -90,7 +99,9 @@ class PassView:
         out: dict[str, Any] = {
             "pass": s.pass_id, "op": s.op, "src": s.src, "dst": s.dst, "status": s.status,
             "phase": s.phase, "host": s.host, "retry_of": s.retry_of, "started": s.started,
-            "updated": s.time, "elapsed": round(self.elapsed, 3), "counters": s.counters,
+            "updated": s.time, "elapsed": round(self.elapsed, 3), "runs": s.runs,
+            "last_run": None if self.last_run is None else round(self.last_run, 3),
+            "counters": s.counters,
             "outstanding": s.outstanding, "depth": s.depth, "errors": self.errors,
             "rates": self.rates, "expected_entries": self.expected, "fraction": self.fraction,
             "eta": None if self.eta is None else round(self.eta, 1), "source": self.source,
@@ -112,10 +123,14 @@ def from_record(rec: PassRecord, state_dir: Path, with_workers: bool) -> PassVie
     status = rec.status
     if status == RUNNING and rec.host == socket.gethostname() and not alive(rec.pid):
         status = "dead"  # its coordinator is gone without a word: run the pass again to resume
+    now = time.time()
+    active = rec.active
+    if status == RUNNING and rec.ran is not None and rec.run_started is not None:
+        active = rec.ran + now - rec.run_started  # its record has it to the last commit only
     snap = Snapshot.of_pass(
-        spec, status, rec.phase, rec.ended or time.time(), rec.counters,
+        spec, status, rec.phase, rec.ended or now, rec.counters,
         read_workers(state_dir / spec.id) if with_workers else {}, rec.outstanding, None,
-        host=rec.host)
+        host=rec.host, runs=rec.runs or 1, ran=rec.ran or 0.0, active=active)
     return _averaged(PassView(snap, "record"))
 
 
@@ -128,7 +143,8 @@ def from_doc(doc: dict[str, Any], workers: dict[str, dict[str, Any]]) -> PassVie
         status=doc["status"], phase=doc["phase"], started=doc["started"], time=doc["updated"],
         counters=doc["counters"], workers={name: d["counters"] for name, d in workers.items()},
         outstanding=doc["outstanding"], depth=doc["depth"], host=doc["host"],
-        retry_of=doc.get("retry_of", ""), rates=rates)
+        retry_of=doc.get("retry_of", ""), rates=rates, runs=doc.get("runs", 1),
+        ran=doc.get("ran", 0.0), active=doc.get("active"))
     view = PassView(snap, "memcached")
     return view if view.running else _averaged(view)
 
@@ -192,8 +208,8 @@ class Views:
         else:
             assert rec is not None
             view = from_record(rec, self.state_dir, with_workers)
-        total = tree_total(self.state_dir, view.snap.src)
-        view.expected = total.entries if total and total.pass_id != view.snap.pass_id else None
+        s = view.snap
+        view.expected = expected_entries(self.state_dir, s.op, s.src, s.pass_id)
         return view
 
     def _workers(self, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
