@@ -42,3 +42,6 @@ class Summary:
     errors: list[ItemError] = field(default_factory=list)
     error_count: int = 0
     elapsed: float = 0.0
+    #: the first source directories the pass left on purpose (``--one-file-system``); the
+    #: record's ``skipped`` table holds them all
+    skipped: list[str] = field(default_factory=list)

@@ -89,7 +89,8 @@ class Coordinator:
                 self.transport.stop()
         errors = store.errors(limit=20)
         return Summary(store.status, dict(store.counters), errors,
-                       store.counters.get(C.ERRORS, 0), time.monotonic() - started)
+                       store.counters.get(C.ERRORS, 0), time.monotonic() - started,
+                       store.skipped(limit=20))
 
     def _phase(self, index: int, phase: str) -> None:
         """Run one phase to its end: seed it, or resubmit what a dead run left outstanding. A
@@ -224,6 +225,7 @@ class Coordinator:
         store.add_counters(result.counters, result.worker or COORDINATOR)
         store.add_errors(result.errors)
         store.add_deletions(result.deletions)
+        store.add_skipped(result.skipped)
         for line in result.actions:
             self.hooks.action(line)
         if result.manifest:

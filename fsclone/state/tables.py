@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS errors (seq INTEGER PRIMARY KEY, path BLOB, op TEXT, 
     message TEXT, step TEXT NOT NULL DEFAULT '', side TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS deletions (seq INTEGER PRIMARY KEY, path BLOB, names TEXT,
     entries INTEGER);
+CREATE TABLE IF NOT EXISTS skipped (seq INTEGER PRIMARY KEY, path BLOB);
 CREATE TABLE IF NOT EXISTS workers (name TEXT PRIMARY KEY, counters TEXT);
 """
 
@@ -59,6 +60,16 @@ def error_rows(db: sqlite3.Connection, limit: int | None) -> list[ItemError]:
     sql = f"SELECT path, op, errno, message, {where} FROM errors ORDER BY seq"
     rows = db.execute(sql + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
     return [ItemError(os.fsdecode(p), o, e, m, step, side) for p, o, e, m, step, side in rows]
+
+
+def skipped_rows(db: sqlite3.Connection, limit: int | None) -> list[str]:
+    """The source directories the pass left on purpose (``--one-file-system``), in order; a
+    record from before the table has none."""
+    sql = "SELECT path FROM skipped ORDER BY seq" + (f" LIMIT {int(limit)}" if limit else "")
+    try:
+        return [os.fsdecode(p) for (p,) in db.execute(sql)]
+    except sqlite3.OperationalError:
+        return []
 
 
 def worker_rows(db: sqlite3.Connection) -> dict[str, dict[str, int]]:

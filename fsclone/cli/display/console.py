@@ -11,6 +11,7 @@ from typing import TextIO
 from fsclone.cli.display.itemerrors import error_brief, error_json
 from fsclone.lifecycle import Summary
 from fsclone.stats import counters as C
+from fsclone.text import printable
 
 #: summary lines, in order: counter, label
 _SUMMARY = [
@@ -94,7 +95,9 @@ class Console:
                 "pass": pass_id, "op": op, "status": summary.status, "dry_run": dry_run,
                 "elapsed": round(summary.elapsed, 3), "counters": summary.counters,
                 "errors": [error_json(e) for e in summary.errors],
-                "error_count": summary.error_count, **({"notes": notes} if notes else {})}))
+                "error_count": summary.error_count, **({"notes": notes} if notes else {}),
+                **({"skipped": [printable(p) for p in summary.skipped]}
+                   if summary.skipped else {})}))
             return
         c = summary.counters
         if c.get(C.CHANGED):  # the pass did not get everything over: said even under -q
