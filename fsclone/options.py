@@ -163,6 +163,17 @@ def _ns_as_seconds(ns: int) -> str:
     return f"{ns / 1e9:g}"
 
 
+def _list_digest(kept: str) -> str:
+    """A ``--files-from`` list compares by its content: the pass keeps ``SHA256:PATH``
+    (fsclone.engine.listed.identity), the Config the path alone."""
+    digest, colon, _ = kept.partition(":")
+    return digest if colon else kept
+
+
+def _list_path(kept: str) -> str:
+    return kept.partition(":")[2] or kept
+
+
 def _auto_is_unset(kind: str) -> str | None:
     """``--transport auto`` (its default) leaves the choice to TRANSPORT, or to the rules."""
     return None if kind == "auto" else kind
@@ -225,6 +236,13 @@ class PassOptions:
     one_file_system: bool = option(
         False, flag="--one-file-system", short="-x", commands=PASSES, shapes=True,
         help="Do not walk into directories of SRC on other filesystems (mounts).")
+    #: the list's path (the Config), or ``SHA256:PATH`` (the spec): what the copy takes
+    files_from: str = option(
+        "", flag="--files-from", flag_type=click.Path(dir_okay=False), metavar="FILE",
+        from_flag=os.path.abspath, commands=("copy",), shapes=True, compare=_list_digest,
+        spell=_list_path,
+        help="Copy exactly the paths FILE lists (relative to SRC; one a line, or NUL-separated): "
+             "directories made, not walked; DIR/ takes its entries too.")
     verbose: bool = option(False, flag="--verbose", short="-v", commands=PASSES,
                            help="Print every change made.")
     #: the pass whose failed items this pass re-runs, else ""

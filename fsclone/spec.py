@@ -74,5 +74,5 @@ def as_flags(spec: PassSpec) -> list[str]:
         elif isinstance(value, tuple):
             flags += [part for item in value for part in (o.flag, o.spell(item))]
         else:
-            flags += [o.flag, o.spell(value)]
+            flags += [o.flag, o.spell(getattr(spec, o.name))]
     return flags

@@ -88,9 +88,11 @@ class Context:
                 os.close(fd)
 
     @contextmanager
-    def open_dirs(self, relpath: str) -> Iterator[tuple[int, int | None]]:
+    def open_dirs(self, relpath: str, out: Outcome | None = None,
+                  ) -> Iterator[tuple[int, int | None]]:
         """Source and target directory fds for ``relpath``; the target is None only in a dry run
-        when it does not exist yet."""
+        when it does not exist yet. With ``out`` (a chunk of ``--files-from``), the target
+        directories missing on the way are made (not in a dry run), and counted there."""
         try:
             sfd = dirs.open_path(self.src_root, relpath)
         except OSError as exc:
@@ -100,7 +102,11 @@ class Context:
         try:
             if self.dst_root is not None:
                 try:
-                    dfd = dirs.open_path(self.dst_root, relpath)
+                    if out is not None and not self.spec.dry_run:
+                        dfd, made = dirs.make_path(self.dst_root, relpath)
+                        out.count(C.CREATED, made)
+                    else:
+                        dfd = dirs.open_path(self.dst_root, relpath)
                 except OSError as exc:
                     if not (self.spec.dry_run and isinstance(exc, FileNotFoundError)):
                         steps.mark(exc, steps.OPEN, steps.TARGET)
