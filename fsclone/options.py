@@ -121,6 +121,42 @@ def _globs(v: Any) -> tuple[str, ...]:
     return tuple(v.split(",")) if isinstance(v, str) else tuple(str(x) for x in v)
 
 
+#: the suffixes of a rate: bytes count in powers of 1024 (as rsync's --bwlimit), files in
+#: powers of 1000
+_BINARY = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def _rate(units: Mapping[str, int]) -> Callable[[Any], float]:
+    """A parser of a rate above zero, with an optional suffix (``100M``, ``10k``, ``2.5g``)."""
+    def parse(v: Any) -> float:
+        text = str(v).strip().lower()
+        unit = text[-1:] if text[-1:].isalpha() else ""
+        if unit not in units:
+            raise ValueError(f"{v!r}: the suffixes are k, M, G, T")
+        rate = float(text[:len(text) - len(unit)]) * units[unit]
+        if not math.isfinite(rate) or rate <= 0:
+            raise ValueError(f"{v!r} is not a rate above 0")
+        return rate
+    return parse
+
+
+class Rate(click.ParamType):
+    """A flag's rate (see :func:`_rate`)."""
+
+    name = "rate"
+
+    def __init__(self, units: Mapping[str, int]) -> None:
+        self.parse = _rate(units)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            return self.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 class Seconds(click.ParamType):
     """A finite, non-negative number of seconds: click's FloatRange lets nan and inf through
     (every comparison with nan is false)."""
@@ -243,6 +279,18 @@ class PassOptions:
         spell=_list_path,
         help="Copy exactly the paths FILE lists (relative to SRC; one a line, or NUL-separated): "
              "directories made, not walked; DIR/ takes its entries too.")
+    #: the most the pass's workers read or write together, per second (None: no limit); a
+    #: run's own, not the pass's: a resume runs at the limits it is given
+    bwlimit: float | None = option(
+        None, setting="BWLIMIT", parse=_rate(_BINARY), flag="--bwlimit",
+        flag_type=Rate(_BINARY), metavar="BYTES", commands=RUNS,
+        help="Move at most BYTES a second, all workers together (k, M, G: powers of 1024). "
+             "BWLIMIT.")
+    max_rate: float | None = option(
+        None, setting="MAX_RATE", parse=_rate(_DECIMAL), flag="--max-rate",
+        flag_type=Rate(_DECIMAL), metavar="FILES", commands=RUNS,
+        help="Take at most FILES entries a second, all workers together (k, M: powers of "
+             "1000). MAX_RATE.")
     verbose: bool = option(False, flag="--verbose", short="-v", commands=PASSES,
                            help="Print every change made.")
     #: the pass whose failed items this pass re-runs, else ""

@@ -25,6 +25,9 @@ class PassSpec(PassOptions):
     #: a directory among them that is no mount point now plans no deletion (ops.mountguard).
     #: Not an option: what the pass found at its start, kept for a resume
     source_mounts: tuple[str, ...] = ()
+    #: how many chunks the coordinator runs at once while ``bwlimit`` or ``max_rate`` is set:
+    #: each takes that share of the limits (fsclone.ops.pace). A run's, like the limits
+    rate_slots: int = 1
 
     @property
     def rehearsal(self) -> bool:

@@ -28,7 +28,7 @@ SAMPLES = {
     "includes": "keep.tmp", "max_delete": "10", "sentinel": ".mounted", "sample": "0.5",
     "seed": "7", "manifest": "/var/tmp/manifest.tsv", "retry_of": "20260101-000000-copy-abcdef",
     "workers": "3", "transport": "mpi", "broker": "amqp://alice@mq/hpc", "state_dir": "/var/st",
-    "files_from": "/var/tmp/paths.txt",
+    "files_from": "/var/tmp/paths.txt", "bwlimit": "100M", "max_rate": "10k",
 }
 #: the arguments and options of the pass commands that are no option of a pass: the roots,
 #: which pass to resume, and how the CLI prints

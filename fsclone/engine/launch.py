@@ -111,6 +111,9 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         if spec.op in WRITERS and not spec.dry_run:
             _sweep(state, spec, resume, hooks)
         store = PassStore(state / spec.id) if resume else PassStore.create(state, spec)
+        # the limits are this run's: a resume runs at those it is given
+        store.spec = replace(store.spec, bwlimit=cfg.bwlimit, max_rate=cfg.max_rate,
+                             rate_slots=cfg.workers)
         lock.describe(f"pass {spec.id}")
         if resume:
             hooks.note(f"resuming pass {spec.id} (its options apply; --restart starts anew)")

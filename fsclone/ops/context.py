@@ -13,6 +13,7 @@ from fsclone.filters import Filters
 from fsclone.fs import dirs, meta, profile, steps
 from fsclone.fs.target import TargetDir, open_staging
 from fsclone.fs.unnamed import UnnamedFiles
+from fsclone.ops.pace import Pace
 from fsclone.schema import LINKS_PREFIX
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
@@ -48,6 +49,8 @@ class Context:
         #: when a target time counts as the source's (see fs.meta.TimeRule)
         self.times = self._time_rule()
         self._staging: TargetDir | None = None
+        #: this worker's share of the pass's rate limits, None without one
+        self.pace = Pace.of(spec)
 
     def _time_rule(self) -> meta.TimeRule:
         """When a target time counts as the source's, from what the target keeps: probed on

@@ -87,7 +87,10 @@ class CopyChunk:
         if tgt is not None and self.plan.existing is None and chunk.args.get("new"):
             self.plan.existing = set(tgt.names())
         self.out.count(C.SCANNED, len(entries))
+        pace = self.ctx.pace
         for name, st in entries:
+            if pace is not None:
+                pace.wait(self.out.result.counters)
             try:
                 try:
                     self.entry(name, st)
