@@ -62,10 +62,10 @@ class Coordinator:
         #: signs the chunks that remove or publish entries as they are issued (the transport
         #: knows how its workers learn the key)
         self.signer = Signer(transport.key)
-        #: under a rate limit, at most ``rate_slots`` chunks run at once (each takes that share
-        #: of the limits: fsclone.ops.pace); the others wait here, outstanding in the record
-        spec = store.spec
-        self._slots = spec.rate_slots if spec.bwlimit or spec.max_rate else 0
+        #: under a rate limit, at most this many chunks run at once (each takes that share of
+        #: the limits: fsclone.ops.pace; 0: no limit, set by :meth:`run`); the others wait
+        #: here, outstanding in the record
+        self._slots = 0
         self._held: deque[Chunk] = deque()
         self._running = 0
 
@@ -75,6 +75,7 @@ class Coordinator:
         interrupted (resumable, its staging kept for the resume)."""
         store, spec = self.store, self.store.spec
         started = time.monotonic()
+        self._slots = spec.rate_slots if spec.bwlimit or spec.max_rate else 0
         self.transport.start(spec)
         try:
             for index, phase in enumerate(PHASES[spec.op]):
