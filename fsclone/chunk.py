@@ -149,9 +149,10 @@ class Result:
 
     ``children`` are new chunks to run; ``groups`` are barriers some children belong to;
     ``deletions`` are planned removals (directory, names, entries counted below them);
-    ``actions`` are dry-run or verbose lines; ``manifest`` are the verify pass's rows, written
-    by the coordinator as results arrive; ``failed`` is set when the chunk as a whole failed
-    and should be retried.
+    ``actions`` are dry-run or verbose lines; ``skipped`` the source directories the chunk left
+    on purpose (another filesystem, ``--one-file-system``), kept in the pass record;
+    ``manifest`` are the verify pass's rows, written by the coordinator as results arrive;
+    ``failed`` is set when the chunk as a whole failed and should be retried.
     """
 
     chunk: Chunk
@@ -161,6 +162,7 @@ class Result:
     errors: list[ItemError] = field(default_factory=list)
     deletions: list[tuple[str, tuple[str, ...], int]] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     manifest: list[ManifestRow] = field(default_factory=list)
     failed: str | None = None
     worker: str = ""
@@ -174,6 +176,7 @@ class Result:
             "errors": [e.to_wire() for e in self.errors],
             "deletions": [[d, list(n), c] for d, n, c in self.deletions],
             "actions": self.actions,
+            "skipped": self.skipped,
             "manifest": [list(row) for row in self.manifest],
             "failed": self.failed,
             "worker": self.worker,
@@ -197,6 +200,7 @@ class Result:
                     for d, n, c in data["deletions"]
                 ],
                 actions=[str(a) for a in data["actions"]],
+                skipped=[validate_relpath(str(p)) for p in data.get("skipped", ())],
                 manifest=[_manifest_row(row) for row in data.get("manifest", ())],
                 failed=data.get("failed"),
                 worker=str(data.get("worker", "")),

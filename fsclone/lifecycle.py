@@ -47,3 +47,6 @@ class Summary:
     runs: int = 1
     active: float = 0.0
     earlier: dict[str, int] = field(default_factory=dict)
+    #: the first source directories the pass left on purpose (``--one-file-system``); the
+    #: record's ``skipped`` table holds them all
+    skipped: list[str] = field(default_factory=list)

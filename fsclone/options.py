@@ -156,6 +156,42 @@ def _address(v: Any) -> str:
     return str(v)
 
 
+#: the suffixes of a rate: bytes count in powers of 1024 (as rsync's --bwlimit), files in
+#: powers of 1000
+_BINARY = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def _rate(units: Mapping[str, int]) -> Callable[[Any], float]:
+    """A parser of a rate above zero, with an optional suffix (``100M``, ``10k``, ``2.5g``)."""
+    def parse(v: Any) -> float:
+        text = str(v).strip().lower()
+        unit = text[-1:] if text[-1:].isalpha() else ""
+        if unit not in units:
+            raise ValueError(f"{v!r}: the suffixes are k, M, G, T")
+        rate = float(text[:len(text) - len(unit)]) * units[unit]
+        if not math.isfinite(rate) or rate <= 0:
+            raise ValueError(f"{v!r} is not a rate above 0")
+        return rate
+    return parse
+
+
+class Rate(click.ParamType):
+    """A flag's rate (see :func:`_rate`)."""
+
+    name = "rate"
+
+    def __init__(self, units: Mapping[str, int]) -> None:
+        self.parse = _rate(units)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            return self.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 class Seconds(click.ParamType):
     """A finite, non-negative number of seconds: click's FloatRange lets nan and inf through
     (every comparison with nan is false)."""
@@ -203,6 +239,17 @@ def _to_ns(secs: float) -> int:
 
 def _ns_as_seconds(ns: int) -> str:
     return f"{ns / 1e9:g}"
+
+
+def _list_digest(kept: str) -> str:
+    """A ``--files-from`` list compares by its content: the pass keeps ``SHA256:PATH``
+    (fsclone.engine.listed.identity), the Config the path alone."""
+    digest, colon, _ = kept.partition(":")
+    return digest if colon else kept
+
+
+def _list_path(kept: str) -> str:
+    return kept.partition(":")[2] or kept
 
 
 def _auto_is_unset(kind: str) -> str | None:
@@ -270,6 +317,25 @@ class PassOptions:
     one_file_system: bool = option(
         False, flag="--one-file-system", short="-x", commands=PASSES, shapes=True,
         help="Do not walk into directories of SRC on other filesystems (mounts).")
+    #: the list's path (the Config), or ``SHA256:PATH`` (the spec): what the copy takes
+    files_from: str = option(
+        "", flag="--files-from", flag_type=click.Path(dir_okay=False), metavar="FILE",
+        from_flag=os.path.abspath, commands=("copy",), shapes=True, compare=_list_digest,
+        spell=_list_path,
+        help="Copy exactly the paths FILE lists (relative to SRC; one a line, or NUL-separated): "
+             "directories made, not walked; DIR/ takes its entries too.")
+    #: the most the pass's workers read or write together, per second (None: no limit); a
+    #: run's own, not the pass's: a resume runs at the limits it is given
+    bwlimit: float | None = option(
+        None, setting="BWLIMIT", parse=_rate(_BINARY), flag="--bwlimit",
+        flag_type=Rate(_BINARY), metavar="BYTES", commands=RUNS,
+        help="Move at most BYTES a second, all workers together (k, M, G: powers of 1024). "
+             "BWLIMIT.")
+    max_rate: float | None = option(
+        None, setting="MAX_RATE", parse=_rate(_DECIMAL), flag="--max-rate",
+        flag_type=Rate(_DECIMAL), metavar="FILES", commands=RUNS,
+        help="Take at most FILES entries a second, all workers together (k, M: powers of "
+             "1000). MAX_RATE.")
     verbose: bool = option(False, flag="--verbose", short="-v", commands=PASSES,
                            help="Print every change made.")
     #: the pass whose failed items this pass re-runs, else ""

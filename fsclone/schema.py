@@ -137,9 +137,12 @@ class OpSchema:
 
 
 _NEW = {"new": _flag}  # the directory was made by this pass
+#: a chunk of ``--files-from`` (fsclone.engine.listed): its directory made if missing, and
+#: nothing walked
+_LISTED = {"listed": _flag}
 
 SCHEMAS: dict[str, OpSchema] = {
-    "copy": OpSchema({}, _NEW, ANY),
+    "copy": OpSchema({}, {**_NEW, **_LISTED}, ANY),
     "sync": OpSchema({}, _NEW, ANY),
     "dirmeta": OpSchema({}, _NEW, NONE),
     "range": OpSchema({**_FILE, **_RANGE}, {}, ONE),

@@ -25,6 +25,9 @@ class PassSpec(PassOptions):
     #: a directory among them that is no mount point now plans no deletion (ops.mountguard).
     #: Not an option: what the pass found at its start, kept for a resume
     source_mounts: tuple[str, ...] = ()
+    #: how many chunks the coordinator runs at once while ``bwlimit`` or ``max_rate`` is set:
+    #: each takes that share of the limits (fsclone.ops.pace). A run's, like the limits
+    rate_slots: int = 1
 
     @property
     def rehearsal(self) -> bool:
@@ -83,5 +86,5 @@ def as_flags(spec: PassSpec) -> list[str]:
         elif isinstance(value, tuple):
             flags += [part for item in value for part in (o.flag, o.spell(item))]
         else:
-            flags += [o.flag, o.spell(value)]
+            flags += [o.flag, o.spell(getattr(spec, o.name))]
     return flags

@@ -3,9 +3,11 @@ SRC's filesystem. Real tmpfs mounts, as root (tests.mounts)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from fsclone.fs import mounts
 from fsclone.spec import PassSpec, as_flags, differences
 from tests.clirun import fsclone, fsclone_json
 from tests.fstree import assert_same_tree, entries_below, snapshot, subtree
-from tests.mounts import tmpfs
+from tests.mounts import loop_fs, tmpfs
 
 SENTINEL = "SENTINEL"
 
@@ -238,3 +240,36 @@ def test_one_file_system_skips_nested_mounts_on_every_pass(tmp_path: Path) -> No
             assert (rc, out["counters"].get("skipped_mounts")) == (0, 1), out
             assert snapshot(dst / "sub") == before
         assert run("verify", src, dst, state)[0] == 1
+
+
+def test_one_file_system_lists_every_skipped_mount_and_keeps_their_target_entries(
+        tmp_path: Path) -> None:
+    """Mounts deep in SRC, one inside another, a ``.snapshot`` directory (a loop-mounted
+    ext4, as a filer's snapshot mount looks from a client): each skipped one is counted and
+    listed in the summary and in the pass record; a type swap at a skipped mount point (a
+    file in the target, the mount point a directory) is left alone by a sync, like an excluded
+    entry."""
+    src, dst, state = roots(tmp_path)
+    (src / "a/deep").mkdir(parents=True)
+    (src / SENTINEL).write_text("s")
+    (src / "a/deep/file").write_text("f")
+    dst.mkdir()
+    (dst / "swap").write_text("the target's own, under a skipped mount point")
+    with contextlib.ExitStack() as mounted:
+        for point in ("a/deep/mnt", "outer", "outer/inner", "swap"):
+            mounted.enter_context(tmpfs(src / point, "1m"))
+            (src / point / "data").write_text(point)
+        mounted.enter_context(loop_fs(src / ".snapshot", "ext4", 16))
+        (src / ".snapshot/hourly.0").mkdir()
+        rc, out = run("sync", src, dst, state, "-x")
+        assert rc == 0, out
+        skipped = [".snapshot", "a/deep/mnt", "outer", "swap"]
+        assert out["counters"]["skipped_mounts"] == 4
+        assert sorted(out["skipped"]) == skipped
+        with contextlib.closing(sqlite3.connect(state / out["pass"] / "pass.db")) as db:
+            assert sorted(os.fsdecode(p) for (p,) in db.execute("SELECT path FROM skipped")) \
+                == skipped
+        assert (dst / "swap").read_text() == "the target's own, under a skipped mount point"
+        assert (dst / "a/deep/file").read_text() == "f"
+        assert sorted(os.listdir(dst)) == [".snapshot.img", SENTINEL, "a", "swap"]
+        assert os.listdir(dst / "a/deep") == ["file"]

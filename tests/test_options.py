@@ -32,6 +32,7 @@ SAMPLES = {
     "workers": "3", "transport": "mpi", "broker": "amqp://alice@mq/hpc", "state_dir": "/var/st",
     "memcached": "mc1:11211", "graphite": "[fd00::2]:2003",
     "progress": "5", "log_file": "/var/log/fsclone.log",
+    "files_from": "/var/tmp/paths.txt", "bwlimit": "100M", "max_rate": "10k",
 }
 #: the arguments and options of the pass commands that are no option of a pass: the roots,
 #: which pass to resume, and how the CLI prints

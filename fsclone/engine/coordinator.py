@@ -11,6 +11,7 @@ chunk back until all their members are done: a split directory's ``dirmeta``, a 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,6 +66,12 @@ class Coordinator:
         #: signs the chunks that remove or publish entries as they are issued (the transport
         #: knows how its workers learn the key)
         self.signer = Signer(transport.key)
+        #: under a rate limit, at most this many chunks run at once (each takes that share of
+        #: the limits: fsclone.ops.pace; 0: no limit, set by :meth:`run`); the others wait
+        #: here, outstanding in the record
+        self._slots = 0
+        self._held: deque[Chunk] = deque()
+        self._running = 0
 
     def run(self) -> Summary:
         """Run the phases left. Every way out leaves the record telling the truth: done,
@@ -74,6 +81,7 @@ class Coordinator:
         store.begin_run()
         earlier = dict(store.counters)
         self.hooks.start(spec, earlier)
+        self._slots = spec.rate_slots if spec.bwlimit or spec.max_rate else 0
         self.transport.start(spec)
         try:
             for index, phase in enumerate(PHASES[spec.op]):
@@ -96,7 +104,8 @@ class Coordinator:
         errors = store.errors(limit=20)
         return Summary(store.status, dict(store.counters), errors,
                        store.counters.get(C.ERRORS, 0), store.active - store.ran,
-                       runs=store.runs, active=store.active, earlier=earlier)
+                       runs=store.runs, active=store.active, earlier=earlier,
+                       skipped=store.skipped(limit=20))
 
     def _phase(self, index: int, phase: str) -> None:
         """Run one phase to its end: seed it, or resubmit what a dead run left outstanding. A
@@ -168,6 +177,7 @@ class Coordinator:
             submit: list[Chunk] = []
             for result in results:
                 submit.extend(self._apply(result))
+            self._ended(len(lost))
             if lost:
                 store.add_errors(lost)
                 store.add_counters({C.ERRORS: len(lost)}, COORDINATOR)
@@ -177,7 +187,7 @@ class Coordinator:
                 store.commit()
                 self.transport.settle()
                 dirty, last_commit = False, now
-            if submit:
+            if submit or self._held:
                 self._submit(submit)
             if now >= next_report:
                 hooks.progress(store.counters, store.outstanding)
@@ -187,9 +197,22 @@ class Coordinator:
         hooks.progress(store.counters, store.outstanding)
 
     def _submit(self, chunks: list[Chunk]) -> None:
-        """Hand chunks to the workers, those only a plan may issue signed for this pass."""
-        pass_id = self.store.spec.id
-        self.transport.submit([self.signer.sign(pass_id, c) for c in chunks])
+        """Hand chunks to the workers, those only a plan may issue signed for this pass; under
+        a rate limit, only as many as there are free slots (the rest as slots free up)."""
+        if self._slots:
+            self._held.extend(chunks)
+            free = min(self._slots - self._running, len(self._held))
+            chunks = [self._held.popleft() for _ in range(max(free, 0))]
+            self._running += len(chunks)
+        if chunks:
+            pass_id = self.store.spec.id
+            self.transport.submit([self.signer.sign(pass_id, c) for c in chunks])
+
+    def _ended(self, chunks: int) -> None:
+        """Chunks that ran are done (or lost): under a rate limit, their slots are free for
+        the chunks held back."""
+        if self._slots:
+            self._running = max(self._running - chunks, 0)
 
     def _issued(self, result: Result) -> None:
         """Drop (and list) what the result hands on that its op may not: a chunk that removes
@@ -222,6 +245,7 @@ class Coordinator:
             store.add_redone(chunk.path)
         if not store.finish_chunk(chunk.id):
             return []  # a duplicate delivery: its first result was applied already
+        self._ended(1)
         if result.failed:
             if chunk.attempt + 1 < MAX_ATTEMPTS:
                 retry = chunk.retry()
@@ -237,6 +261,7 @@ class Coordinator:
         store.add_counters(result.counters, result.worker or COORDINATOR)
         store.add_errors(result.errors)
         store.add_deletions(result.deletions)
+        store.add_skipped(result.skipped)
         for line in result.actions:
             self.hooks.action(line)
         if result.manifest:

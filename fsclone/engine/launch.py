@@ -12,7 +12,8 @@ from pathlib import Path
 from fsclone.config import Config
 from fsclone.engine.coordinator import Coordinator, Hooks
 from fsclone.engine.layout import source_layout
-from fsclone.engine.retry import retry_seed
+from fsclone.engine.listed import identity, listed_seed
+from fsclone.engine.retry import Seed, retry_seed
 from fsclone.engine.roots import check_delete_guards, check_roots
 from fsclone.engine.sweep import WRITERS, remove_staging, supersede
 from fsclone.errors import Interrupted, Terminated, UsageError
@@ -74,7 +75,8 @@ def _to_run(cfg: Config, req: PassRequest, state: Path, src: str,
     never changes the request: asked with other options, it is refused."""
     if req.resume_id:
         return resumable(state, req.resume_id), True
-    asked = replace(build_spec(cfg, req.op, src, dst), source_mounts=source_layout(state, src))
+    asked = replace(build_spec(cfg, req.op, src, dst), source_mounts=source_layout(state, src),
+                    files_from=identity(cfg.files_from) if cfg.files_from else "")
     # a pass with a manifest starts anew: an interrupted run's rows are not in the new file
     if cfg.restart or cfg.dry_run or cfg.retry_of or cfg.manifest:
         return asked, False
@@ -106,6 +108,7 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
     try:
         lock.acquire(f"a {req.op} pass starting")
         spec, resume = _to_run(cfg, req, state, src, dst)
+        seed = _seed(cfg, spec, state, req.src)
         if spec.op in ("delete", "sync") and not spec.dry_run:
             check_delete_guards(src, dst, spec.sentinel, spec.source_mounts)
         if writes and not os.path.isdir(dst):
@@ -118,10 +121,12 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         if spec.op in WRITERS and not spec.dry_run:
             _sweep(state, spec, resume, hooks)
         store = PassStore(state / spec.id) if resume else PassStore.create(state, spec)
+        # the limits are this run's: a resume runs at those it is given
+        store.spec = replace(store.spec, bwlimit=cfg.bwlimit, max_rate=cfg.max_rate,
+                             rate_slots=cfg.workers)
         lock.describe(f"pass {spec.id}")
         if resume:
             hooks.note(f"resuming pass {spec.id} (its options apply; --restart starts anew)")
-        seed = retry_seed(state, cfg.retry_of, req.op, cfg.dir_slice) if cfg.retry_of else None
         coordinator = Coordinator(store, transport, hooks, seed=seed)
         try:
             summary = coordinator.run()
@@ -137,6 +142,18 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         lock.release()
 
 
+def _seed(cfg: Config, spec: PassSpec, state: Path, given_src: str) -> Seed | None:
+    """What the walk starts from when not the root: the items a pass listed as failed, or a
+    ``--files-from`` list (read, and refused if it leaves SRC, before anything is written)."""
+    if spec.retry_of and spec.files_from:
+        raise UsageError("--retry-errors and --files-from do not go together")
+    if spec.retry_of:
+        return retry_seed(state, spec.retry_of, spec.op, spec.dir_slice)
+    if spec.files_from:
+        return listed_seed(spec.files_from, spec.src, given_src, spec.dir_slice)
+    return None
+
+
 def _beating(progress: Callable[[dict[str, int], int], None],
              lease: TargetLease) -> Callable[[dict[str, int], int], None]:
     """The coordinator's progress hook (called every half second) also keeps the lease."""
@@ -148,8 +165,9 @@ def _beating(progress: Callable[[dict[str, int], int], None],
 
 def _sweep(state: Path, spec: PassSpec, resume: bool, hooks: Hooks) -> None:
     """Clear what dead passes left in the target before this one writes there."""
-    # a --retry-errors pass covers a few items: it takes the place of no other pass
-    superseded = [] if resume or spec.retry_of else supersede(state, spec)
+    # a --retry-errors or --files-from pass covers a few items: it takes the place of no
+    # other pass
+    superseded = [] if resume or spec.retry_of or spec.files_from else supersede(state, spec)
     for old in superseded:
         hooks.note(f"pass {old} is superseded by this one: its temp files are removed and it "
                    "will not be resumed")

@@ -82,8 +82,13 @@ class ChunkRunner:
         """Run a chunk the worker loop admitted (:func:`handle`: a refused one never gets here).
         Per-item errors are inside the Result; anything else fails the chunk as a whole, so the
         coordinator retries it and, in the end, reports it: never acknowledged silently."""
+        pace = self.ctx.pace
+        if pace is not None:
+            pace.start()
         try:
             result = OPS[chunk.op](self.ctx, chunk)
+            if pace is not None:  # within its share of the rate limits before it answers
+                pace.wait(result.counters)
         except Exception as exc:
             tb = traceback.extract_tb(exc.__traceback__)[-1]
             where = f"{os.path.basename(tb.filename)}:{tb.lineno}"

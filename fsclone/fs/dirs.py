@@ -122,6 +122,31 @@ def open_path(root_fd: int, relpath: str) -> int:
     return fd
 
 
+def make_path(root_fd: int, relpath: str) -> tuple[int, int]:
+    """:func:`open_path`, making the directories missing on the way (0700: their own metadata
+    is applied later, when their contents are in). Another worker making the same directory at
+    the same moment is no error. Returns the fd and how many directories were made."""
+    if not relpath:
+        return os.dup(root_fd), 0
+    fd, made = root_fd, 0
+    for part in relpath.split("/"):
+        try:
+            try:
+                nfd = open_dir(part, fd)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                    made += 1
+                except FileExistsError:
+                    pass
+                nfd = open_dir(part, fd)
+        finally:
+            if fd != root_fd:
+                os.close(fd)
+        fd = nfd
+    return fd, made
+
+
 @contextmanager
 def opened(fd: int) -> Iterator[int]:
     try:

@@ -14,6 +14,7 @@ from fsclone.fs import dirs, inodeflags, meta, profile, steps
 from fsclone.fs.source import SourceDir
 from fsclone.fs.target import TargetDir, open_staging
 from fsclone.fs.unnamed import UnnamedFiles
+from fsclone.ops.pace import Pace
 from fsclone.schema import LINKS_PREFIX
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
@@ -51,6 +52,8 @@ class Context:
         #: when a target time counts as the source's (see fs.meta.TimeRule)
         self.times = self._time_rule()
         self._staging: TargetDir | None = None
+        #: this worker's share of the pass's rate limits, None without one
+        self.pace = Pace.of(spec)
 
     def _time_rule(self) -> meta.TimeRule:
         """When a target time counts as the source's, from what the target keeps: probed on
@@ -95,9 +98,11 @@ class Context:
                 os.close(fd)
 
     @contextmanager
-    def open_dirs(self, relpath: str) -> Iterator[tuple[int, int | None]]:
+    def open_dirs(self, relpath: str, out: Outcome | None = None,
+                  ) -> Iterator[tuple[int, int | None]]:
         """Source and target directory fds for ``relpath``; the target is None only in a dry run
-        when it does not exist yet."""
+        when it does not exist yet. With ``out`` (a chunk of ``--files-from``), the target
+        directories missing on the way are made (not in a dry run), and counted there."""
         try:
             sfd = dirs.open_path(self.src_root, relpath)
         except OSError as exc:
@@ -107,7 +112,11 @@ class Context:
         try:
             if self.dst_root is not None:
                 try:
-                    dfd = dirs.open_path(self.dst_root, relpath)
+                    if out is not None and not self.spec.dry_run:
+                        dfd, made = dirs.make_path(self.dst_root, relpath)
+                        out.count(C.CREATED, made)
+                    else:
+                        dfd = dirs.open_path(self.dst_root, relpath)
                 except OSError as exc:
                     if not (self.spec.dry_run and isinstance(exc, FileNotFoundError)):
                         steps.mark(exc, steps.OPEN, steps.TARGET)

@@ -11,6 +11,7 @@ chunk, or by a deferred ``dirmeta`` chunk when slices or large files are still r
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -41,7 +42,7 @@ def run_sync(ctx: Context, chunk: Chunk) -> Result:
 def _run(ctx: Context, chunk: Chunk, sync: bool) -> Result:
     out = Outcome(ctx, chunk)
     try:
-        with ctx.open_dirs(chunk.path) as (sfd, dfd):
+        with ctx.open_dirs(chunk.path, out if chunk.args.get("listed") else None) as (sfd, dfd):
             CopyChunk(ctx, out, sfd, dfd).run(sync)
     except OSError as exc:
         out.fail(chunk.path or ".", exc)
@@ -80,12 +81,17 @@ class CopyChunk:
             entries = self._split(entries)
         else:
             entries = [(n, st) for n in chunk.names if (st := self.src.lookup(n))]
+            if chunk.args.get("listed"):
+                entries = self._listed(chunk.names, entries)
         if self.applier is not None:  # before the first change
             self.applier.tgt.inherits = self.applier.tgt.has_default_acl()
         if tgt is not None and self.plan.existing is None and chunk.args.get("new"):
             self.plan.existing = set(tgt.names())
         self.out.count(C.SCANNED, len(entries))
+        pace = self.ctx.pace
         for name, st in entries:
+            if pace is not None:
+                pace.wait(self.out.result.counters)
             try:
                 try:
                     self.entry(name, st)
@@ -100,6 +106,21 @@ class CopyChunk:
         if tgt is not None:  # else nothing was found current
             self._settle(tgt)
         self._finish()
+
+    def _listed(self, names: tuple[str, ...], found: list[tuple[str, os.stat_result]],
+                ) -> list[tuple[str, os.stat_result]]:
+        """The entries of a ``--files-from`` chunk that are there to copy: a listed one missing
+        from the source is an item error, and so is one that became a directory since the list
+        was read (it is not walked)."""
+        there = {name for name, _ in found}
+        for name in names:
+            if name not in there:
+                self.out.fail(self.out.path(name), FileNotFoundError(
+                    errno.ENOENT, "listed in --files-from, not in the source"))
+        for name, _ in [(n, st) for n, st in found if stat.S_ISDIR(st.st_mode)]:
+            self.out.fail(self.out.path(name), IsADirectoryError(
+                errno.EISDIR, "a directory now, not when --files-from was read: not walked"))
+        return [(n, st) for n, st in found if not stat.S_ISDIR(st.st_mode)]
 
     def _unlock(self, refused: PermissionError) -> None:
         """A change refused in the target directory (a non-root pass's own read-only one, an

@@ -30,15 +30,16 @@ def plan_deletes(ctx: Context, out: Outcome, sfd: int, dfd: int,
                  source: Mapping[str, bool]) -> dict[str, bool]:
     """Plan removal of the target entries that the complete source listing ``source`` (name: is
     a directory) lacks or has with the other kind; a planned directory's entries are counted by
-    ``count`` chunks. Excluded names and staging directories at the root (this pass's; another
-    pass's is swept at its start) are never planned; fsclone's own temp files are planned
-    uncounted. Returns the target listing (name: is a directory), from d_type: no stat per
-    target entry. Raises NotTheSource, before anything is planned, when the source directory
-    is not what the target was copied from (fsclone.ops.mountguard; the caller checked it was
-    mounted)."""
+    ``count`` chunks. Excluded names, the mount points ``--one-file-system`` skips and staging
+    directories at the root (this pass's; another pass's is swept at its start) are never
+    planned; fsclone's own temp files are planned uncounted. Returns the target listing
+    (name: is a directory), from d_type: no stat per target entry. Raises NotTheSource, before
+    anything is planned, when the source directory is not what the target was copied from
+    (fsclone.ops.mountguard; the caller checked it was mounted)."""
     chunk = out.chunk
     target = dirs.list_kinds(dfd)
-    gone = [name for name, is_dir in target.items() if _goes(ctx, out, name, is_dir, source)]
+    gone = [name for name, is_dir in target.items() if _goes(ctx, out, name, is_dir, source)
+            and not mountguard.protected(ctx, sfd, name, source)]
     temps = {name for name in gone if ours(name, target[name])}
     if len(temps) < len(gone):
         mountguard.check_emptied(ctx, out, sfd, dfd, source)

@@ -94,9 +94,10 @@ def other_filesystem(ctx: Context, out: Outcome, name: str, st: os.stat_result) 
     another device than the source root. A skip is counted and always listed."""
     if not ctx.spec.one_file_system or st.st_dev == ctx.src_dev:
         return False
+    path = out.path(name)
     out.count(C.SKIP_MOUNTS)
-    out.result.actions.append(
-        f"skip {printable(out.path(name))} (another filesystem: --one-file-system)")
+    out.result.skipped.append(path)
+    out.result.actions.append(f"skip {printable(path)} (another filesystem: --one-file-system)")
     return True
 
 
@@ -107,3 +108,13 @@ def skipped(ctx: Context, out: Outcome, name: str, sfd: int) -> bool:
         return False
     st = dirs.lstat_at(name, sfd)
     return st is not None and other_filesystem(ctx, out, name, st)
+
+
+def protected(ctx: Context, sfd: int, name: str, source: Mapping[str, bool]) -> bool:
+    """Whether ``--one-file-system`` keeps the target entry ``name`` off the deletion plan: its
+    source counterpart (``source``: name: is a directory) is a directory on another
+    filesystem, left alone like an excluded entry, so a type swap there is not carried out."""
+    if not (ctx.spec.one_file_system and source.get(name)):
+        return False
+    st = dirs.lstat_at(name, sfd)
+    return st is not None and st.st_dev != ctx.src_dev

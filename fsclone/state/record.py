@@ -23,7 +23,14 @@ from fsclone.errors import UsageError
 from fsclone.lifecycle import RUNNING
 from fsclone.spec import PassSpec
 from fsclone.state.directory import PRIVATE_DIR, create_private
-from fsclone.state.tables import SCHEMA, add_missing_columns, error_rows, redone_rows, worker_rows
+from fsclone.state.tables import (
+    SCHEMA,
+    add_missing_columns,
+    error_rows,
+    redone_rows,
+    skipped_rows,
+    worker_rows,
+)
 from fsclone.stats import counters as C
 
 
@@ -151,6 +158,14 @@ class PassStore:
         if rows:
             self.db.executemany("INSERT INTO errors (path, op, errno, message, step, side) "
                                 "VALUES (?,?,?,?,?,?)", rows)
+
+    def add_skipped(self, paths: Iterable[str]) -> None:
+        rows = [(os.fsencode(p),) for p in paths]
+        if rows:
+            self.db.executemany("INSERT INTO skipped (path) VALUES (?)", rows)
+
+    def skipped(self, limit: int | None = None) -> list[str]:
+        return skipped_rows(self.db, limit)
 
     def add_deletions(self, deletions: Iterable[tuple[str, tuple[str, ...], int]]) -> None:
         rows = [(os.fsencode(d), json.dumps(list(n), ensure_ascii=True), c)

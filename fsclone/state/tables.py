@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS errors (seq INTEGER PRIMARY KEY, path BLOB, op TEXT, 
     message TEXT, step TEXT NOT NULL DEFAULT '', side TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS deletions (seq INTEGER PRIMARY KEY, path BLOB, names TEXT,
     entries INTEGER);
+CREATE TABLE IF NOT EXISTS skipped (seq INTEGER PRIMARY KEY, path BLOB);
 CREATE TABLE IF NOT EXISTS workers (name TEXT PRIMARY KEY, counters TEXT);
 CREATE TABLE IF NOT EXISTS redone (path BLOB PRIMARY KEY);
 """
@@ -72,6 +73,16 @@ def redone_rows(db: sqlite3.Connection) -> list[str]:
     except sqlite3.OperationalError:  # a record written before redone chunks were remembered
         return []
     return [os.fsdecode(path) for (path,) in rows]
+
+
+def skipped_rows(db: sqlite3.Connection, limit: int | None) -> list[str]:
+    """The source directories the pass left on purpose (``--one-file-system``), in order; a
+    record from before the table has none."""
+    sql = "SELECT path FROM skipped ORDER BY seq" + (f" LIMIT {int(limit)}" if limit else "")
+    try:
+        return [os.fsdecode(p) for (p,) in db.execute(sql)]
+    except sqlite3.OperationalError:
+        return []
 
 
 def worker_rows(db: sqlite3.Connection) -> dict[str, dict[str, int]]:

@@ -17,6 +17,7 @@ from fsclone.lifecycle import Summary
 from fsclone.spec import PassSpec
 from fsclone.state.trees import expected_entries
 from fsclone.stats import counters as C
+from fsclone.text import printable
 
 #: summary lines, in order: counter, label
 _SUMMARY = [
@@ -129,7 +130,9 @@ class Console:
                                      if v != before.counters.get(k, 0)},
                         "rates": per_second(run, before, verifying)},
                 "errors": [error_json(e) for e in summary.errors],
-                "error_count": summary.error_count, **({"notes": notes} if notes else {})}))
+                "error_count": summary.error_count, **({"notes": notes} if notes else {}),
+                **({"skipped": [printable(p) for p in summary.skipped]}
+                   if summary.skipped else {})}))
             return
         c = summary.counters
         if c.get(C.CHANGED):  # the pass did not get everything over: said even under -q
