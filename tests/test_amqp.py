@@ -407,7 +407,7 @@ def _refused(proc: subprocess.CompletedProcess[bytes], *words: str) -> None:
         assert word in err, err
 
 
-@pytest.mark.parametrize("case", ["wrong password", "unreachable"])
+@pytest.mark.parametrize("case", ["wrong password", "unknown vhost", "unreachable"])
 def test_bad_credentials_or_no_broker_exit_2_and_write_nothing(
         broker: Broker, tmp_path: Path, case: str) -> None:
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
@@ -418,6 +418,9 @@ def test_bad_credentials_or_no_broker_exit_2_and_write_nothing(
         password_file = tmp_path / "wrong.conf"
         password_file.write_text("not-the-password\n")
         password_file.chmod(0o600)
+    elif case == "unknown vhost":
+        url = broker.url.rsplit("/", 1)[0] + "/nosuch"
+        words = ("has no vhost 'nosuch'", "definitions.json")
     else:
         url, words = f"amqp://fsclone@127.0.0.1:{free_port()}/fsclone", ("cannot reach",)
     run = fsclone("pass", "copy", "--broker", url, src, dst, state=state,
@@ -428,6 +431,8 @@ def test_bad_credentials_or_no_broker_exit_2_and_write_nothing(
     worker = fsclone("worker", "--broker", url, state=state, password_file=password_file,
                      signing_key_file=broker.key_file, timeout=60)
     _refused(worker, *words)
+    if case == "unknown vhost":  # the password was right: no hint to check it
+        assert "password" not in run.stderr.decode() + worker.stderr.decode()
 
 
 def test_credentials_stay_off_command_lines_and_open_files(broker: Broker,
