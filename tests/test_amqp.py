@@ -485,7 +485,8 @@ def run_init_script(server: RabbitMQServer, user: str, credentials: Path) -> str
 def assert_pass_runs_as(server: RabbitMQServer, user: str, credentials: Path,
                         tmp_path: Path) -> None:
     """A worker and a coordinator logged in as ``user`` (vhost of the same name) copy a tree."""
-    site = Broker(server, credentials, private_file(tmp_path / "signing.key", secrets.token_hex(32)))
+    key = private_file(tmp_path / "signing.key", secrets.token_hex(32))
+    site = Broker(server, credentials, key)
     url = f"amqp://{user}@{server.host}:{server.port}/{user}"
     src, dst = tmp_path / "src", tmp_path / "dst"
     entries = bulk_tree(src, dirs=5, files=5)
