@@ -74,3 +74,31 @@ def test_one_site_user_across_readme_config_env_and_definitions() -> None:
     assert [v["name"] for v in definitions["vhosts"]] == [user]
     assert {(p["user"], p["vhost"]) for p in definitions["permissions"]} == {(user, user)}
     assert {e["vhost"] for e in definitions["exchanges"]} == {user}
+
+
+def readme_blocks() -> list[list[str]]:
+    """The README's indented command blocks, in order (as .ci/fresh-debian reads them)."""
+    blocks: list[list[str]] = []
+    inside = False
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith("    "):
+            if not inside:
+                blocks.append([])
+            blocks[-1].append(line[4:])
+        inside = line.startswith("    ")
+    return blocks
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    """.ci/run installs the test tools the README's second command names and runs its test
+    part verbatim; the first command installs into the venv the second one enters."""
+    install, tests = readme_blocks()[:2]
+    assert install[-1].startswith("python3 -m venv .venv && . .venv/bin/activate && ")
+    [command] = tests
+    enter, pip, pytest_part = command.split(" && ")
+    assert enter == ". .venv/bin/activate"
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert f"{pytest_part} || status=$?" in ci
+    assert pip.startswith("python3 -m pip install ")
+    [extras] = re.findall(r"'\.\[[a-z,]+\]'", pip)
+    assert any(line.startswith("python3 -m pip install ") and extras in line for line in ci)
