@@ -692,9 +692,7 @@ def test_a_forged_result_is_dropped_and_listed(broker: Broker, workers: Workers,
     entries = bulk_tree(src, dirs=3, files=2)
     coordinator, queues = _waiting_pass(broker, src, dst, state)
     ch = broker.channel()
-    # basic_get answers (None, None, None), a true tuple, while the queue is empty
-    method, _, body = wait_for(lambda: (got := ch.basic_get(queues.chunks))[0] and got, 30,
-                               "the root chunk")
+    method, _, body = wait_for(lambda: ch.basic_get(queues.chunks), 30, "the root chunk")
     root = decode_chunks(body)[0]
     ch.basic_nack(method.delivery_tag, requeue=True)
     ch.basic_publish("", queues.results, encode_results([Result(chunk=root, worker="x.0")]),
