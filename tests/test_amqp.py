@@ -407,7 +407,7 @@ def _refused(proc: subprocess.CompletedProcess[bytes], *words: str) -> None:
         assert word in err, err
 
 
-@pytest.mark.parametrize("case", ["wrong password", "unreachable"])
+@pytest.mark.parametrize("case", ["wrong password", "unknown vhost", "unreachable"])
 def test_bad_credentials_or_no_broker_exit_2_and_write_nothing(
         broker: Broker, tmp_path: Path, case: str) -> None:
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
@@ -418,6 +418,9 @@ def test_bad_credentials_or_no_broker_exit_2_and_write_nothing(
         password_file = tmp_path / "wrong.conf"
         password_file.write_text("not-the-password\n")
         password_file.chmod(0o600)
+    elif case == "unknown vhost":
+        url = broker.url.rsplit("/", 1)[0] + "/nosuch"
+        words = ("has no vhost 'nosuch'", "definitions.json")
     else:
         url, words = f"amqp://fsclone@127.0.0.1:{free_port()}/fsclone", ("cannot reach",)
     run = fsclone("pass", "copy", "--broker", url, src, dst, state=state,
@@ -428,6 +431,8 @@ def test_bad_credentials_or_no_broker_exit_2_and_write_nothing(
     worker = fsclone("worker", "--broker", url, state=state, password_file=password_file,
                      signing_key_file=broker.key_file, timeout=60)
     _refused(worker, *words)
+    if case == "unknown vhost":  # the password was right: no hint to check it
+        assert "password" not in run.stderr.decode() + worker.stderr.decode()
 
 
 def test_credentials_stay_off_command_lines_and_open_files(broker: Broker,
@@ -465,34 +470,64 @@ def test_second_coordinator_for_a_target_is_refused_through_the_broker(
 # -- deployment -----------------------------------------------------------------------------
 
 
-def test_init_script_makes_a_user_that_can_run_a_pass(rabbitmq_server: RabbitMQServer,
-                                                      tmp_path: Path) -> None:
-    """deploy/rabbitmq/init.sh: a vhost, a user limited to fsclone's names, a 0600 file."""
-    script = Path(__file__).parent.parent / "deploy" / "rabbitmq" / "init.sh"
-    credentials = tmp_path / "rabbitmq_alice.conf"
-    env = rabbitmq_server.environ() | {
-        "RABBITMQCTL": f"{RABBITMQ_BIN / 'rabbitmqctl'} -n {rabbitmq_server.nodename}"}
-    for _ in range(2):  # and again: nothing changes
-        subprocess.run(["bash", str(script), "alice", str(credentials)], env=env, check=True,
-                       capture_output=True, timeout=300)
-        assert credentials.stat().st_mode & 0o777 == 0o600
-    password = credentials.read_text().strip()
-    assert len(password) >= 24
-    alice = Broker(rabbitmq_server, credentials,
-                   private_file(tmp_path / "signing.key", secrets.token_hex(32)))
-    url = f"amqp://alice@{rabbitmq_server.host}:{rabbitmq_server.port}/alice"
+DEPLOY_RABBITMQ = Path(__file__).parent.parent / "deploy" / "rabbitmq"
+
+
+def run_init_script(server: RabbitMQServer, user: str, credentials: Path) -> str:
+    """deploy/rabbitmq/init.sh against the test node; its last line (the broker URL)."""
+    env = server.environ() | {"RABBITMQCTL": f"{RABBITMQ_BIN / 'rabbitmqctl'} -n {server.nodename}"}
+    run = subprocess.run(["bash", str(DEPLOY_RABBITMQ / "init.sh"), user, str(credentials)],
+                         env=env, check=True, capture_output=True, text=True, timeout=300)
+    assert credentials.stat().st_mode & 0o777 == 0o600
+    return run.stdout.splitlines()[-1]
+
+
+def assert_pass_runs_as(server: RabbitMQServer, user: str, credentials: Path,
+                        tmp_path: Path) -> None:
+    """A worker and a coordinator logged in as ``user`` (vhost of the same name) copy a tree."""
+    key = private_file(tmp_path / "signing.key", secrets.token_hex(32))
+    site = Broker(server, credentials, key)
+    url = f"amqp://{user}@{server.host}:{server.port}/{user}"
     src, dst = tmp_path / "src", tmp_path / "dst"
     entries = bulk_tree(src, dirs=5, files=5)
-    pool = Workers(alice, tmp_path)
+    pool = Workers(site, tmp_path)
     pool.start(1, url=url)
     try:
         run = fsclone("pass", "copy", "--json", "--broker", url, src, dst,
-                      state=tmp_path / "state", **alice.settings)
+                      state=tmp_path / "state", **site.settings)
         assert run.returncode == 0, run.stderr.decode()
         assert_complete(summary(run), entries)
     finally:
         pool.stop()
     assert_rsync_clean(src, dst)
+
+
+def test_init_script_makes_a_user_that_can_run_a_pass(rabbitmq_server: RabbitMQServer,
+                                                      tmp_path: Path) -> None:
+    """deploy/rabbitmq/init.sh: a vhost, a user limited to fsclone's names, a 0600 file, and
+    the URL to give the nodes, port included."""
+    credentials = tmp_path / "rabbitmq_alice.conf"
+    for _ in range(2):  # and again: nothing changes
+        url = run_init_script(rabbitmq_server, "alice", credentials)
+    assert url.endswith(f":{rabbitmq_server.port}/alice") and "amqp://alice@" in url, url
+    assert len(credentials.read_text().strip()) >= 24
+    assert_pass_runs_as(rabbitmq_server, "alice", credentials, tmp_path)
+
+
+def test_definitions_load_and_serve_a_pass(rabbitmq_server: RabbitMQServer,
+                                           tmp_path: Path) -> None:
+    """deploy/rabbitmq/definitions.json, loaded as deploy/README.md says (import_definitions,
+    then init.sh for the password), holds what a pass needs: init.sh changes no permission."""
+    definitions = json.loads((DEPLOY_RABBITMQ / "definitions.json").read_text())
+    user = definitions["users"][0]["name"]
+    rabbitmq_server.ctl("import_definitions", str(DEPLOY_RABBITMQ / "definitions.json"))
+    exchanges = rabbitmq_server.ctl("-q", "list_exchanges", "-p", user, "name", "type",
+                                    "durable")
+    assert "fsclone.control\tfanout\ttrue" in exchanges.splitlines(), exchanges
+    loaded = rabbitmq_server.ctl("-q", "list_permissions", "-p", user)
+    run_init_script(rabbitmq_server, user, tmp_path / f"rabbitmq_{user}.conf")
+    assert rabbitmq_server.ctl("-q", "list_permissions", "-p", user) == loaded
+    assert_pass_runs_as(rabbitmq_server, user, tmp_path / f"rabbitmq_{user}.conf", tmp_path)
 
 
 # -- hostile messages -----------------------------------------------------------------------

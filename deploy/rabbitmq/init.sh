@@ -4,6 +4,7 @@
 #   deploy/rabbitmq/init.sh USERNAME [CREDENTIALS_FILE]
 #
 # Run where rabbitmqctl can reach the broker node (as root or rabbitmq on the broker host).
+# After loading deploy/rabbitmq/definitions.json (same names), it sets the user's password.
 # The vhost is named after the user (the SDSC convention; FSCLONE_VHOST overrides it). The user
 # may only touch fsclone's own names in it. A new random password is written, mode 0600, to
 # CREDENTIALS_FILE (default ~/.fsclone/rabbitmq_USERNAME.conf, where fsclone looks for it); copy
@@ -46,6 +47,15 @@ fi
 
 # Queues fsclone.<pass>.{chunks,results,dead} and fsclone.target.<hash>, the fsclone.control
 # exchange, the workers' server-named control queues (amq.gen-*), the default exchange.
+# The same permissions as in definitions.json.
 names='^(fsclone\..*|amq\.gen-.*)$'
 "${ctl[@]}" -q set_permissions -p "$vhost" "$user" "$names" '^(fsclone\..*|amq\.gen-.*|amq\.default)$' "$names"
-echo "$0: $user may use fsclone's queues on vhost $vhost: amqp://$user@$(hostname -f)/$vhost"
+# The node's AMQP listener, for the URL to give the nodes (amqps:// when it only has TLS).
+listeners=$("${ctl[@]}" -q status --formatter json | grep -o '"port":[0-9]*,"protocol":"amqp[^"]*"' || true)
+scheme=amqp port=5672
+if grep -q '"amqp"' <<<"$listeners"; then
+    port=$(grep '"amqp"' <<<"$listeners" | head -1 | grep -o '[0-9][0-9]*')
+elif [[ -n $listeners ]]; then
+    scheme=amqps port=$(head -1 <<<"$listeners" | grep -o '[0-9][0-9]*')
+fi
+echo "$0: $user may use fsclone's queues on vhost $vhost: $scheme://$user@$(hostname -f):$port/$vhost"

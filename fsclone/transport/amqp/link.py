@@ -85,14 +85,27 @@ def connect(settings: BrokerSettings, name: str) -> pika.BlockingConnection:
     try:
         return pika.BlockingConnection(params)
     except _REFUSED as exc:
-        where = f"the password in {settings.password_file}" if settings.password_file else \
-            "the client certificate"
-        raise BrokerAuthError(f"the broker at {settings} refused user {settings.username!r} on "
-                              f"vhost {settings.vhost!r} ({describe(exc)}): check {where} and "
-                              "the user's permissions") from None
+        raise BrokerAuthError(_refusal(settings, exc)) from None
     except px.AMQPConnectionError as exc:
         raise BrokerUnreachable(f"cannot reach the broker at {settings}: {describe(exc)}") \
             from None
+
+
+def _refusal(settings: BrokerSettings, exc: BaseException) -> str:
+    """Why the broker refused us, with the fix that matches: RabbitMQ tells a missing vhost
+    (530 "vhost ... not found") from a denied one and from a bad login."""
+    who = f"the broker at {settings}"
+    reason = describe(exc)
+    if isinstance(exc, px.ProbableAccessDeniedError) and "not found" in reason:
+        return (f"{who} has no vhost {settings.vhost!r}: create it (deploy/rabbitmq/init.sh, "
+                "or load deploy/rabbitmq/definitions.json) or fix the vhost in the broker URL")
+    if isinstance(exc, px.ProbableAccessDeniedError):
+        return (f"{who} refused user {settings.username!r} on vhost {settings.vhost!r} "
+                f"({reason}): give the user permissions there (deploy/rabbitmq/init.sh)")
+    where = f"the password in {settings.password_file}" if settings.password_file else \
+        "the client certificate"
+    return (f"{who} refused user {settings.username!r} on vhost {settings.vhost!r} "
+            f"({reason}): check the user name and {where}")
 
 
 def check(settings: BrokerSettings) -> None:
