@@ -195,34 +195,36 @@ def test_a_resume_applies_the_results_left_in_flight(tmp_path: Path) -> None:
 def test_a_directory_with_a_large_file_redelivered_after_it_published(tmp_path: Path) -> None:
     """The redone run must not discard the temp its first run handed to range chunks, and the
     temp the redone run made itself (its result a duplicate) goes before cleanup."""
-    src, dst = tree(tmp_path / "src", big=True), tmp_path / "dst"
+    src = tree(tmp_path / "src", big=True)
     expected = clean(tmp_path, src)
+    summary = copy_redelivering(tmp_path, src, "")
+    assert summary.counters == expected
+
+
+def copy_redelivering(tmp_path: Path, src: Path, path: str) -> Summary:
+    """A copy whose chunk of directory ``path`` is delivered again after it published (its
+    worker killed before the ack); it must end clean: no leftovers, no errors, the same tree."""
+    dst = tmp_path / "dst"
     broker = MemoryBroker()
-    broker.kill("ack", at(""))
+    broker.kill("ack", at(path))
     summary = copy(src, dst, tmp_path / "state", MemoryTransport(broker))
-    assert [earlier for c, earlier in broker.deliveries if c.path == "" and c.op == "copy"] \
+    assert [earlier for c, earlier in broker.deliveries if c.path == path and c.op == "copy"] \
         == [0, 1]
     assert leftovers(dst) == []
-    assert summary.error_count == 0 and summary.counters == expected
+    assert summary.error_count == 0
     assert_same_tree(src, dst)
+    return summary
 
 
 def test_a_temp_swept_from_a_finished_directory_leaves_its_times_as_the_pass_set_them(
         tmp_path: Path) -> None:
     """The duplicate run of a subdirectory's chunk leaves a temp there after the directory's
     metadata was applied; the sweep before cleanup removes it and puts the times back."""
-    src, dst = tree(tmp_path / "src"), tmp_path / "dst"
+    src = tree(tmp_path / "src")
     (src / "a" / "big").write_bytes(os.urandom(3 * MIB))
     os.utime(src / "a", ns=(1_000_000_000, 2_000_000_000))
-    broker = MemoryBroker()
-    broker.kill("ack", at("a"))
-    summary = copy(src, dst, tmp_path / "state", MemoryTransport(broker))
-    assert [earlier for c, earlier in broker.deliveries if c.path == "a" and c.op == "copy"] \
-        == [0, 1]
-    assert leftovers(dst) == []
-    assert summary.error_count == 0
-    assert os.stat(dst / "a").st_mtime_ns == 2_000_000_000
-    assert_same_tree(src, dst)
+    copy_redelivering(tmp_path, src, "a")
+    assert os.stat(tmp_path / "dst" / "a").st_mtime_ns == 2_000_000_000
 
 
 def test_the_worker_threads_leave_the_cwd_of_the_process_alone(tmp_path: Path) -> None:
