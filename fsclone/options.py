@@ -16,7 +16,6 @@ starts with (fsclone.engine.launch.build_spec) and the resume check (fsclone.spe
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -24,9 +23,9 @@ from typing import Any
 
 import click
 
+from fsclone import optionvalues as values
 from fsclone.ages import parse_age
-from fsclone.errors import ConfigError
-from fsclone.rules import EXCLUDE, effective, rule
+from fsclone.rules import effective
 
 #: the pass commands (``fsclone pass OP``), and those with ``pass resume``: the commands that
 #: run a pass
@@ -80,183 +79,6 @@ def option(default: Any, **declaration: Any) -> Any:
     return field(default=default, metadata={"option": Option(**declaration)})
 
 
-# -- parsers of values: from config.py, the environment or a flag ------------------------------
-
-def _age(v: Any) -> int | None:
-    return parse_age(v if isinstance(v, int) else str(v))
-
-
-def _count(least: int) -> Callable[[Any], int]:
-    """A parser of whole numbers of at least ``least`` (bools are not numbers here)."""
-    def parse(v: Any) -> int:
-        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-            raise ValueError("not a whole number")
-        n = int(v)
-        if n < least:
-            raise ValueError(f"must be at least {least}")
-        return n
-    return parse
-
-
-def _seconds(v: Any) -> float:
-    """A finite number of seconds above zero."""
-    secs = float(v)
-    if not math.isfinite(secs) or secs <= 0:
-        raise ValueError("must be a finite number of seconds above 0")
-    return secs
-
-
-def _seconds_or_none(v: Any) -> float:
-    """A finite number of seconds, 0 or more (0: never)."""
-    secs = float(v)
-    if not math.isfinite(secs) or secs < 0:
-        raise ValueError("must be a finite number of seconds, 0 or more")
-    return secs
-
-
-def _root_pairs(v: Any) -> tuple[tuple[str, str], ...]:
-    """(SRC, DST) prefix pairs: a list of pairs, or ``"SRC:DST,SRC:DST"`` (the environment's
-    form). Each must be an absolute path."""
-    items = [item.split(":") for item in v.split(",") if item] if isinstance(v, str) else v
-    pairs = []
-    for item in items:
-        src, dst = (str(p) for p in item)
-        if not (os.path.isabs(src) and os.path.isabs(dst)):
-            raise ValueError(f"not a pair of absolute paths: {item!r}")
-        pairs.append((os.path.normpath(src), os.path.normpath(dst)))
-    return tuple(pairs)
-
-
-def _excludes(v: Any) -> tuple[str, ...]:
-    """The site's EXCLUDES: patterns to exclude, a list or ``"A,B"`` (the environment's form),
-    as rules."""
-    patterns = v.split(",") if isinstance(v, str) else [str(x) for x in v]
-    return tuple(r for r in (rule(p, EXCLUDE) for p in patterns) if r)
-
-
-def parse_address(value: str, default_port: int) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6addr]:port`` (a service's address: MEMCACHED, GRAPHITE)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or "]" in port or (host.count(":") and not host.startswith("[")):
-        host, port = value, str(default_port)
-    host = host.strip("[]")
-    try:
-        number = int(port)
-    except ValueError:
-        raise ConfigError(f"bad port in address {value!r}") from None
-    if not host or not 0 < number < 65536:
-        raise ConfigError(f"bad address {value!r}: expected host:port")
-    return host, number
-
-
-def _address(v: Any) -> str:
-    """A service's address, checked as the settings are read; kept as written (each sink
-    knows its default port)."""
-    parse_address(str(v), 1)
-    return str(v)
-
-
-#: the suffixes of a rate: bytes count in powers of 1024 (as rsync's --bwlimit), files in
-#: powers of 1000
-_BINARY = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-
-
-def _rate(units: Mapping[str, int]) -> Callable[[Any], float]:
-    """A parser of a rate above zero, with an optional suffix (``100M``, ``10k``, ``2.5g``)."""
-    def parse(v: Any) -> float:
-        text = str(v).strip().lower()
-        unit = text[-1:] if text[-1:].isalpha() else ""
-        if unit not in units:
-            raise ValueError(f"{v!r}: the suffixes are k, M, G, T")
-        rate = float(text[:len(text) - len(unit)]) * units[unit]
-        if not math.isfinite(rate) or rate <= 0:
-            raise ValueError(f"{v!r} is not a rate above 0")
-        return rate
-    return parse
-
-
-class Rate(click.ParamType):
-    """A flag's rate (see :func:`_rate`)."""
-
-    name = "rate"
-
-    def __init__(self, units: Mapping[str, int]) -> None:
-        self.parse = _rate(units)
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> float:
-        try:
-            return self.parse(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class Seconds(click.ParamType):
-    """A finite, non-negative number of seconds: click's FloatRange lets nan and inf through
-    (every comparison with nan is false)."""
-
-    name = "secs"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> float:
-        try:
-            secs = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        if not math.isfinite(secs) or secs < 0:
-            self.fail(f"{value!r} is not a finite, non-negative number of seconds", param, ctx)
-        return secs
-
-
-class Address(click.ParamType):
-    """``HOST[:PORT]`` or ``[V6ADDR]:PORT``: a bad one is a usage error, before anything runs."""
-
-    name = "address"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> str:
-        try:
-            return _address(value)
-        except ConfigError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-# -- how values of the request compare and spell -----------------------------------------------
-
-def _no_age(age: int | None) -> int | None:
-    """An age of 0 is no age."""
-    return age or None
-
-
-def _in_seconds(age: int) -> str:
-    return f"{age}s"
-
-
-def _to_ns(secs: float) -> int:
-    return int(secs * 1e9)
-
-
-def _ns_as_seconds(ns: int) -> str:
-    return f"{ns / 1e9:g}"
-
-
-def _list_digest(kept: str) -> str:
-    """A ``--files-from`` list compares by its content: the pass keeps ``SHA256:PATH``
-    (fsclone.engine.listed.identity), the Config the path alone."""
-    digest, colon, _ = kept.partition(":")
-    return digest if colon else kept
-
-
-def _list_path(kept: str) -> str:
-    return kept.partition(":")[2] or kept
-
-
-def _auto_is_unset(kind: str) -> str | None:
-    """``--transport auto`` (its default) leaves the choice to TRANSPORT, or to the rules."""
-    return None if kind == "auto" else kind
-
-
 # -- the options -------------------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,23 +90,24 @@ class PassOptions:
     checksum: bool = option(False, flag="--checksum", short="-c", commands=PASSES,
                             shapes=True, help="Compare content by xxhash, not size and mtime.")
     modify_window_ns: int = option(
-        0, flag="--modify-window", flag_type=Seconds(), metavar="SECS", from_flag=_to_ns,
-        commands=PASSES, shapes=True, spell=_ns_as_seconds,
+        0, flag="--modify-window", flag_type=values.Seconds(), metavar="SECS",
+        from_flag=values.to_ns, commands=PASSES, shapes=True, spell=values.ns_as_seconds,
         help="Times this close count as equal (coarse-time filesystems).")
     oldest: int | None = option(
-        None, setting="OLDEST_DATE", parse=_age, flag="--oldest", metavar="AGE",
-        from_flag=parse_age, commands=PASSES, shapes=True, compare=_no_age, spell=_in_seconds,
-        help="Skip files not read for AGE (atime), e.g. 90d. OLDEST_DATE.")
+        None, setting="OLDEST_DATE", parse=values.age, flag="--oldest", metavar="AGE",
+        from_flag=parse_age, commands=PASSES, shapes=True, compare=values.no_age,
+        spell=values.in_seconds, help="Skip files not read for AGE (atime), e.g. 90d. OLDEST_DATE.")
     newest: int | None = option(
-        None, setting="NEWEST_DATE", parse=_age, flag="--newest", metavar="AGE",
-        from_flag=parse_age, commands=PASSES, shapes=True, compare=_no_age, spell=_in_seconds,
+        None, setting="NEWEST_DATE", parse=values.age, flag="--newest", metavar="AGE",
+        from_flag=parse_age, commands=PASSES, shapes=True, compare=values.no_age,
+        spell=values.in_seconds,
         help="Skip files written in the last AGE (mtime), e.g. 1d. NEWEST_DATE.")
     #: rsync's filter rules, in order ('- PATTERN', '+ PATTERN', '!': fsclone.rules): the
     #: site's EXCLUDES first, then those of --filter, --exclude, --include, --exclude-from and
     #: --include-from in the order given (fsclone.cli.filterflags gathers them; a flag given
     #: several times adds to the setting's list, fsclone.config.load)
     filter_rules: tuple[str, ...] = option(
-        (), setting="EXCLUDES", parse=_excludes, flag="--filter", metavar="RULE",
+        (), setting="EXCLUDES", parse=values.excludes, flag="--filter", metavar="RULE",
         commands=PASSES, shapes=True, compare=effective,
         help="An rsync rule: '- PATTERN' excludes, '+ PATTERN' includes. Rules of --filter, "
              "--exclude, --include, --exclude-from, --include-from apply in the order given: "
@@ -292,7 +115,7 @@ class PassOptions:
     #: the delete guards: refuse to delete more than this many entries; refuse to delete at
     #: all unless the source root holds this name
     max_delete: int | None = option(
-        None, setting="MAX_DELETE", parse=_count(0), flag="--max-delete",
+        None, setting="MAX_DELETE", parse=values.count(0), flag="--max-delete",
         flag_type=click.IntRange(min=0), metavar="N", commands=PASSES, shapes=True,
         help="Refuse to delete anything if more than N entries would go.")
     sentinel: str | None = option(None, setting="SENTINEL", flag="--sentinel", metavar="NAME",
@@ -320,20 +143,20 @@ class PassOptions:
     #: the list's path (the Config), or ``SHA256:PATH`` (the spec): what the copy takes
     files_from: str = option(
         "", flag="--files-from", flag_type=click.Path(dir_okay=False), metavar="FILE",
-        from_flag=os.path.abspath, commands=("copy",), shapes=True, compare=_list_digest,
-        spell=_list_path,
+        from_flag=os.path.abspath, commands=("copy",), shapes=True, compare=values.list_digest,
+        spell=values.list_path,
         help="Copy exactly the paths FILE lists (relative to SRC; one a line, or NUL-separated): "
              "directories made, not walked; DIR/ takes its entries too.")
     #: the most the pass's workers read or write together, per second (None: no limit); a
     #: run's own, not the pass's: a resume runs at the limits it is given
     bwlimit: float | None = option(
-        None, setting="BWLIMIT", parse=_rate(_BINARY), flag="--bwlimit",
-        flag_type=Rate(_BINARY), metavar="BYTES", commands=RUNS,
+        None, setting="BWLIMIT", parse=values.rate(values.BINARY), flag="--bwlimit",
+        flag_type=values.Rate(values.BINARY), metavar="BYTES", commands=RUNS,
         help="Move at most BYTES a second, all workers together (k, M, G: powers of 1024). "
              "BWLIMIT.")
     max_rate: float | None = option(
-        None, setting="MAX_RATE", parse=_rate(_DECIMAL), flag="--max-rate",
-        flag_type=Rate(_DECIMAL), metavar="FILES", commands=RUNS,
+        None, setting="MAX_RATE", parse=values.rate(values.DECIMAL), flag="--max-rate",
+        flag_type=values.Rate(values.DECIMAL), metavar="FILES", commands=RUNS,
         help="Take at most FILES entries a second, all workers together (k, M: powers of "
              "1000). MAX_RATE.")
     verbose: bool = option(False, flag="--verbose", short="-v", commands=PASSES,
@@ -342,21 +165,21 @@ class PassOptions:
     retry_of: str = option("", flag="--retry-errors", metavar="ID", commands=("copy",),
                            help="Re-run only the items pass ID listed as failed, on its roots.")
     #: the sizes that shape chunks only: a resume keeps the stored ones
-    large_file_size: int = option(64 << 20, setting="LARGE_FILE_SIZE", parse=_count(1))
-    range_size: int = option(64 << 20, setting="RANGE_SIZE", parse=_count(1))
-    dir_slice: int = option(5000, setting="DIR_SLICE", parse=_count(1))
+    large_file_size: int = option(64 << 20, setting="LARGE_FILE_SIZE", parse=values.count(1))
+    range_size: int = option(64 << 20, setting="RANGE_SIZE", parse=values.count(1))
+    dir_slice: int = option(5000, setting="DIR_SLICE", parse=values.count(1))
 
 
 @dataclass(frozen=True, kw_only=True)
 class Options(PassOptions):
     """Every option: those of the pass, and those only the coordinating side reads."""
 
-    workers: int = option(os.cpu_count() or 1, setting="WORKERS", parse=_count(1),
+    workers: int = option(os.cpu_count() or 1, setting="WORKERS", parse=values.count(1),
                           flag="--workers", short="-w", flag_type=click.IntRange(1, 4096),
                           commands=RUNS, help="Worker processes [default: cores].")
     transport: str | None = option(
         None, setting="TRANSPORT", flag="--transport", flag_type=click.Choice(TRANSPORTS),
-        flag_default="auto", show_default=True, from_flag=_auto_is_unset, commands=RUNS,
+        flag_default="auto", show_default=True, from_flag=values.auto_is_unset, commands=RUNS,
         help="How chunks reach workers; auto: amqp when a broker is set (under srun/mpirun the "
              "other ranks consume it), else mpi when run by srun/mpirun, else local. TRANSPORT.")
     broker: str | None = option(
@@ -379,12 +202,12 @@ class Options(PassOptions):
     include_from: tuple[str, ...] = option(
         (), flag="--include-from", flag_type=click.Path(dir_okay=False), metavar="FILE",
         commands=PASSES, help="--include each pattern in FILE, one a line.")
-    report_interval: float = option(10.0, setting="REPORT_INTERVAL", parse=_seconds)
+    report_interval: float = option(10.0, setting="REPORT_INTERVAL", parse=values.seconds)
     #: seconds between progress lines where stderr is no terminal (a batch job's output) and
     #: in the log file; 0: none (the terminal's live line and the summary stay)
     progress: float = option(
-        60.0, setting="PROGRESS", parse=_seconds_or_none, flag="--progress",
-        flag_type=Seconds(), metavar="SECS", commands=RUNS,
+        60.0, setting="PROGRESS", parse=values.seconds_or_none, flag="--progress",
+        flag_type=values.Seconds(), metavar="SECS", commands=RUNS,
         help="A progress line every SECS when stderr is not a terminal, 0 for none "
              "[default: 60]. PROGRESS.")
     log_file: str | None = option(
@@ -399,19 +222,19 @@ class Options(PassOptions):
     broker_cert_file: str | None = option(None, setting="BROKER_CERT_FILE")
     broker_key_file: str | None = option(None, setting="BROKER_KEY_FILE")
     memcached: str | None = option(
-        None, setting="MEMCACHED", parse=_address, flag="--memcached", flag_type=Address(),
-        metavar="HOST:PORT", commands=RUNS,
+        None, setting="MEMCACHED", parse=values.address, flag="--memcached",
+        flag_type=values.Address(), metavar="HOST:PORT", commands=RUNS,
         help="memcached for the live view of the pass (fsclone status). MEMCACHED.")
     graphite: str | None = option(
-        None, setting="GRAPHITE", parse=_address, flag="--graphite", flag_type=Address(),
-        metavar="HOST:PORT", commands=RUNS,
+        None, setting="GRAPHITE", parse=values.address, flag="--graphite",
+        flag_type=values.Address(), metavar="HOST:PORT", commands=RUNS,
         help="carbon's plaintext listener for the pass's metrics. GRAPHITE.")
     graphite_prefix: str = option("fsclone", setting="GRAPHITE_PREFIX")
     #: the Graphite node naming the migration: "" for the target's basename
     pass_label: str = option("", setting="PASS_LABEL")
     #: (SRC, DST) prefixes whose passes a standalone ``fsclone worker`` serves (none: no pass)
     allowed_roots: tuple[tuple[str, str], ...] = option((), setting="ALLOWED_ROOTS",
-                                                        parse=_root_pairs)
+                                                        parse=values.root_pairs)
     #: the secret shared by the amqp coordinator and its workers (fsclone.signing)
     signing_key_file: str | None = option(None, setting="SIGNING_KEY_FILE")
 

@@ -18,8 +18,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fsclone"
 GROUND = (
     "fsclone", "fsclone.errors", "fsclone.pathkey", "fsclone.process", "fsclone.private",
     "fsclone.text", "fsclone.ages", "fsclone.schema", "fsclone.chunk", "fsclone.spec",
-    "fsclone.lifecycle", "fsclone.signing", "fsclone.manifest", "fsclone.options", "fsclone.config",
-    "fsclone.filters", "fsclone.rules", "fsclone.stats.counters",
+    "fsclone.lifecycle", "fsclone.signing", "fsclone.manifest", "fsclone.options",
+    "fsclone.optionvalues", "fsclone.config", "fsclone.filters", "fsclone.rules",
+    "fsclone.stats.counters",
 )
 
 #: lowest first; each floor maps its rooms to their modules (a name ending in ".*" is a

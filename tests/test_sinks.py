@@ -17,7 +17,7 @@ from fsclone.engine.coordinator import Hooks
 from fsclone.engine.launch import PassRequest, run_pass
 from fsclone.engine.retry import seed_for
 from fsclone.errors import ConfigError
-from fsclone.options import parse_address
+from fsclone.optionvalues import parse_address
 from fsclone.stats.graphite import metrics
 from fsclone.stats.reporter import Reporter
 from fsclone.stats.sinks import Sink, SinkError

@@ -5,7 +5,7 @@ directory (fsclone.schema.temp_name), gets its data and metadata, and only then 
 linked in, or renamed over the old entry. A rename never removes a directory (that is a
 deletion, planned and guarded elsewhere): one that appeared at the name makes the publish fail,
 and a failed publish discards its temp, so nothing of a failed step stays behind. Hard links go
-through the pass's staging directory (see docs/design.md), which is a TargetDir too.
+through the pass's staging directory (fs/staging.py), which is a TargetDir too.
 
 Project IDs and flags (fs.inodeflags) come last, after times; immutable and append-only wait
 until a new file has its name. An immutable or append-only target that must change (renamed
@@ -17,7 +17,6 @@ the source reads of a file's copy, so an item error says what failed.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -28,7 +27,6 @@ from fsclone.fs.side import DirSide, Xattrs
 from fsclone.fs.source import SourceChanged, SourceDir, changed
 from fsclone.fs.steps import (
     CREATE,
-    DATA,
     LIST,
     OPEN,
     PUBLISH,
@@ -46,17 +44,6 @@ _TEMP_FILE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DEFAULT_ACL = "system.posix_acl_default"
 #: what a new file without project ID and flags gets from them: no step after its times
 _NOTHING: tuple[Pending | None, int] = (None, 0)
-
-
-def open_staging(root_fd: int, name: str) -> int:
-    """The hard-link staging directory ``name`` at the target root, made if missing."""
-    try:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o700, dir_fd=root_fd)
-        return dirs.open_dir(name, root_fd)
-    except OSError as exc:
-        mark(exc, CREATE, TARGET)
-        raise
 
 
 class TargetDir(DirSide):
@@ -150,7 +137,7 @@ class TargetDir(DirSide):
         """Copy data and metadata into a new temp file; returns its name and the bytes
         written. The temp is removed on any failure."""
         tmp = self.temp(name)
-        fd = self._create(tmp)
+        fd = self.create_temp(tmp)
         try:
             written, locks = self._fill(fd, src, name, st)
         except BaseException:
@@ -222,22 +209,7 @@ class TargetDir(DirSide):
         locks = want.flags if want.flags and want.flags & LOCKS else 0
         return Pending(fd, want, flags, False, FRESH if plain else NONE), locks
 
-    def sized_temp(self, name: str, size: int, tag: str) -> str:
-        """A new temp file of ``size`` bytes (all hole) for the byte ranges of a large file,
-        to be written by several workers (:meth:`copy_range`); returns its name."""
-        tmp = temp_name(self.pass_id, name, tag)
-        fd = self._create(tmp)
-        try:
-            os.ftruncate(fd, size)
-        except OSError as exc:
-            self.discard(tmp)
-            mark(exc, DATA, TARGET)
-            raise
-        finally:
-            os.close(fd)
-        return tmp
-
-    def _create(self, tmp: str) -> int:
+    def create_temp(self, tmp: str) -> int:
         """A new, empty temp file, for writing; only its owner may open it by name."""
         try:
             return os.open(tmp, _NEW_FILE, 0o600, dir_fd=self.fd)
@@ -245,21 +217,7 @@ class TargetDir(DirSide):
             mark(exc, CREATE, TARGET)
             raise
 
-    def copy_range(self, src: SourceDir, name: str, tmp: str, start: int, end: int,
-                   sparse: bool) -> int:
-        """Copy bytes [start, end) of the source file ``name`` into the same bytes of the
-        temp file ``tmp`` (:meth:`sized_temp`); returns the bytes written."""
-        sfd = src.open_file(name)
-        try:
-            fd = self._open_temp(tmp)
-            try:
-                return data.copy_range(sfd, fd, start, end, sparse)
-            finally:
-                os.close(fd)
-        finally:
-            os.close(sfd)
-
-    def _open_temp(self, tmp: str) -> int:
+    def open_temp(self, tmp: str) -> int:
         """A temp file of ours, opened for writing."""
         try:
             return os.open(tmp, _TEMP_FILE, dir_fd=self.fd)
@@ -273,7 +231,7 @@ class TargetDir(DirSide):
         ID and flags ``attrs``), then rename it over ``name``, then lock it (immutable,
         append-only) through the fd held on it; the temp is discarded on any failure."""
         try:
-            fd = self._open_temp(tmp)
+            fd = self.open_temp(tmp)
         except BaseException:
             self.discard(tmp)
             raise
@@ -341,12 +299,12 @@ class TargetDir(DirSide):
         fd = -1
         try:
             if locks:
-                fd = self._open_temp(tmp)
+                fd = self.open_temp(tmp)
             self._rename(tmp, name)
         except BaseException as exc:
             if fd >= 0:
                 os.close(fd)
-            self._unpublished(tmp, exc)
+            self.unpublished(tmp, exc)
             raise
         if fd >= 0:
             try:
@@ -363,7 +321,7 @@ class TargetDir(DirSide):
             with self.flags.unlocked_at(name, self.fd):
                 os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
-    def _unpublished(self, tmp: str, exc: BaseException) -> None:
+    def unpublished(self, tmp: str, exc: BaseException) -> None:
         """``tmp`` could not be published (``exc``): it goes."""
         self.discard(tmp)
         if isinstance(exc, OSError):
@@ -380,74 +338,6 @@ class TargetDir(DirSide):
         except OSError as exc:
             mark(exc, REMOVE, TARGET)
             raise
-
-    # -- hard links (``staging``: the pass's staging directory) ---------------------------
-    def publish_linked(self, tmp: str, staging: TargetDir, key: str, name: str) -> bool:
-        """Publish the complete temp file ``tmp`` as the copy of source inode ``key`` (a link
-        in ``staging``), then under ``name``. False when another worker published that inode
-        first (``link`` failing with EEXIST is the arbiter): the temp is discarded, and the
-        caller links ``name`` from staging instead."""
-        try:
-            os.link(tmp, key, src_dir_fd=self.fd, dst_dir_fd=staging.fd, follow_symlinks=False)
-        except FileExistsError:
-            self.discard(tmp)
-            return False
-        except BaseException as exc:
-            self._unpublished(tmp, exc)
-            raise
-        self.publish(tmp, name)
-        return True
-
-    def link_from(self, staging: TargetDir, key: str, name: str) -> None:
-        """Give ``name`` the inode ``key`` of ``staging`` (linked to a temp name, which is
-        renamed over ``name``)."""
-        try:
-            self._link_from(staging, key, name)
-        except PermissionError as exc:  # an immutable or append-only inode takes no new name
-            if exc.errno != errno.EPERM:
-                raise
-            with staging.flags.unlocked_at(key, staging.fd):
-                self._link_from(staging, key, name)
-
-    def _link_from(self, staging: TargetDir, key: str, name: str) -> None:
-        tmp = self.temp(name)
-        try:
-            os.link(key, tmp, src_dir_fd=staging.fd, dst_dir_fd=self.fd, follow_symlinks=False)
-        except OSError as exc:
-            mark(exc, PUBLISH, TARGET)
-            raise
-        self.publish(tmp, name)
-
-    def claim(self, name: str, staging: TargetDir, key: str, current: os.stat_result) -> bool:
-        """Publish the up-to-date file ``name`` (lstat ``current``) as the copy of source inode
-        ``key``, unless that target inode already stands for another source inode (links split
-        in the source since the last pass): a second staging entry, named after the target
-        inode, says which source inode it stands for."""
-        owner = f"i{current.st_dev:x}-{current.st_ino:x}"
-        try:
-            os.symlink(key, owner, dir_fd=staging.fd)
-        except FileExistsError:
-            if staging.readlink(owner) != key:
-                return False
-        except OSError as exc:
-            mark(exc, CREATE, TARGET)
-            raise
-        try:
-            try:
-                os.link(name, key, src_dir_fd=self.fd, dst_dir_fd=staging.fd,
-                        follow_symlinks=False)
-            except PermissionError as exc:  # an immutable or append-only inode: no new name
-                if exc.errno != errno.EPERM:
-                    raise
-                with self.flags.unlocked_at(name, self.fd):
-                    os.link(name, key, src_dir_fd=self.fd, dst_dir_fd=staging.fd,
-                            follow_symlinks=False)
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            mark(exc, PUBLISH, TARGET)
-            raise
-        return True
 
     # -- metadata -------------------------------------------------------------------------
     def mend(self, name: str, st: os.stat_result, want: Xattrs, have: Xattrs,

@@ -12,7 +12,8 @@ from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
 from fsclone.fs import dirs, inodeflags, meta, profile, steps
 from fsclone.fs.source import SourceDir
-from fsclone.fs.target import TargetDir, open_staging
+from fsclone.fs.staging import open_staging
+from fsclone.fs.target import TargetDir
 from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.ops.pace import Pace
 from fsclone.schema import LINKS_PREFIX

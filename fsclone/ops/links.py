@@ -4,13 +4,14 @@ The first worker to meet a source inode of several links publishes its target co
 named after the source (dev, ino) in the staging directory; every other name of that inode is
 linked from there. ``link()`` failing with EEXIST is the race arbiter: exactly one copy wins.
 An up-to-date target file is claimed for its source inode the same way (see
-TargetDir.claim). The staging directory goes at the end of the pass (fsclone.ops.dirmeta).
+fsclone.fs.staging.claim). The staging directory goes at the end of the pass (fsclone.ops.dirmeta).
 """
 
 from __future__ import annotations
 
 import os
 
+from fsclone.fs import staging as staging_links
 from fsclone.fs.source import SourceDir
 from fsclone.fs.target import TargetDir
 from fsclone.ops.context import Context, Outcome
@@ -25,7 +26,7 @@ def carry(ctx: Context, out: Outcome, src: SourceDir, tgt: TargetDir, name: str,
     staging = ctx.staging_dir()
     key = f"{st.st_dev:x}-{st.st_ino:x}"
     if current is not None:
-        if tgt.claim(name, staging, key, current):
+        if staging_links.claim(tgt, name, staging, key, current):
             return current
         canon = staging.lookup(key)
         if canon is not None and canon.st_ino == current.st_ino:
@@ -36,12 +37,12 @@ def carry(ctx: Context, out: Outcome, src: SourceDir, tgt: TargetDir, name: str,
     if canon is None:
         out.act("copy", out.path(name))
         tmp, written = tgt.copy_to_temp(src, name, st)
-        if tgt.publish_linked(tmp, staging, key, name):
+        if staging_links.publish_linked(tgt, tmp, staging, key, name):
             out.count(C.COPIED)
             out.count(C.BYTES, written)
             return None
         # another worker published this inode first: link from there
     out.act("link", out.path(name))
-    tgt.link_from(staging, key, name)
+    staging_links.link_from(tgt, staging, key, name)
     out.count(C.CREATED)
     return None

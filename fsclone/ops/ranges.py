@@ -12,7 +12,7 @@ import itertools
 import os
 
 from fsclone.chunk import Chunk, Group, new_id
-from fsclone.fs import data
+from fsclone.fs import data, largefile
 from fsclone.fs.target import TargetDir
 from fsclone.ops.context import Context, Outcome, file_of, file_path, on_both_dirs
 from fsclone.stats import counters as C
@@ -53,7 +53,7 @@ def split(ctx: Context, out: Outcome, tgt: TargetDir, name: str, st: os.stat_res
     """Make the temp file of a large file and its range chunks; a barrier of their own
     finalizes it, and that finalize is a member of the directory's ``barrier``."""
     group = new_id()
-    tmp = tgt.sized_temp(name, st.st_size, group[:12])
+    tmp = largefile.sized_temp(tgt, name, st.st_size, group[:12])
     args = {"tmp": tmp, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "ctime_ns": st.st_ctime_ns, "sparse": data.is_sparse(st)}
     step = ctx.spec.range_size
@@ -71,8 +71,8 @@ def _copy_range(ctx: Context, out: Outcome, sfd: int, dfd: int) -> None:
     """Copy one byte range of a large file into its shared temp file. A source that changed is
     left to ``finalize``, which checks the identity once all ranges are done."""
     a = out.chunk.args
-    written = ctx.target_dir(dfd).copy_range(ctx.source_dir(sfd), file_of(out.chunk), a["tmp"],
-                                             a["start"], a["end"], a["sparse"])
+    written = largefile.copy_range(ctx.target_dir(dfd), ctx.source_dir(sfd), file_of(out.chunk),
+                                   a["tmp"], a["start"], a["end"], a["sparse"])
     out.count(C.BYTES, written)
 
 

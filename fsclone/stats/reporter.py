@@ -14,7 +14,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from fsclone.config import Config
-from fsclone.options import parse_address
+from fsclone.optionvalues import parse_address
 from fsclone.stats.sinks import Sink, SinkError
 from fsclone.stats.snapshot import Snapshot
 

@@ -15,7 +15,7 @@ from typing import Any
 from fsclone.config import Config
 from fsclone.errors import UsageError
 from fsclone.lifecycle import RUNNING
-from fsclone.options import parse_address
+from fsclone.optionvalues import parse_address
 from fsclone.process import alive
 from fsclone.state.directory import pass_ids
 from fsclone.state.queries import PassRecord, list_passes, read_workers, try_read_record
