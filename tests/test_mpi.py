@@ -212,8 +212,11 @@ def test_a_rank_without_the_source_stops_the_job_in_one_line(require_mpi: MpiRun
     if subprocess.run(["unshare", "-m", "true"], check=False).returncode != 0:
         pytest.skip("cannot make a mount namespace here")
     hidden, dst, state = tmp_path / "hidden", tmp_path / "dst", tmp_path / "state"
-    src = many_files(hidden / "src", dirs=2, files=3)
-    program = [sys.executable, "-m", "fsclone", "pass", "copy", "--json", str(src), str(dst)]
+    # ranks 0 and 1 alone must not finish the pass before rank 2 has started (slow on a
+    # loaded machine): 100 files at 20 a second leave it some 5 s
+    src = many_files(hidden / "src", dirs=4, files=25)
+    program = [sys.executable, "-m", "fsclone", "pass", "copy", "--json", "--max-rate", "20",
+               str(src), str(dst)]
     hide = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"', str(hidden)]
     mpmd = [*require_mpi(2), *program, ":", "-n", "1", *hide, *program]  # ranks 0-1 : rank 2
     proc = subprocess.run(mpmd, env=fsclone_env(state), capture_output=True, timeout=120,
