@@ -8,6 +8,7 @@ import contextlib
 import errno
 import os
 import platform
+import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from fsclone.config import Config
+from fsclone.engine.coordinator import Hooks
+from fsclone.engine.launch import PassRequest, run_pass
 from fsclone.errors import FscloneError, LayoutError
 from fsclone.fs import fstype
 from fsclone.fs.lustre import layout as lov
@@ -28,6 +32,7 @@ from fsclone.fs.lustre.create import (
 )
 from fsclone.fs.lustre.layout import Component, Composite, Foreign, Plain, Stripe
 from fsclone.fs.xattrnames import is_internal
+from fsclone.transport.memory import MemoryTransport
 from tests.clirun import fsclone_json
 from tests.mounts import loop_fs, require_root
 
@@ -507,3 +512,48 @@ def test_lustres_internal_xattrs_never_reach_the_target(tmp_path: Path, where: s
         rc, out = fsclone_json("pass", "sync", src, dst, state=state)
         assert rc == 0, out
         assert out["counters"].get("updated", 0) == 0, out
+
+
+# -- data flushed before times on a Lustre target ---------------------------------------------
+
+def test_a_lustre_target_has_each_new_files_data_flushed_before_its_times(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lustre sets a file's times on its OSTs as the writes land: times set before them come out
+    wrong (mpiFileUtils issue 94). A target the workers take for Lustre gets every new file's
+    data flushed, through the fd its times are then set on, small files and ranged ones alike."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for name in ("a", "d/b"):
+        (src / name).write_bytes(b"small")
+    (src / "big").write_bytes(os.urandom(3 << 20))
+    events: list[tuple[str, int]] = []
+    real_sync, real_utime = os.fdatasync, os.utime
+
+    def fdatasync(fd: int) -> None:
+        events.append(("sync", os.fstat(fd).st_ino))
+        real_sync(fd)
+
+    def utime(target: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(target, int) and stat_is_file(target):
+            events.append(("times", os.fstat(target).st_ino))
+        real_utime(target, *args, **kwargs)
+
+    monkeypatch.setattr(fstype, "fs_kind", lambda fd: "lustre")
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "utime", utime)
+    cfg = Config(workers=1, state_dir=str(tmp_path / "state"), large_file_size=1 << 20,
+                 range_size=1 << 20)
+    _, summary = run_pass(cfg, PassRequest(op="copy", src=str(src), dst=str(tmp_path / "dst")),
+                          Hooks(), MemoryTransport())
+    assert summary.error_count == 0
+    timed = [ino for what, ino in events if what == "times"]
+    names = ("a", "d/b", "big")
+    assert set(timed) == {os.stat(tmp_path / "dst" / n).st_ino for n in names}
+    for ino in set(timed):  # the last times set on each file follow a flush of its data (an
+        # earlier stamp of its inode number may be the time probe's, on an unnamed file)
+        last = max(i for i, event in enumerate(events) if event == ("times", ino))
+        assert ("sync", ino) in events[:last], events
+
+
+def stat_is_file(fd: int) -> bool:
+    return stat.S_ISREG(os.fstat(fd).st_mode)

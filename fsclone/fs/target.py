@@ -27,6 +27,7 @@ from fsclone.fs.side import DirSide, Xattrs
 from fsclone.fs.source import SourceChanged, SourceDir, changed
 from fsclone.fs.steps import (
     CREATE,
+    DATA,
     LIST,
     OPEN,
     PUBLISH,
@@ -46,18 +47,29 @@ _DEFAULT_ACL = "system.posix_acl_default"
 _NOTHING: tuple[Pending | None, int] = (None, 0)
 
 
+def _flush(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    except OSError as exc:
+        mark(exc, DATA, TARGET)
+        raise
+
+
 class TargetDir(DirSide):
     """A target directory held by its fd (owned by the caller) for one chunk. ``tag`` makes
     this run's temp names its own; ``inherits`` says whether new files get a default ACL
-    (:meth:`has_default_acl`), which their metadata then replaces in full."""
+    (:meth:`has_default_acl`), which their metadata then replaces in full; ``flush``: a new
+    file's data is flushed before its times are set."""
 
-    __slots__ = ("_locks", "_plain", "dev", "inherits", "pass_id", "tag", "unnamed")
+    __slots__ = ("_locks", "_plain", "dev", "flush", "inherits", "pass_id", "tag", "unnamed")
     SIDE = TARGET
 
     def __init__(self, fd: int, flags: Side, pass_id: str, unnamed: UnnamedFiles, dev: int,
-                 tag: str = "") -> None:
+                 tag: str = "", flush: bool = False) -> None:
         super().__init__(fd, flags)
         self.pass_id, self.unnamed, self.dev, self.tag = pass_id, unnamed, dev, tag
+        #: flush a new file's data before its times are set (a Lustre target: see ops.context)
+        self.flush = flush
         self.inherits = False
         #: temp name → the immutable or append-only flags its file gets once it has its name
         self._locks: dict[str, int] = {}
@@ -184,6 +196,8 @@ class TargetDir(DirSide):
             carry = src.flags
             then, locks = self._carried(fd, carry, sfd) if carry.flags or carry.projids \
                 else _NOTHING
+            if self.flush:
+                _flush(fd)
             meta.apply_all(fd, st, want, have, current=current, then=then)
         finally:
             os.close(sfd)
@@ -237,6 +251,8 @@ class TargetDir(DirSide):
             raise
         try:
             try:
+                if self.flush:  # every range's writes, through the fds of several workers
+                    _flush(fd)
                 meta.apply_all(fd, st, want, meta.read_xattrs(fd, side=TARGET),
                                then=Pending(fd, attrs, self.flags, False))
             except BaseException:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
-from fsclone.fs import dirs, inodeflags, meta, profile, steps
+from fsclone.fs import dirs, fstype, inodeflags, meta, profile, steps
 from fsclone.fs.source import SourceDir
 from fsclone.fs.staging import open_staging
 from fsclone.fs.target import TargetDir
@@ -50,6 +50,10 @@ class Context:
         self.unnamed = UnnamedFiles()
         #: what each side holds of project IDs and flags; the source's, what is carried
         self.src_flags, self.dst_flags = inodeflags.sides(self.src_root, self.dst_root)
+        #: Lustre sets a file's times on its OSTs when the writes land: times set before that
+        #: come out wrong, so there a new file's data is flushed first
+        self.flush_before_times = (self.dst_root is not None
+                                   and fstype.fs_kind(self.dst_root) == "lustre")
         #: when a target time counts as the source's (see fs.meta.TimeRule)
         self.times = self._time_rule()
         self._staging: TargetDir | None = None
@@ -86,7 +90,8 @@ class Context:
 
     def target_dir(self, fd: int, tag: str = "") -> TargetDir:
         """The target directory ``fd`` as a TargetDir of this pass (``tag``: see there)."""
-        return TargetDir(fd, self.dst_flags, self.spec.id, self.unnamed, self.dst_dev, tag)
+        return TargetDir(fd, self.dst_flags, self.spec.id, self.unnamed, self.dst_dev, tag,
+                         flush=self.flush_before_times)
 
     def source_dir(self, fd: int) -> SourceDir:
         """The source directory ``fd`` as a SourceDir of this pass."""
