@@ -2,6 +2,9 @@
 loopback ports, this machine as its one node with its real CPU layout, everything (config,
 state, spool, logs, munge socket) in one temporary directory.
 
+The daemons run in a UTS namespace of their own named ``localhost`` (see SlurmDaemon), and
+the cluster names its one node and controller so.
+
 Jobs run as the test's user (root in CI) and see the test's environment (``sbatch`` exports
 it), so SLURM_CONF reaches every client command a job runs. Skipped on a machine without
 Slurm or when not root, failed instead under CI (see tests.services.skip_or_fail).
@@ -12,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,8 +57,20 @@ class Munge(Server):
                               capture_output=True, check=False).returncode == 0
 
 
+#: the host name of the daemons' own UTS namespace, and so of the cluster's one node
+NODE = "localhost"
+
+
 class SlurmDaemon(Server):
-    """slurmctld or slurmd in the foreground, reading the cluster's slurm.conf."""
+    """slurmctld or slurmd in the foreground, reading the cluster's slurm.conf, in a UTS
+    namespace whose host name is NODE.
+
+    Without binding to every interface (NoInAddrAny), slurmctld listens on, and srun opens its
+    I/O ports on, the address their host name resolves to, while slurmd and the clients reach
+    them at the loopback address: where /etc/hosts maps the machine's name to 127.0.1.1 (stock
+    Debian), nothing answers. ``localhost`` resolves to 127.0.0.1 everywhere, and the jobs,
+    with the srun they start, inherit the namespace from slurmd.
+    """
 
     start_timeout = 60.0
     stop_timeout = 60.0
@@ -66,7 +80,9 @@ class SlurmDaemon(Server):
         self.conf = conf
 
     def command(self) -> list[str]:
-        return [self.executable, "-D", "-f", str(self.conf)]
+        # unshare without --fork and sh's exec: the daemon keeps the PID Server signals
+        return ["unshare", "--uts", "sh", "-c", f'hostname {NODE} && exec "$@"', "sh",
+                self.executable, "-D", "-f", str(self.conf)]
 
     def environ(self) -> dict[str, str]:
         return {k: v for k, v in os.environ.items() if not k.startswith("SLURM")} | \
@@ -97,7 +113,7 @@ class SlurmCluster:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.conf = workdir / "slurm.conf"
-        self.host = socket.gethostname().split(".")[0]
+        self.host = NODE
         for sub in ("state", "spool", "log"):
             (workdir / sub).mkdir()
         self.munge = Munge(workdir)
