@@ -51,6 +51,15 @@ def clean(tmp_path: Path, src: Path) -> dict[str, int]:
     return summary.counters
 
 
+def assert_clean_end(summary: Summary, expected: dict[str, int], src: Path, dst: Path) -> None:
+    """The pass ended as a clean one does: done, no errors, its counters, the same tree and
+    nothing of fsclone's own left in it."""
+    assert summary.status == "done" and summary.error_count == 0
+    assert summary.counters == expected
+    assert_same_tree(src, dst)
+    assert leftovers(dst) == []
+
+
 def at(path: str, op: str = "copy") -> Match:
     def match(chunk: Chunk, earlier: int) -> bool:
         return chunk.op == op and chunk.path == path
@@ -89,10 +98,7 @@ def test_a_worker_dying_after_it_published_is_redone_and_its_second_result_ignor
     assert [(c.redo, earlier) for c, earlier in broker.deliveries if c.path == "b"] == \
         [(False, 0), (False, 1)]
     assert [r.chunk.redo for r in broker.published if r.chunk.path == "b"] == [False, True]
-    assert summary.status == "done" and summary.error_count == 0
-    assert summary.counters == expected
-    assert_same_tree(src, dst)
-    assert leftovers(dst) == []
+    assert_clean_end(summary, expected, src, dst)
 
 
 def test_a_lost_result_is_made_good_by_the_redelivery(tmp_path: Path) -> None:
@@ -143,10 +149,7 @@ def test_a_barrier_whose_last_member_is_redelivered_after_it_completed(tmp_path:
     assert runs == [("range", False), ("finalize", False), ("range", True), ("dirmeta", False)]
     redone = next(r for r in broker.published if last_range(r.chunk) and r.chunk.redo)
     assert [e.errno for e in redone.errors] == [2], "the redone range found no temp"
-    assert summary.status == "done" and summary.error_count == 0
-    assert summary.counters == expected
-    assert_same_tree(src, dst)
-    assert leftovers(dst) == []
+    assert_clean_end(summary, expected, src, dst)
 
 
 def test_a_range_whose_worker_dies_on_every_attempt_is_listed_and_never_published(
@@ -186,10 +189,7 @@ def test_a_resume_applies_the_results_left_in_flight(tmp_path: Path) -> None:
     broker.release(held)
     summary = copy(src, dst, state, MemoryTransport(broker))
     assert [r.chunk.redo for r in broker.published if r.chunk.path == "b"] == [False, True]
-    assert summary.status == "done" and summary.error_count == 0
-    assert summary.counters == expected
-    assert_same_tree(src, dst)
-    assert leftovers(dst) == []
+    assert_clean_end(summary, expected, src, dst)
 
 
 def test_a_directory_with_a_large_file_redelivered_after_it_published(tmp_path: Path) -> None:
