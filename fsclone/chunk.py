@@ -151,6 +151,7 @@ class Result:
     ``deletions`` are planned removals (directory, names, entries counted below them);
     ``actions`` are dry-run or verbose lines; ``skipped`` the source directories the chunk left
     on purpose (another filesystem, ``--one-file-system``), kept in the pass record;
+    ``released`` the HSM-released files it left unread (``--released skip``), listed there too;
     ``manifest`` are the verify pass's rows, written by the coordinator as results arrive;
     ``failed`` is set when the chunk as a whole failed and should be retried.
     """
@@ -163,6 +164,7 @@ class Result:
     deletions: list[tuple[str, tuple[str, ...], int]] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
     manifest: list[ManifestRow] = field(default_factory=list)
     failed: str | None = None
     worker: str = ""
@@ -177,6 +179,7 @@ class Result:
             "deletions": [[d, list(n), c] for d, n, c in self.deletions],
             "actions": self.actions,
             "skipped": self.skipped,
+            "released": self.released,
             "manifest": [list(row) for row in self.manifest],
             "failed": self.failed,
             "worker": self.worker,
@@ -201,6 +204,7 @@ class Result:
                 ],
                 actions=[str(a) for a in data["actions"]],
                 skipped=[validate_relpath(str(p)) for p in data.get("skipped", ())],
+                released=[validate_relpath(str(p)) for p in data.get("released", ())],
                 manifest=[_manifest_row(row) for row in data.get("manifest", ())],
                 failed=data.get("failed"),
                 worker=str(data.get("worker", "")),

@@ -50,3 +50,5 @@ class Summary:
     #: the first source directories the pass left on purpose (``--one-file-system``); the
     #: record's ``skipped`` table holds them all
     skipped: list[str] = field(default_factory=list)
+    #: the file listing the HSM-released files the pass left unread ("" for none)
+    released: str = ""

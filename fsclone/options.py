@@ -33,6 +33,11 @@ PASSES = ("copy", "delete", "mtime", "sync", "verify")
 RUNS = (*PASSES, "resume")
 #: the ways chunks reach workers (fsclone.transport.select)
 TRANSPORTS = ("auto", "local", "amqp", "mpi")
+#: what a new file's Lustre layout is (fsclone.fs.lustre), and what becomes of HSM-released ones
+LAYOUTS = ("keep", "target-default")
+RELEASED = ("skip", "copy")
+#: the passes that create files
+_CREATING = ("copy", "sync")
 
 
 def _same(value: Any) -> Any:
@@ -147,6 +152,27 @@ class PassOptions:
         spell=values.list_path,
         help="Copy exactly the paths FILE lists (relative to SRC; one a line, or NUL-separated): "
              "directories made, not walked; DIR/ takes its entries too.")
+    #: Lustre → Lustre: each new file is created with its source's layout ("keep"), or with
+    #: whatever the target's directory gives it ("target-default")
+    layout: str = option(
+        "keep", setting="LAYOUT", parse=values.one_of(LAYOUTS), flag="--layout",
+        flag_type=click.Choice(LAYOUTS), commands=_CREATING, shapes=True,
+        help="Lustre to Lustre: create files with their source's striping (keep), or the "
+             "target's default (target-default) [default: keep]. LAYOUT.")
+    #: a Lustre source's HSM-released files (data on tape only): left and listed ("skip"), or
+    #: read, which recalls each from tape ("copy")
+    released: str = option(
+        "skip", setting="RELEASED", parse=values.one_of(RELEASED), flag="--released",
+        flag_type=click.Choice(RELEASED), commands=_CREATING, shapes=True,
+        help="Lustre HSM-released files: skip them and list them in the pass's state "
+             "directory (skip), or read them, recalling each from tape (copy) "
+             "[default: skip]. RELEASED.")
+    #: source pool → target pool, for the layouts kept; and the target's pools, where known
+    #: (None: a pool the target lacks is asked for, and its refusal counted as a fallback)
+    pool_map: tuple[tuple[str, str], ...] = option((), setting="POOL_MAP",
+                                                   parse=values.pool_map)
+    target_pools: tuple[str, ...] | None = option(None, setting="TARGET_POOLS",
+                                                  parse=values.pool_names)
     #: the most the pass's workers read or write together, per second (None: no limit); a
     #: run's own, not the pass's: a resume runs at the limits it is given
     bwlimit: float | None = option(

@@ -69,6 +69,48 @@ def excludes(v: Any) -> tuple[str, ...]:
     return tuple(r for r in (rule(p, EXCLUDE) for p in patterns) if r)
 
 
+def one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    """A parser of one of ``choices`` (LAYOUT, RELEASED)."""
+    def parse(v: Any) -> str:
+        if str(v) not in choices:
+            raise ValueError(f"not one of {', '.join(choices)}")
+        return str(v)
+    return parse
+
+
+def pool_name(v: Any) -> str:
+    """A Lustre pool name: 1 to 15 bytes (LOV_MAXPOOLNAME), no blank, comma or colon (the
+    environment's separators)."""
+    name = str(v)
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if not 0 < size <= 15 or any(c.isspace() or c in ",:\0" for c in name):
+        raise ValueError(f"{name!r} is no Lustre pool name (1-15 bytes, no blank, ',' or ':')")
+    return name
+
+
+def pool_map(v: Any) -> tuple[tuple[str, str], ...]:
+    """POOL_MAP: source pool → target pool, a dict or ``"old:new,old2:new2"`` (the
+    environment's form); kept as sorted pairs, so the spec holds no mutable value."""
+    if isinstance(v, str):
+        items = [item.split(":") for item in v.split(",") if item]
+        if any(len(item) != 2 for item in items):
+            raise ValueError("expected old:new pairs, separated by commas")
+        pairs = [(a, b) for a, b in items]
+    elif isinstance(v, Mapping):
+        pairs = list(v.items())
+    else:
+        raise ValueError("expected a dict {\"old\": \"new\"}")
+    return tuple(sorted((pool_name(a), pool_name(b)) for a, b in pairs))
+
+
+def pool_names(v: Any) -> tuple[str, ...]:
+    """TARGET_POOLS: the target's pools, a list or ``"a,b"`` (the environment's form)."""
+    names = v.split(",") if isinstance(v, str) else v
+    if not isinstance(names, (list, tuple, set, frozenset)):
+        raise ValueError("expected a list of pool names")
+    return tuple(sorted({pool_name(n) for n in names if n != ""}))
+
+
 def parse_address(value: str, default_port: int) -> tuple[str, int]:
     """``host``, ``host:port`` or ``[v6addr]:port`` (a service's address: MEMCACHED, GRAPHITE)."""
     host, sep, port = value.rpartition(":")

@@ -23,14 +23,13 @@ from fsclone.errors import FscloneError, LayoutError
 from fsclone.fs import fstype
 from fsclone.fs.lustre import layout as lov
 from fsclone.fs.lustre.create import (
-    LAYOUT_XATTR,
     NEW_FILE,
     O_LOV_DELAY_CREATE,
     LustreCreate,
     dir_default_change,
     own_default,
 )
-from fsclone.fs.lustre.layout import Component, Composite, Foreign, Plain, Stripe
+from fsclone.fs.lustre.layout import LAYOUT_XATTR, Component, Composite, Foreign, Plain, Stripe
 from fsclone.fs.xattrnames import is_internal
 from fsclone.transport.memory import MemoryTransport
 from tests.clirun import fsclone_json
@@ -327,7 +326,7 @@ def test_layout_is_set_on_the_delayed_open_before_the_caller_gets_the_fd() -> No
         ("open", ".tmp.a", NEW_FILE | O_LOV_DELAY_CREATE, 0o600, 5, 11),
         ("setxattr", 11, LAYOUT_XATTR, v3(RAID0, 4 * MiB, 1, 0xFFFF, b"ssd", oi=(0, 0))),
     ]
-    assert not create.fallbacks and create.report() == []
+    assert not create.fallbacks
 
 
 def test_no_source_layout_is_a_plain_create() -> None:
@@ -354,8 +353,8 @@ def test_a_refused_kind_falls_back_once_and_is_counted_per_file() -> None:
     assert [c[0] for c in rec.calls] == ["open", "open", "setxattr"]  # no second PFL attempt
     assert rec.calls[0][2] == NEW_FILE
     assert rec.calls[1][2] == NEW_FILE | O_LOV_DELAY_CREATE
-    assert create.fallbacks == {"dom": 2}
-    assert create.report() == ["2 kept the target's default layout (dom: EINVAL from the target)"]
+    assert create.take_fallbacks() == {"dom": 2}
+    assert not create.fallbacks  # taken: the next chunk counts its own
 
 
 def test_a_target_without_layouts_is_learnt_at_the_first_refusal() -> None:
@@ -365,8 +364,6 @@ def test_a_target_without_layouts_is_learnt_at_the_first_refusal() -> None:
         create.create(5, name, 0o600, POOLED_V3 if name == ".tmp.1" else PLAIN_V1)
     assert [c[0] for c in rec.calls] == ["open", "setxattr", "open", "close", "open", "open"]
     assert create.fallbacks == {"pool": 1, "plain": 2}
-    name = errno.errorcode[errno.EOPNOTSUPP]
-    assert create.reasons == {"pool": f"{name} from the target", "plain": f"{name} from the target"}
 
 
 def test_another_setxattr_error_removes_the_new_file_and_is_raised() -> None:

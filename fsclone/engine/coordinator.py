@@ -98,6 +98,8 @@ class Coordinator:
             raise
         finally:
             try:
+                # every run's end rewrites the list of released files left, all runs' sorted
+                released = store.write_released()
                 self._report()  # the final totals, before the transport stops
             finally:
                 self.transport.stop()
@@ -105,7 +107,8 @@ class Coordinator:
         return Summary(store.status, dict(store.counters), errors,
                        store.counters.get(C.ERRORS, 0), store.active - store.ran,
                        runs=store.runs, active=store.active, earlier=earlier,
-                       skipped=store.skipped(limit=20))
+                       skipped=store.skipped(limit=20),
+                       released=str(released) if released else "")
 
     def _phase(self, index: int, phase: str) -> None:
         """Run one phase to its end: seed it, or resubmit what a dead run left outstanding. A
@@ -262,6 +265,7 @@ class Coordinator:
         store.add_errors(result.errors)
         store.add_deletions(result.deletions)
         store.add_skipped(result.skipped)
+        store.add_released(result.released)
         for line in result.actions:
             self.hooks.action(line)
         if result.manifest:

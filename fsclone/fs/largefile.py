@@ -13,11 +13,13 @@ from fsclone.fs.target import TargetDir
 from fsclone.schema import temp_name
 
 
-def sized_temp(tgt: TargetDir, name: str, size: int, tag: str) -> str:
+def sized_temp(tgt: TargetDir, name: str, size: int, tag: str,
+               layout: bytes | None = None) -> str:
     """A new temp file of ``size`` bytes (all hole) for the byte ranges of a large file,
-    to be written by several workers (:func:`copy_range`); returns its name."""
+    to be written by several workers (:func:`copy_range`), with the source's Lustre
+    ``layout`` (see TargetDir.create_temp); returns its name."""
     tmp = temp_name(tgt.pass_id, name, tag)
-    fd = tgt.create_temp(tmp)
+    fd = tgt.create_temp(tmp, layout)
     try:
         os.ftruncate(fd, size)
     except OSError as exc:

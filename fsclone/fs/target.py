@@ -23,6 +23,7 @@ import stat
 
 from fsclone.fs import data, dirs, meta
 from fsclone.fs.inodeflags import FRESH, LOCKS, NONE, Attrs, Pending, Side
+from fsclone.fs.lustre.create import LustreCreate
 from fsclone.fs.side import DirSide, Xattrs
 from fsclone.fs.source import SourceChanged, SourceDir, changed
 from fsclone.fs.steps import (
@@ -59,17 +60,21 @@ class TargetDir(DirSide):
     """A target directory held by its fd (owned by the caller) for one chunk. ``tag`` makes
     this run's temp names its own; ``inherits`` says whether new files get a default ACL
     (:meth:`has_default_acl`), which their metadata then replaces in full; ``flush``: a new
-    file's data is flushed before its times are set."""
+    file's data is flushed before its times are set; ``layouts``: a Lustre target's creates
+    with the source's layout (None: the target's default)."""
 
-    __slots__ = ("_locks", "_plain", "dev", "flush", "inherits", "pass_id", "tag", "unnamed")
+    __slots__ = ("_locks", "_plain", "dev", "flush", "inherits", "layouts", "pass_id", "tag",
+                 "unnamed")
     SIDE = TARGET
 
     def __init__(self, fd: int, flags: Side, pass_id: str, unnamed: UnnamedFiles, dev: int,
-                 tag: str = "", flush: bool = False) -> None:
+                 tag: str = "", flush: bool = False, layouts: LustreCreate | None = None,
+                 ) -> None:
         super().__init__(fd, flags)
         self.pass_id, self.unnamed, self.dev, self.tag = pass_id, unnamed, dev, tag
         #: flush a new file's data before its times are set (a Lustre target: see ops.context)
         self.flush = flush
+        self.layouts = layouts
         self.inherits = False
         #: temp name → the immutable or append-only flags its file gets once it has its name
         self._locks: dict[str, int] = {}
@@ -145,11 +150,13 @@ class TargetDir(DirSide):
             raise
         self.publish(tmp, name)
 
-    def copy_to_temp(self, src: SourceDir, name: str, st: os.stat_result) -> tuple[str, int]:
-        """Copy data and metadata into a new temp file; returns its name and the bytes
-        written. The temp is removed on any failure."""
+    def copy_to_temp(self, src: SourceDir, name: str, st: os.stat_result,
+                     layout: bytes | None = None) -> tuple[str, int]:
+        """Copy data and metadata into a new temp file (with the source's Lustre ``layout``,
+        see :meth:`create_temp`); returns its name and the bytes written. The temp is removed
+        on any failure."""
         tmp = self.temp(name)
-        fd = self.create_temp(tmp)
+        fd = self.create_temp(tmp, layout)
         try:
             written, locks = self._fill(fd, src, name, st)
         except BaseException:
@@ -223,9 +230,13 @@ class TargetDir(DirSide):
         locks = want.flags if want.flags and want.flags & LOCKS else 0
         return Pending(fd, want, flags, False, FRESH if plain else NONE), locks
 
-    def create_temp(self, tmp: str) -> int:
-        """A new, empty temp file, for writing; only its owner may open it by name."""
+    def create_temp(self, tmp: str, layout: bytes | None = None) -> int:
+        """A new, empty temp file, for writing; only its owner may open it by name. With a
+        source's Lustre ``layout`` (given only where :attr:`layouts` is set), made with it
+        before any data (fs.lustre.create)."""
         try:
+            if layout is not None and self.layouts is not None:
+                return self.layouts.create(self.fd, tmp, 0o600, layout)
             return os.open(tmp, _NEW_FILE, 0o600, dir_fd=self.fd)
         except OSError as exc:
             mark(exc, CREATE, TARGET)

@@ -32,14 +32,16 @@ from fsclone.stats import counters as C
 
 class Applier:
     """Carries out one chunk's actions. Entries whose data turns out current (a claimed hard
-    link) join ``unsettled``; large files join ``barrier``."""
+    link) join ``unsettled``; large files join ``barrier``. ``layouts``: the Lustre layouts
+    the decide step read of the files to copy, by name (empty: the target's defaults)."""
 
-    __slots__ = ("barrier", "ctx", "out", "src", "tgt", "unsettled")
+    __slots__ = ("barrier", "ctx", "layouts", "out", "src", "tgt", "unsettled")
 
     def __init__(self, ctx: Context, out: Outcome, src: SourceDir, tgt: TargetDir,
-                 unsettled: list[Action], barrier: ranges.DirBarrier) -> None:
+                 unsettled: list[Action], barrier: ranges.DirBarrier,
+                 layouts: dict[str, bytes]) -> None:
         self.ctx, self.out, self.src, self.tgt = ctx, out, src, tgt
-        self.unsettled, self.barrier = unsettled, barrier
+        self.unsettled, self.barrier, self.layouts = unsettled, barrier, layouts
 
     def apply(self, action: Action) -> None:
         kind, name, st, dst = action
@@ -56,18 +58,23 @@ class Applier:
 
     def replace(self, name: str, st: os.stat_result, dst: os.stat_result | None) -> None:
         """New content under a temp name, renamed over the old entry."""
-        tmp, written = self.tgt.copy_to_temp(self.src, name, st)
+        tmp, written = self.tgt.copy_to_temp(self.src, name, st, self._layout(name))
         self.tgt.publish(tmp, name)
         self.out.count(C.COPIED)
         self.out.count(C.BYTES, written)
 
     def hard_link(self, name: str, st: os.stat_result, current: os.stat_result | None) -> None:
-        claimed = links.carry(self.ctx, self.out, self.src, self.tgt, name, st, current)
+        claimed = links.carry(self.ctx, self.out, self.src, self.tgt, name, st, current,
+                              self._layout(name))
         if claimed is not None:
             self.unsettled.append((SAME, name, st, claimed))
 
     def large(self, name: str, st: os.stat_result, dst: os.stat_result | None) -> None:
-        ranges.split(self.ctx, self.out, self.tgt, name, st, self.barrier)
+        ranges.split(self.ctx, self.out, self.tgt, name, st, self.barrier, self._layout(name))
+
+    def _layout(self, name: str) -> bytes | None:
+        """The source's Lustre layout the decide step read for ``name`` (None: none)."""
+        return self.layouts.pop(name, None) if self.layouts else None
 
     def mkdir(self, name: str, st: os.stat_result, dst: os.stat_result | None) -> None:
         self.tgt.mkdir(name)

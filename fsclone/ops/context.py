@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
 from fsclone.fs import dirs, fstype, inodeflags, meta, profile, steps
+from fsclone.fs.lustre.create import LustreCreate
 from fsclone.fs.source import SourceDir
 from fsclone.fs.staging import open_staging
 from fsclone.fs.target import TargetDir
@@ -50,15 +51,31 @@ class Context:
         self.unnamed = UnnamedFiles()
         #: what each side holds of project IDs and flags; the source's, what is carried
         self.src_flags, self.dst_flags = inodeflags.sides(self.src_root, self.dst_root)
+        src_lustre, dst_lustre = self._lustre_sides()
         #: Lustre sets a file's times on its OSTs when the writes land: times set before that
         #: come out wrong, so there a new file's data is flushed first
-        self.flush_before_times = (self.dst_root is not None
-                                   and fstype.fs_kind(self.dst_root) == "lustre")
+        self.flush_before_times = dst_lustre
+        #: Lustre → Lustre with ``--layout keep``: new files get their source's layout, and
+        #: directories their own default layouts (None: the target's defaults apply)
+        self.layouts = (LustreCreate(dict(spec.pool_map), spec.target_pools)
+                        if src_lustre and dst_lustre and spec.layout == "keep" else None)
+        #: whether source files' layouts are read before their data: to carry them, or to
+        #: leave HSM-released ones unread (``--released skip``); decided here, once, so a
+        #: file elsewhere costs one test of this
+        self.skip_released = src_lustre and spec.released == "skip"
+        self.reads_layouts = self.skip_released or self.layouts is not None
+        if dst_lustre:  # no O_TMPFILE on Lustre (LU-9512): spare each new file the try
+            self.unnamed.supported = False
         #: when a target time counts as the source's (see fs.meta.TimeRule)
         self.times = self._time_rule()
         self._staging: TargetDir | None = None
         #: this worker's share of the pass's rate limits, None without one
         self.pace = Pace.of(spec)
+
+    def _lustre_sides(self) -> tuple[bool, bool]:
+        """Whether the source and the target are Lustre (statfs), each asked once a worker."""
+        return (fstype.fs_kind(self.src_root) == "lustre",
+                self.dst_root is not None and fstype.fs_kind(self.dst_root) == "lustre")
 
     def _time_rule(self) -> meta.TimeRule:
         """When a target time counts as the source's, from what the target keeps: probed on
@@ -91,7 +108,7 @@ class Context:
     def target_dir(self, fd: int, tag: str = "") -> TargetDir:
         """The target directory ``fd`` as a TargetDir of this pass (``tag``: see there)."""
         return TargetDir(fd, self.dst_flags, self.spec.id, self.unnamed, self.dst_dev, tag,
-                         flush=self.flush_before_times)
+                         flush=self.flush_before_times, layouts=self.layouts)
 
     def source_dir(self, fd: int) -> SourceDir:
         """The source directory ``fd`` as a SourceDir of this pass."""

@@ -46,6 +46,9 @@ def _run(ctx: Context, chunk: Chunk, sync: bool) -> Result:
             CopyChunk(ctx, out, sfd, dfd).run(sync)
     except OSError as exc:
         out.fail(chunk.path or ".", exc)
+    if ctx.layouts is not None:  # this chunk's share of the worker's layout fallbacks
+        for kind, n in ctx.layouts.take_fallbacks().items():
+            out.count(C.LAYOUT_DEFAULT + kind, n)
     return out.result
 
 
@@ -63,7 +66,8 @@ class CopyChunk:
         self.unsettled: list[Action] = []
         #: slices and large files that must finish before the directory's metadata
         self.barrier = DirBarrier()
-        self.applier = (Applier(ctx, out, self.src, self.tgt, self.unsettled, self.barrier)
+        self.applier = (Applier(ctx, out, self.src, self.tgt, self.unsettled, self.barrier,
+                                self.plan.layouts)
                         if self.tgt is not None and not ctx.spec.dry_run else None)
         self.unlocked = False  # a read-only target directory was made writable (non-root)
 
@@ -72,6 +76,10 @@ class CopyChunk:
         chunk, tgt = self.out.chunk, self.tgt
         if chunk.names is None:
             check_mounted(self.ctx, chunk.path, self.src.fd)
+            layouts = self.ctx.layouts
+            if layouts is not None and self.applier is not None and layouts.copy_dir_default(
+                    self.src.fd, self.applier.tgt.fd):  # before any entry is made in it
+                self.out.act("layout", chunk.path or ".")
             entries = self.src.entries()
             if sync and tgt is not None:
                 # the complete target listing the plan needs also spares the lookups below

@@ -19,10 +19,12 @@ from fsclone.stats import counters as C
 
 
 def carry(ctx: Context, out: Outcome, src: SourceDir, tgt: TargetDir, name: str,
-          st: os.stat_result, current: os.stat_result | None) -> os.stat_result | None:
+          st: os.stat_result, current: os.stat_result | None, layout: bytes | None = None,
+          ) -> os.stat_result | None:
     """Give ``name`` (source lstat ``st``) its place in the link group of its source inode.
-    ``current``: the target's lstat when its data is current. Returns it when the target was
-    claimed for the inode and only its metadata remains to compare, else None."""
+    ``current``: the target's lstat when its data is current; ``layout``: the source's Lustre
+    layout, for a copy. Returns it when the target was claimed for the inode and only its
+    metadata remains to compare, else None."""
     staging = ctx.staging_dir()
     key = f"{st.st_dev:x}-{st.st_ino:x}"
     if current is not None:
@@ -36,7 +38,7 @@ def carry(ctx: Context, out: Outcome, src: SourceDir, tgt: TargetDir, name: str,
         canon = staging.lookup(key)
     if canon is None:
         out.act("copy", out.path(name))
-        tmp, written = tgt.copy_to_temp(src, name, st)
+        tmp, written = tgt.copy_to_temp(src, name, st, layout)
         if staging_links.publish_linked(tgt, tmp, staging, key, name):
             out.count(C.COPIED)
             out.count(C.BYTES, written)

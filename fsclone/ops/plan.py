@@ -12,10 +12,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Final
+from typing import Final, Literal
 
+from fsclone.errors import LayoutError
 from fsclone.fs.inodeflags import Attrs
+from fsclone.fs.lustre.layout import is_released
+from fsclone.fs.lustre.read import file_layout
 from fsclone.fs.source import SourceDir
+from fsclone.fs.steps import SOURCE
 from fsclone.fs.target import TargetDir
 from fsclone.ops.context import Context, Outcome
 from fsclone.ops.mountguard import other_filesystem
@@ -77,7 +81,7 @@ class Planner:
     """Decides, entry by entry, for one chunk (``tgt`` None: a dry run whose target directory
     does not exist yet)."""
 
-    __slots__ = ("ctx", "dry", "existing", "known", "out", "src", "sync", "tgt")
+    __slots__ = ("ctx", "dry", "existing", "known", "layouts", "out", "src", "sync", "tgt")
 
     def __init__(self, ctx: Context, out: Outcome, src: SourceDir, tgt: TargetDir | None,
                  ) -> None:
@@ -91,6 +95,9 @@ class Planner:
         #: name → both sides' project IDs and flags, read with the data by ``--checksum``
         #: (compared with the rest of the metadata, in the settle pass)
         self.known: dict[str, tuple[Attrs, Attrs]] = {}
+        #: name → the Lustre layout of a file to copy, read here for the apply step to create
+        #: it with (see :meth:`_lustre`)
+        self.layouts: dict[str, bytes] = {}
 
     def decide(self, name: str, st: os.stat_result) -> Action | None:
         """The action for one entry, None for none (skipped ones are counted here). On the
@@ -115,6 +122,10 @@ class Planner:
         if dst is not None and stat.S_ISDIR(dst.st_mode):
             return self._type_changed(name, st, dst)
         if stat.S_ISREG(mode):
+            if ctx.reads_layouts:
+                decided = self._lustre(name, st, dst)
+                if decided is not False:
+                    return decided
             return self._regular(name, st, dst)
         if stat.S_ISLNK(mode):
             return self._symlink(name, st, dst)
@@ -163,6 +174,33 @@ class Planner:
             return LARGE, name, st, dst
         return (NEW if dst is None else REPLACE), name, st, dst
 
+    def _lustre(self, name: str, st: os.stat_result, dst: os.stat_result | None,
+                ) -> Action | Literal[False] | None:
+        """A regular file of a Lustre source, before its data is compared or read: its layout
+        is read (by name: an open may recall a released file) where it will be copied, for
+        the apply step; an HSM-released one (``--released skip``) is left unread, counted
+        and listed, and its target copy, if any, untouched. A released file whose copy is
+        current by size and mtime is compared no further (even under ``--checksum``: its
+        data is on tape) and settles as unchanged. Returns False to decide on as for any
+        file, else the decision (None: left)."""
+        current = (dst is not None and stat.S_ISREG(dst.st_mode) and st.st_size == dst.st_size
+                   and self.ctx.times.same(st.st_mtime_ns, dst.st_mtime_ns))
+        if current and not self.ctx.spec.checksum:
+            return False  # the common case of a later pass: nothing read
+        layout = file_layout(self.src.fd, name, SOURCE)
+        if layout is None:
+            return False
+        if self.ctx.skip_released and _released(layout):
+            if current:
+                assert dst is not None  # current: the target's copy is there
+                return SAME, name, st, dst
+            self.out.count(C.RELEASED)
+            self.out.result.released.append(self.out.path(name))
+            return None
+        if self.ctx.layouts is not None:
+            self.layouts[name] = layout
+        return False
+
     def _same_data(self, name: str, st: os.stat_result, dst: os.stat_result) -> bool:
         if st.st_size != dst.st_size:
             return False
@@ -190,3 +228,12 @@ class Planner:
                     raise FileNotFoundError(errno.ENOENT, "vanished while compared", name)
                 return SAME, name, src_now, dst_now
         return SYMLINK, name, st, dst
+
+
+def _released(layout: bytes) -> bool:
+    """Whether a layout says HSM released the file; one that cannot be decoded is taken as
+    not (its copy then gets the target's default layout, counted as "unreadable")."""
+    try:
+        return is_released(layout)
+    except LayoutError:
+        return False

@@ -49,11 +49,12 @@ class DirBarrier:
 
 
 def split(ctx: Context, out: Outcome, tgt: TargetDir, name: str, st: os.stat_result,
-          barrier: DirBarrier) -> None:
-    """Make the temp file of a large file and its range chunks; a barrier of their own
-    finalizes it, and that finalize is a member of the directory's ``barrier``."""
+          barrier: DirBarrier, layout: bytes | None = None) -> None:
+    """Make the temp file of a large file (with the source's Lustre ``layout``) and its range
+    chunks; a barrier of their own finalizes it, and that finalize is a member of the
+    directory's ``barrier``."""
     group = new_id()
-    tmp = largefile.sized_temp(tgt, name, st.st_size, group[:12])
+    tmp = largefile.sized_temp(tgt, name, st.st_size, group[:12], layout)
     args = {"tmp": tmp, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "ctime_ns": st.st_ctime_ns, "sparse": data.is_sparse(st)}
     step = ctx.spec.range_size

@@ -43,13 +43,19 @@ def create_private(path: Path) -> int:
 
 
 def write_private_json(path: Path, value: object) -> None:
+    """Replace ``path`` (a file of the state directory) with ``value`` as JSON (see
+    :func:`write_private`)."""
+    write_private(path, json.dumps(value).encode())
+
+
+def write_private(path: Path, data: bytes) -> None:
     """Replace ``path`` (a file of the state directory, 0600 in a 0700 directory) with
-    ``value`` as JSON, complete or not at all: written to a temp name, then renamed."""
+    ``data``, complete or not at all: written to a temp name, then renamed."""
     private_subdir(path.parent)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(create_private(tmp), "w") as f:
+    with open(create_private(tmp), "wb") as f:
         f.truncate()
-        json.dump(value, f)
+        f.write(data)
     tmp.replace(path)
 
 

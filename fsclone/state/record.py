@@ -22,6 +22,7 @@ from fsclone.chunk import Chunk, Group, ItemError, dumps, loads_chunk
 from fsclone.errors import UsageError
 from fsclone.lifecycle import RUNNING
 from fsclone.spec import PassSpec
+from fsclone.state import released
 from fsclone.state.directory import PRIVATE_DIR, create_private
 from fsclone.state.tables import (
     SCHEMA,
@@ -166,6 +167,21 @@ class PassStore:
 
     def skipped(self, limit: int | None = None) -> list[str]:
         return skipped_rows(self.db, limit)
+
+    def add_released(self, paths: Iterable[str]) -> None:
+        """HSM-released files left unread; a redone chunk's are there once."""
+        rows = [(os.fsencode(p),) for p in paths]
+        if rows:
+            self.db.executemany("INSERT OR IGNORE INTO released VALUES (?)", rows)
+
+    def write_released(self) -> Path | None:
+        """Write every released file the pass left, over all its runs, sorted by path (as
+        bytes), to the list file of its state directory (see :mod:`fsclone.state.released`);
+        None when it left none."""
+        rows = self.db.execute("SELECT path FROM released ORDER BY path").fetchall()
+        if not rows:
+            return None
+        return released.write(self.path, [path for (path,) in rows])
 
     def add_deletions(self, deletions: Iterable[tuple[str, tuple[str, ...], int]]) -> None:
         rows = [(os.fsencode(d), json.dumps(list(n), ensure_ascii=True), c)

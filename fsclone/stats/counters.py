@@ -15,6 +15,12 @@ SKIP_NEWER = "skipped_newer"
 SKIP_OLDER = "skipped_older"
 SKIP_EXCLUDED = "skipped_excluded"
 SKIP_MOUNTS = "skipped_mounts"  # source directories on another filesystem (--one-file-system)
+#: a Lustre source's HSM-released files left unread (``--released skip``), listed in the pass's
+#: state directory
+RELEASED = "skipped_released"
+#: + a layout kind (fsclone.fs.lustre.layout.kind): new files and directories left with the
+#: target's default layout, as the target refused theirs or it could not be re-used
+LAYOUT_DEFAULT = "layout_default_"
 CHANGED = "changed_during_copy"
 #: entries whose times the target filesystem cannot hold (kept at its limit; not a change)
 TIMES_CLAMPED = "times_beyond_target"

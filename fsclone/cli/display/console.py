@@ -28,6 +28,7 @@ _SUMMARY = [
     (C.SKIP_NEWER, "skipped: newer than --newest"), (C.SKIP_OLDER, "skipped: older than --oldest"),
     (C.SKIP_EXCLUDED, "skipped: excluded"),
     (C.SKIP_MOUNTS, "skipped: other filesystems (--one-file-system)"),
+    (C.RELEASED, "skipped: HSM-released (not read)"),
     (C.CHANGED, "changed during copy (next pass)"),
     (C.TIMES_CLAMPED, "times the target cannot hold"),
     (C.VERIFIED, "files verified"), (C.HASHED, "bytes hashed"), (C.MISMATCHES, "mismatches"),
@@ -132,7 +133,8 @@ class Console:
                 "errors": [error_json(e) for e in summary.errors],
                 "error_count": summary.error_count, **({"notes": notes} if notes else {}),
                 **({"skipped": [printable(p) for p in summary.skipped]}
-                   if summary.skipped else {})}))
+                   if summary.skipped else {}),
+                **({"released": summary.released} if summary.released else {})}))
             return
         c = summary.counters
         if c.get(C.CHANGED):  # the pass did not get everything over: said even under -q
@@ -155,12 +157,20 @@ class Console:
             lines = [f"{head} ({speed})"]
         lines += [f"  {note}" for note in notes] + [
             f"  {label:32} {human_bytes(c[key]) if key in (C.BYTES, C.HASHED) else f'{c[key]:,}'}"
-            for key, label in _SUMMARY if c.get(key)]
+            for key, label in _SUMMARY if c.get(key)] + _layout_lines(c)
+        if summary.released:
+            lines.append(f"  HSM-released files left unread are listed in {summary.released}")
         if summary.errors:
             lines.append("  first errors (all in `fsclone errors " + pass_id + "`):")
             lines += [f"    {error_brief(e)}" for e in summary.errors[:10]]
         print("\n".join(lines), file=sys.stdout if not self.quiet else self.err, flush=True)
 
+
+
+def _layout_lines(counters: dict[str, int]) -> list[str]:
+    """One line per Lustre layout kind left with the target's default, however many files."""
+    return [f"  {'default layout: ' + key.removeprefix(C.LAYOUT_DEFAULT):32} {n:,}"
+            for key, n in sorted(counters.items()) if key.startswith(C.LAYOUT_DEFAULT)]
 
 
 def run_marks(summary: Summary) -> tuple[Mark, Mark]:

@@ -20,12 +20,13 @@ from collections.abc import Collection, Mapping
 from typing import Protocol
 
 from fsclone.errors import LayoutError
-from fsclone.fs.lustre.layout import decode, encode, kind, sanitize
+from fsclone.fs.lustre import read
+from fsclone.fs.lustre.layout import LAYOUT_XATTR, decode, encode, kind, sanitize
+from fsclone.fs.steps import SOURCE, TARGET
 
 #: O_NOCTTY | O_ASYNC (0o20400 on x86_64): Lustre delays the layout only when both are set,
 #: bits that mean nothing for a regular file anywhere else
 O_LOV_DELAY_CREATE = os.O_NOCTTY | os.O_ASYNC
-LAYOUT_XATTR = "lustre.lov"
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: setxattr errors meaning "this target takes no such layout", not "this file failed"
 _REFUSED = {errno.EINVAL, errno.EOPNOTSUPP}
@@ -53,12 +54,11 @@ class LustreCreate:
         self.pool_map = dict(pool_map or {})
         self.target_pools = target_pools
         self.os = osapi
-        #: files (and directories) left with the target's default layout, per layout kind
+        #: files (and directories) left with the target's default layout, per layout kind,
+        #: since the caller last took them (:meth:`take_fallbacks`)
         self.fallbacks: Counter[str] = Counter()
-        #: per kind, why it first fell back: one line each in a pass summary
-        self.reasons: dict[str, str] = {}
-        self._refused: dict[str, str] = {}  # kinds this target refuses, and why
-        self._off: str | None = None  # why the target takes no layouts at all (not Lustre)
+        self._refused: set[str] = set()  # kinds this target refuses
+        self._off = False  # whether the target takes no layouts at all (not Lustre)
 
     def create(self, dir_fd: int, name: str, mode: int, source_layout: bytes | None) -> int:
         """Create ``name`` in ``dir_fd`` (O_EXCL, never following a symlink) for writing, with
@@ -99,10 +99,27 @@ class LustreCreate:
                 raise
             self._refuse(lkind, exc.errno)
 
-    def report(self) -> list[str]:
-        """One line per layout kind that fell back, for the pass summary."""
-        return [f"{n} kept the target's default layout ({k}: {self.reasons[k]})"
-                for k, n in sorted(self.fallbacks.items())]
+    def copy_dir_default(self, sfd: int, dfd: int) -> bool:
+        """Give the target directory ``dfd`` the default layout the source directory ``sfd``
+        has of its own, or take away one of its own the source lacks (see
+        :func:`dir_default_change`); returns whether it set one. Four xattr reads: each
+        directory's and its parent's."""
+        source = own_default(read.dir_default(sfd, SOURCE), read.parent_default(sfd, SOURCE))
+        target = own_default(read.dir_default(dfd, TARGET), read.parent_default(dfd, TARGET))
+        try:
+            change = dir_default_change(source, target, self.pool_map, self.target_pools)
+        except LayoutError:
+            self.fallbacks["unreadable"] += 1
+            return False
+        if change is None:
+            return False
+        self.set_dir_default(dfd, change)
+        return True
+
+    def take_fallbacks(self) -> Counter[str]:
+        """The fallbacks counted since the last call (a chunk's, for its result)."""
+        taken, self.fallbacks = self.fallbacks, Counter()
+        return taken
 
     def _request(self, blob: bytes | None) -> tuple[str, bytes] | None:
         """(kind, sanitized value) to set, or None: create with the target's default."""
@@ -115,28 +132,22 @@ class LustreCreate:
             if self._learnt(lkind):
                 return None
             return lkind, encode(sanitize(layout, self.pool_map, self.target_pools))
-        except LayoutError as exc:
-            self._fall_back(lkind, str(exc))
+        except LayoutError:
+            self.fallbacks[lkind] += 1
             return None
 
     def _learnt(self, lkind: str) -> bool:
         """Whether the target is known to refuse ``lkind``; counts the file's fallback."""
-        reason = self._off or self._refused.get(lkind)
-        if reason is not None:
-            self._fall_back(lkind, reason)
-        return reason is not None
+        refused = self._off or lkind in self._refused
+        if refused:
+            self.fallbacks[lkind] += 1
+        return refused
 
     def _refuse(self, lkind: str, err: int) -> None:
         """Learn that the target refuses ``lkind`` (EOPNOTSUPP: every layout)."""
-        reason = f"{errno.errorcode.get(err, err)} from the target"
-        self._refused[lkind] = reason
-        if err == errno.EOPNOTSUPP:
-            self._off = reason
-        self._fall_back(lkind, reason)
-
-    def _fall_back(self, lkind: str, reason: str) -> None:
+        self._refused.add(lkind)
+        self._off = self._off or err == errno.EOPNOTSUPP
         self.fallbacks[lkind] += 1
-        self.reasons.setdefault(lkind, reason)
 
 
 def own_default(layout: bytes | None, parent_layout: bytes | None) -> bytes | None:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, replace
 
 from fsclone.errors import LayoutError
 
+#: the xattr a Lustre client shows a file's layout (a directory's default) as
+LAYOUT_XATTR = "lustre.lov"
 MAGIC_V1 = 0x0BD10BD0
 MAGIC_V3 = 0x0BD30BD0
 MAGIC_SPECIFIC = 0x0BD50BD0
