@@ -33,6 +33,7 @@ SAMPLES = {
     "memcached": "mc1:11211", "graphite": "[fd00::2]:2003",
     "progress": "5", "log_file": "/var/log/fsclone.log",
     "files_from": "/var/tmp/paths.txt", "bwlimit": "100M", "max_rate": "10k",
+    "layout": "target-default", "released": "copy",
 }
 #: the arguments and options of the pass commands that are no option of a pass: the roots,
 #: which pass to resume, and how the CLI prints
