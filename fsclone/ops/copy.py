@@ -18,6 +18,7 @@ import stat
 from fsclone.chunk import Chunk, Result, new_id
 from fsclone.fs import meta
 from fsclone.fs.inodeflags import Attrs
+from fsclone.fs.lustre.create import LustreCreate
 from fsclone.fs.source import SourceChanged
 from fsclone.fs.target import TargetDir
 from fsclone.ops.apply import Applier
@@ -76,10 +77,8 @@ class CopyChunk:
         chunk, tgt = self.out.chunk, self.tgt
         if chunk.names is None:
             check_mounted(self.ctx, chunk.path, self.src.fd)
-            layouts = self.ctx.layouts
-            if layouts is not None and self.applier is not None and layouts.copy_dir_default(
-                    self.src.fd, self.applier.tgt.fd):  # before any entry is made in it
-                self.out.act("layout", chunk.path or ".")
+            if self.ctx.layouts is not None and self.applier is not None:
+                self._dir_layout(self.ctx.layouts, self.applier.tgt)
             entries = self.src.entries()
             if sync and tgt is not None:
                 # the complete target listing the plan needs also spares the lookups below
@@ -114,6 +113,17 @@ class CopyChunk:
         if tgt is not None:  # else nothing was found current
             self._settle(tgt)
         self._finish()
+
+    def _dir_layout(self, layouts: LustreCreate, tgt: TargetDir) -> None:
+        """The directory's default Lustre layout, before any entry is made in it (so new
+        subdirectories inherit it); one that fails is the directory's item error, and its
+        entries are copied all the same."""
+        where = self.out.chunk.path or "."
+        try:
+            if layouts.copy_dir_default(self.src.fd, tgt.fd):
+                self.out.act("layout", where)
+        except OSError as exc:
+            self.out.fail(where, exc)
 
     def _listed(self, names: tuple[str, ...], found: list[tuple[str, os.stat_result]],
                 ) -> list[tuple[str, os.stat_result]]:

@@ -22,7 +22,7 @@ from typing import Protocol
 from fsclone.errors import LayoutError
 from fsclone.fs.lustre import read
 from fsclone.fs.lustre.layout import LAYOUT_XATTR, decode, encode, kind, sanitize
-from fsclone.fs.steps import SOURCE, TARGET
+from fsclone.fs.steps import SOURCE, TARGET, XATTR, mark
 
 #: O_NOCTTY | O_ASYNC (0o20400 on x86_64): Lustre delays the layout only when both are set,
 #: bits that mean nothing for a regular file anywhere else
@@ -96,6 +96,7 @@ class LustreCreate:
             self.os.setxattr(fd, LAYOUT_XATTR, value)
         except OSError as exc:
             if exc.errno not in _REFUSED:
+                mark(exc, XATTR, TARGET)
                 raise
             self._refuse(lkind, exc.errno)
 

@@ -9,7 +9,7 @@ import errno
 import os
 
 from fsclone.fs.lustre.layout import LAYOUT_XATTR
-from fsclone.fs.steps import STAT, mark
+from fsclone.fs.steps import XATTR, mark
 
 #: getxattr errors meaning "no layout here": none set, or not Lustre
 _NONE = {errno.ENODATA, errno.EOPNOTSUPP}
@@ -28,7 +28,7 @@ def _layout(target: int | str, side: str) -> bytes | None:
     except OSError as exc:
         if exc.errno in _NONE:
             return None
-        mark(exc, STAT, side)
+        mark(exc, XATTR, side)
         raise
 
 
