@@ -379,6 +379,24 @@ def test_a_released_file_whose_copy_is_current_settles_unread(
     assert "f" not in reads
 
 
+def test_a_released_file_whose_copy_has_other_names_is_not_rewritten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A current copy still linked to other names is rewritten for a file on disk (links
+    split in the source); a released file's is not, as that would read it."""
+    lustre = FakeLustre(monkeypatch)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "f").write_text("data")
+    assert copy(tmp_path).counters["files_copied"] == 1
+    os.link(dst / "f", dst / "other-name")
+    lustre.set(src / "f", GONE_TO_TAPE)
+    reads = opened(monkeypatch)
+    again = copy(tmp_path)
+    assert again.error_count == 0, again.errors
+    assert "f" not in reads and again.counters.get("files_copied", 0) == 0
+    assert os.stat(dst / "f").st_nlink == 2
+
+
 def test_released_copy_reads_them_and_clears_the_flag_in_the_new_layout(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lustre = FakeLustre(monkeypatch)

@@ -185,8 +185,10 @@ class Planner:
         file, else the decision (None: left)."""
         current = (dst is not None and stat.S_ISREG(dst.st_mode) and st.st_size == dst.st_size
                    and self.ctx.times.same(st.st_mtime_ns, dst.st_mtime_ns))
-        if current and not self.ctx.spec.checksum:
-            return False  # the common case of a later pass: nothing read
+        if (current and not self.ctx.spec.checksum and dst is not None
+                and (dst.st_nlink == 1 or st.st_nlink > 1)):
+            return False  # the common case of a later pass, which reads nothing (a copy still
+            # linked to other names is rewritten: see _regular)
         layout = file_layout(self.src.fd, name, SOURCE)
         if layout is None:
             return False
