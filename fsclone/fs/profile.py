@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -85,7 +84,7 @@ def _latency_us(path: str) -> int:
         start = time.perf_counter_ns()
         os.stat(path)
         took.append(time.perf_counter_ns() - start)
-    return max(1, round(statistics.median(took) / 1000))
+    return max(1, round(sorted(took)[_STATS // 2] / 1000))  # the median (statistics: 7 ms)
 
 
 @contextmanager
