@@ -25,6 +25,7 @@ import click
 
 from fsclone import optionvalues as values
 from fsclone.ages import parse_age
+from fsclone.fsprofile import parse_overrides
 from fsclone.rules import effective
 
 #: the pass commands (``fsclone pass OP``), and those with ``pass resume``: the commands that
@@ -263,6 +264,10 @@ class Options(PassOptions):
                                                         parse=values.root_pairs)
     #: the secret shared by the amqp coordinator and its workers (fsclone.signing)
     signing_key_file: str | None = option(None, setting="SIGNING_KEY_FILE")
+    #: what to take as found of each side's filesystem, whatever the probes say
+    #: (fsclone.fsprofile; applied at a pass's start, which its record then keeps)
+    profile_overrides: Mapping[str, Mapping[str, Any]] | None = option(
+        None, setting="PROFILE", parse=parse_overrides)
 
 
 def _declared(cls: type) -> dict[str, Option]:

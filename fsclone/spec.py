@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fsclone.errors import MessageError
+from fsclone.fsprofile import UNKNOWN, Profiles
 from fsclone.options import SHAPING, Option, PassOptions
 
 
@@ -28,6 +29,9 @@ class PassSpec(PassOptions):
     #: how many chunks the coordinator runs at once while ``bwlimit`` or ``max_rate`` is set:
     #: each takes that share of the limits (fsclone.ops.pace). A run's, like the limits
     rate_slots: int = 1
+    #: what each side's filesystem holds and does, found by the coordinator at the pass's
+    #: start (fsclone.fs.profile) and kept for a resume: the workers read it, never probe
+    profile: Profiles = UNKNOWN
 
     @property
     def rehearsal(self) -> bool:
@@ -41,10 +45,10 @@ class PassSpec(PassOptions):
     @classmethod
     def from_wire(cls, data: Any) -> PassSpec:
         """The spec in ``data``; keys it does not know (a record of another version) are left
-        out, and JSON's lists become the tuples they were."""
+        out, and JSON's lists and objects become the tuples and profiles they were."""
         try:
             given = _with_rules(dict(data))
-            values = {f.name: _tuples(given[f.name], f.default)
+            values = {f.name: _typed(given[f.name], f.default)
                       for f in dataclasses.fields(cls) if f.name in given}
             return cls(**values)
         except (TypeError, ValueError) as exc:
@@ -60,7 +64,9 @@ def _with_rules(given: dict[str, Any]) -> dict[str, Any]:
     return given
 
 
-def _tuples(value: Any, default: Any) -> Any:
+def _typed(value: Any, default: Any) -> Any:
+    if isinstance(default, Profiles):
+        return Profiles.from_wire(value)
     return tuple(value) if isinstance(default, tuple) else value
 
 

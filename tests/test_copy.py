@@ -270,8 +270,8 @@ def test_file_changed_during_copy_is_not_stamped_done(tmp_path: Path,
     real = data.copy_whole
 
     def copy_while_user_writes(s: int, d: int, size: int, sparse: bool,
-                                devices: data.Devices = None) -> int:
-        n = real(s, d, size, sparse, devices)
+                                devices: data.Devices = None, kernel: bool = True) -> int:
+        n = real(s, d, size, sparse, devices, kernel)
         with open(src / "busy", "ab") as f:
             f.write(b"appended by a user")
         return n
@@ -294,9 +294,9 @@ def test_name_that_appears_in_the_target_during_a_copy_is_replaced(
     real = data.copy_whole
 
     def copy_while_user_creates(s: int, d: int, size: int, sparse: bool,
-                                devices: data.Devices = None) -> int:
+                                devices: data.Devices = None, kernel: bool = True) -> int:
         (dst / "f").write_bytes(b"made by a user meanwhile")
-        return real(s, d, size, sparse, devices)
+        return real(s, d, size, sparse, devices, kernel)
 
     monkeypatch.setattr(data, "copy_whole", copy_while_user_creates)
     result = _copy_in_process(src, dst)

@@ -208,10 +208,11 @@ def test_a_flag_changed_on_the_target_alone_is_seen_with_checksum(tmp_path: Path
         assert_same_tree(src, dst)
 
 
-def test_a_target_without_project_ids_costs_one_refusal_per_worker(
+def test_a_target_without_project_ids_costs_one_refusal_per_pass(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The ioctl numbers are those of the kernel's headers, and tmpfs (project IDs read as 0,
-    any other refused) is probed once on a file of ours, then never asked again."""
+    any other refused) is probed once on a file of ours (the pass's profile), then never
+    asked again."""
     assert (inodeflags.FS_IOC_FSGETXATTR, inodeflags.FS_IOC_FSSETXATTR) == (0x801C581F, 0x401C5820)
     assert (inodeflags.FS_IOC_GETFLAGS, inodeflags.FS_IOC_SETFLAGS) == (0x80086601, 0x40086602)
     calls: list[int] = []
@@ -222,12 +223,16 @@ def test_a_target_without_project_ids_costs_one_refusal_per_worker(
         return real(fd, request, arg)
 
     monkeypatch.setattr(inodeflags.fcntl, "ioctl", counted)
-    side, source = inodeflags.Side(), inodeflags.Side()
     with tmpfs(tmp_path / "shm", "1m") as shm:
+        fd = os.open(shm, os.O_WRONLY | os.O_TMPFILE, 0o600)
+        try:
+            takes = inodeflags.takes_projids(fd)
+        finally:
+            os.close(fd)
+        side, source = inodeflags.Side(takes, True), inodeflags.Side(takes, True)
         for _ in range(20):
             fd = os.open(shm, os.O_WRONLY | os.O_TMPFILE, 0o600)
             try:
-                side.probe(fd)
                 want = source.read(fd, side.projids)
                 side.set_projid(fd, want.projid)
             finally:
@@ -235,7 +240,7 @@ def test_a_target_without_project_ids_costs_one_refusal_per_worker(
     projid_calls = [r for r in calls if r in (inodeflags.FS_IOC_FSGETXATTR,
                                               inodeflags.FS_IOC_FSSETXATTR)]
     assert projid_calls == [inodeflags.FS_IOC_FSGETXATTR, inodeflags.FS_IOC_FSSETXATTR]
-    assert not side.projids and side.flags
+    assert not takes and side.flags
 
 
 def test_a_large_immutable_file_in_ranges_is_locked_once_renamed(tmp_path: Path) -> None:

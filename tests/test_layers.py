@@ -20,6 +20,7 @@ GROUND = (
     "fsclone.text", "fsclone.ages", "fsclone.schema", "fsclone.chunk", "fsclone.spec",
     "fsclone.lifecycle", "fsclone.signing", "fsclone.manifest", "fsclone.options",
     "fsclone.optionvalues", "fsclone.config", "fsclone.filters", "fsclone.rules",
+    "fsclone.fsprofile",
     "fsclone.stats.counters",
 )
 

@@ -18,6 +18,7 @@ from fsclone.cli import given
 from fsclone.cli.passes import pass_group
 from fsclone.config import SETTINGS, load, read_site_file
 from fsclone.engine.launch import build_spec
+from fsclone.fsprofile import FsProfile, Profiles
 from fsclone.options import OPTIONS, PASS_OPTIONS, PASSES, RUNS, SHAPING, Option
 from fsclone.spec import PassSpec, as_flags, differences
 from tests.clirun import fsclone
@@ -123,6 +124,11 @@ def test_every_pass_option_goes_over_the_wire() -> None:
     for f in dataclasses.fields(PassSpec):
         marker = f"marker of {f.name}"
         values[f.name] = (marker,) if isinstance(f.default, tuple) else marker
+    values["profile"] = Profiles(
+        src=FsProfile(kind="xfs", latency_us=7, project_ids=True, skipped_xattrs=("a", "b*")),
+        dst=FsProfile(kind="lustre", time_step_ns=10**9, time_high_ns=2**31 * 10**9,
+                      tmpfile=False, copy_file_range=True, flush_before_times=True,
+                      overridden=("tmpfile",)))
     spec = PassSpec(**values)
     assert _wire(spec) == spec
     assert set(PASS_OPTIONS) <= set(spec.to_wire())

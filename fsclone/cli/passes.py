@@ -134,7 +134,7 @@ def _coordinate(cfg: Config, req: PassRequest, kw: dict[str, Any],
         if kw.get("manifest"):
             hooks.manifest = stack.enter_context(ManifestWriter(kw["manifest"])).write
         spec, summary = run_pass(cfg, req, hooks, transport)
-    console.summary(spec.id, req.op, summary, spec.dry_run, _verify_notes(spec))
+    console.summary(spec.id, req.op, summary, spec.dry_run, _verify_notes(spec), spec.profile)
     if summary.error_count or summary.counters.get(C.MISMATCHES):
         return EXIT_ITEMS_FAILED
     return EXIT_CHANGED if summary.counters.get(C.CHANGED) else EXIT_OK

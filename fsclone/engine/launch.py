@@ -13,6 +13,7 @@ from fsclone.config import Config
 from fsclone.engine.coordinator import Coordinator, Hooks
 from fsclone.engine.layout import source_layout
 from fsclone.engine.listed import identity, listed_seed
+from fsclone.engine.profiles import for_pass
 from fsclone.engine.retry import Seed, retry_seed
 from fsclone.engine.roots import check_delete_guards, check_roots
 from fsclone.engine.sweep import WRITERS, remove_staging, supersede
@@ -120,7 +121,11 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
             hooks = replace(hooks, progress=_beating(hooks.progress, lease))
         if spec.op in WRITERS and not spec.dry_run:
             _sweep(state, spec, resume, hooks)
+        # found once, here: every worker reads it from the spec
+        spec = replace(spec, profile=for_pass(spec, resume, cfg.profile_overrides, hooks.note))
         store = PassStore(state / spec.id) if resume else PassStore.create(state, spec)
+        if store.spec.profile != spec.profile:
+            store.keep_profile(spec.profile)
         # the limits are this run's: a resume runs at those it is given
         store.spec = replace(store.spec, bwlimit=cfg.bwlimit, max_rate=cfg.max_rate,
                              rate_slots=cfg.workers)

@@ -52,10 +52,13 @@ def data_segments(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
         pos = hole
 
 
-def _copy_span(src: int, dst: int, offset: int, end: int, devices: Devices) -> int:
-    """Copy [offset, end) at the same offsets; returns bytes copied (short if the source shrank)."""
+def _copy_span(src: int, dst: int, offset: int, end: int, devices: Devices,
+               kernel: bool) -> int:
+    """Copy [offset, end) at the same offsets, in the kernel unless not ``kernel`` (the
+    target's profile says it has no copy_file_range, or the site says not to use it) or the
+    pair refused it; returns bytes copied (short if the source shrank)."""
     copied = 0
-    kernel = devices not in _REFUSED
+    kernel = kernel and devices not in _REFUSED
     while offset < end:
         if kernel:
             try:
@@ -93,17 +96,20 @@ def _copy_userspace(src: int, dst: int, offset: int, end: int) -> int:
 
 
 def copy_range(src: int, dst: int, start: int, end: int, sparse: bool,
-               devices: Devices = None) -> int:
-    """Copy bytes [start, end) of ``src`` into ``dst`` at the same offsets. The caller sizes
-    ``dst`` (ftruncate) so holes need no writing. Returns bytes written."""
+               devices: Devices = None, kernel: bool = True) -> int:
+    """Copy bytes [start, end) of ``src`` into ``dst`` at the same offsets (``kernel``: see
+    _copy_span). The caller sizes ``dst`` (ftruncate) so holes need no writing. Returns bytes
+    written."""
     if not sparse:
-        return _copy_span(src, dst, start, end, devices)
-    return sum(_copy_span(src, dst, a, b, devices) for a, b in data_segments(src, start, end))
+        return _copy_span(src, dst, start, end, devices, kernel)
+    return sum(_copy_span(src, dst, a, b, devices, kernel)
+               for a, b in data_segments(src, start, end))
 
 
-def copy_whole(src: int, dst: int, size: int, sparse: bool, devices: Devices = None) -> int:
+def copy_whole(src: int, dst: int, size: int, sparse: bool, devices: Devices = None,
+               kernel: bool = True) -> int:
     """Copy a whole file of ``size`` bytes; a trailing hole is made by ftruncate."""
-    written = copy_range(src, dst, 0, size, sparse, devices)
+    written = copy_range(src, dst, 0, size, sparse, devices, kernel)
     if sparse:
         try:
             os.ftruncate(dst, size)

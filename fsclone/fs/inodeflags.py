@@ -16,11 +16,12 @@ as they are.
 Immutable and append-only (:data:`LOCKS`) forbid every later change, a rename or a link of the
 inode included: they are set last, after times, and on a new file only once it has its name.
 
-What a pass carries is decided per side once per worker (:func:`sides`): project IDs only where
-both filesystems hold them (tmpfs and btrfs, known by their statfs magic, hold none; a target
-is probed once on a new file of ours), flags only where both roots answer ``FS_IOC_GETFLAGS``.
-The source is read only for what the target can hold, and a side that refuses later (ENOTTY,
-EOPNOTSUPP, EINVAL) is not asked again by that worker.
+What each side holds is the pass's profile (fsclone.fsprofile, found by :func:`holds` and
+:func:`takes_projids` at the pass's start): project IDs only where both filesystems hold them
+(tmpfs and btrfs, known by their statfs magic, hold none; a target is probed on a file of
+ours), flags only where both roots answer ``FS_IOC_GETFLAGS``. The source is read only for what
+the target can hold, and a side that refuses later (ENOTTY, EOPNOTSUPP, EINVAL) is not asked
+again by that worker.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from fsclone.fs import dirs, fstype, steps
+from fsclone.fs import dirs, steps
 from fsclone.fs.meta import EntryChanged
+from fsclone.fsprofile import FsProfile
 
 
 def _ioc(direction: int, kind: str, nr: int, size: int) -> int:
@@ -118,16 +120,15 @@ class Side:
     remembers what it refused (learnt at the first refusal, never asked again). A source side
     made by :func:`sides` reads only what its target can hold."""
 
-    __slots__ = ("_buf", "flags", "name", "probed", "projids", "settable")
+    __slots__ = ("_buf", "flags", "name", "projids", "settable")
 
-    def __init__(self, kind: str = "other", name: str = steps.TARGET) -> None:
-        """``kind``: the side's filesystem (fs.fstype), for what it is known to lack;
+    def __init__(self, projids: bool = False, flags: bool = False,
+                 name: str = steps.TARGET) -> None:
+        """``projids``, ``flags``: whether the side's filesystem holds them (its profile);
         ``name``: steps.SOURCE or TARGET, what its errors are marked with."""
         self.name = name
-        self.projids = kind not in NO_PROJECT_IDS
-        self.flags = True
-        #: whether :meth:`probe` tried a project ID on a new file of ours yet
-        self.probed = False
+        self.projids = projids
+        self.flags = flags
         #: the carried flags this side accepted or was not yet asked to set
         self.settable = CARRIED
         #: the flags ioctl's buffer, filled in place (one Side per worker thread)
@@ -192,19 +193,6 @@ class Side:
             return self.read(fd, projids)
         finally:
             os.close(fd)
-
-    def probe(self, fd: int) -> None:
-        """Learn, on a new file nobody else sees yet (``fd``), whether this side holds project
-        IDs at all: tmpfs reads 0 for every file and refuses any other, so without the probe
-        each file would cost a read of the source's project ID and of its own."""
-        if self.probed or not self.projids:
-            return
-        self.probed = True
-        try:
-            self.set_projid(fd, 1)
-            self.set_projid(fd, 0)
-        except OSError:  # EPERM: not ours to set (a non-root pass), which is the same here
-            self.projids = False
 
     def set_projid(self, fd: int, projid: int | None, have: int | None = None) -> None:
         """Give an inode the project ID (None: nothing to carry; ``have``: the one it is
@@ -330,27 +318,43 @@ class Side:
             raise
 
 
-def sides(src_root: int, dst_root: int | None) -> tuple[Side, Side]:
-    """The source's and the target's Side for one worker, from each root's filesystem kind
-    and whether its root answers the flags ioctl. The source reads only what both hold: it
-    is read to be carried (and compared, by a verify), and what the target cannot hold is
-    neither."""
-    src = _side_of(src_root, steps.SOURCE)
-    dst = _side_of(dst_root, steps.TARGET) if dst_root is not None else Side()
-    src.projids = src.projids and dst.projids
-    src.flags = src.flags and dst.flags
-    return src, dst
+def sides(src: FsProfile, dst: FsProfile) -> tuple[Side, Side]:
+    """The source's and the target's Side for one worker, from the pass's profiles. The
+    source reads only what both hold: it is read to be carried (and compared, by a verify),
+    and what the target cannot hold is neither."""
+    return (Side(src.project_ids and dst.project_ids, src.flags and dst.flags, steps.SOURCE),
+            Side(dst.project_ids, dst.flags, steps.TARGET))
 
 
-def _side_of(root: int, name: str) -> Side:
-    side = Side(fstype.fs_kind(root), name)
+def holds(root: int, kind: str) -> tuple[bool, bool]:
+    """Whether the filesystem of the open directory ``root`` (of ``kind``, fs.fstype) holds
+    project IDs and flags, as far as reading its root shows (for a profile)."""
+    return (kind not in NO_PROJECT_IDS and _answers(root, FS_IOC_FSGETXATTR, _NO_FSXATTR),
+            _answers(root, FS_IOC_GETFLAGS, _NO_FLAGS))
+
+
+def _answers(fd: int, request: int, buf: bytes) -> bool:
     try:
-        side._get(root)
+        fcntl.ioctl(fd, request, buf)
     except OSError as exc:
         if exc.errno not in _UNSUPPORTED:
             raise
-        side.flags = False
-    return side
+        return False
+    return True
+
+
+def takes_projids(fd: int) -> bool:
+    """Whether a new file of ours nobody else sees (``fd``) takes a project ID: tmpfs reads 0
+    for every file and refuses any other, so without the probe each file would cost a read of
+    the source's project ID and of its own. EPERM (not ours to set: a non-root pass) is the
+    same here."""
+    side = Side(True, True)
+    try:
+        side.set_projid(fd, 1)
+        side.set_projid(fd, 0)
+    except OSError:
+        return False
+    return side.projids
 
 
 def open_checked(name: str, dir_fd: int, st: os.stat_result) -> tuple[int, os.stat_result]:

@@ -39,7 +39,7 @@ def copy_range(tgt: TargetDir, src: SourceDir, name: str, tmp: str, start: int, 
     try:
         fd = tgt.open_temp(tmp)
         try:
-            return data.copy_range(sfd, fd, start, end, sparse)
+            return data.copy_range(sfd, fd, start, end, sparse, kernel=tgt.kernel)
         finally:
             os.close(fd)
     finally:

@@ -39,6 +39,7 @@ from fsclone.fs.steps import (
     mark,
 )
 from fsclone.fs.unnamed import UnnamedFiles
+from fsclone.fsprofile import UNPROBED, FsProfile
 from fsclone.schema import temp_name
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -60,20 +61,23 @@ class TargetDir(DirSide):
     """A target directory held by its fd (owned by the caller) for one chunk. ``tag`` makes
     this run's temp names its own; ``inherits`` says whether new files get a default ACL
     (:meth:`has_default_acl`), which their metadata then replaces in full; ``flush``: a new
-    file's data is flushed before its times are set; ``layouts``: a Lustre target's creates
-    with the source's layout (None: the target's default)."""
+    file's data is flushed before its times are set; ``kernel``: data is copied by
+    copy_file_range (both from the target's profile, fsclone.fsprofile); ``layouts``: a Lustre
+    target's creates with the source's layout (None: the target's default)."""
 
-    __slots__ = ("_locks", "_plain", "dev", "flush", "inherits", "layouts", "pass_id", "tag",
+    __slots__ = ("_locks", "_plain", "dev", "flush", "inherits", "kernel", "layouts", "pass_id",
+                 "tag",
                  "unnamed")
     SIDE = TARGET
 
     def __init__(self, fd: int, flags: Side, pass_id: str, unnamed: UnnamedFiles, dev: int,
-                 tag: str = "", flush: bool = False, layouts: LustreCreate | None = None,
-                 ) -> None:
+                 tag: str = "", profile: FsProfile = UNPROBED,
+                 layouts: LustreCreate | None = None) -> None:
         super().__init__(fd, flags)
         self.pass_id, self.unnamed, self.dev, self.tag = pass_id, unnamed, dev, tag
-        #: flush a new file's data before its times are set (a Lustre target: see ops.context)
-        self.flush = flush
+        #: flush a new file's data before its times are set (a Lustre target)
+        self.flush = profile.flush_before_times
+        self.kernel = profile.copy_file_range is not False
         self.layouts = layouts
         self.inherits = False
         #: temp name → the immutable or append-only flags its file gets once it has its name
@@ -182,7 +186,7 @@ class TargetDir(DirSide):
             raise
         try:
             written = data.copy_whole(sfd, fd, st.st_size, data.is_sparse(st),
-                                      (st.st_dev, self.dev))
+                                      (st.st_dev, self.dev), self.kernel)
             try:
                 after = os.fstat(sfd)
             except OSError as exc:
@@ -216,9 +220,6 @@ class TargetDir(DirSide):
         the flags that wait for its name. One ioctl on the path of every new file, where
         project IDs are not carried (tmpfs)."""
         flags = self.flags
-        if carry.projids and not flags.probed:
-            flags.probe(fd)
-            carry.projids = flags.projids
         want = carry.read_new(sfd)
         plain = self._plain
         if plain is None:

@@ -2,8 +2,10 @@
 
 Nothing half-written is ever visible, a killed worker leaves nothing behind to clean up, and a
 new file costs neither the lookup and create of a temp name nor a rename (about 2 µs a file on
-tmpfs). Filesystems without ``O_TMPFILE`` (NFS, some parallel filesystems) are found out at the
-first try; callers then fall back to a temp name and rename.
+tmpfs). Filesystems without ``O_TMPFILE`` (Lustre, NFS, most FUSE) are known from the pass's
+profile (fsclone.fs.profile), and a refusal all the same (a directory of the target on another
+filesystem, a site's PROFILE that was wrong) is learnt at the first try; callers then fall back
+to a temp name and rename.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ _AT_EMPTY_PATH = 0x1000
 
 
 class UnnamedFiles:
-    """One worker's way to make unnamed files in one target tree, learnt from its failures."""
+    """One worker's way to make unnamed files in one target tree: ``supported``, as its
+    profile says, until a refusal says otherwise."""
 
-    def __init__(self) -> None:
-        self.supported = hasattr(os, "O_TMPFILE")
+    def __init__(self, supported: bool = True) -> None:
+        self.supported = supported and hasattr(os, "O_TMPFILE")
         self._linkat: Any = None  # libc's linkat, loaded on first use (ctypes costs ~4 ms)
         self._get_errno: Any = None
         self._empty_path = True  # linkat(fd, "") needs CAP_DAC_READ_SEARCH; else via /proc

@@ -23,6 +23,8 @@ _INTERNAL = frozenset({
     "trusted.SGI_ACL_FILE", "trusted.SGI_ACL_DEFAULT",
 })
 _INTERNAL_PREFIXES = ("lustre.", "trusted.lfsck_")
+#: the names skipped, for a pass's profile (a trailing * stands for any rest)
+SKIPPED = (*sorted(_INTERNAL), *(f"{prefix}*" for prefix in _INTERNAL_PREFIXES))
 
 
 def is_internal(name: str) -> bool:

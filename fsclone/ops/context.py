@@ -3,14 +3,13 @@ Result builder that turns OS errors into listed item errors."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
-from fsclone.fs import dirs, fstype, inodeflags, meta, profile, steps
+from fsclone.fs import dirs, inodeflags, meta, steps
 from fsclone.fs.lustre.create import LustreCreate
 from fsclone.fs.source import SourceDir
 from fsclone.fs.staging import open_staging
@@ -21,9 +20,6 @@ from fsclone.schema import LINKS_PREFIX
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 from fsclone.text import printable
-
-#: passes whose workers compare target times with the source's
-_PROBING_OPS = {"copy", "sync", "mtime", "verify"}
 
 
 class Context:
@@ -48,13 +44,14 @@ class Context:
         dst_st = os.fstat(self.dst_root) if self.dst_root is not None else None
         self.dst_dev, self.dst_ino = (dst_st.st_dev, dst_st.st_ino) if dst_st else (0, 0)
         self.staging = LINKS_PREFIX + spec.id
-        self.unnamed = UnnamedFiles()
+        #: what each side's filesystem holds and does, found by the coordinator at the pass's
+        #: start (fsclone.fs.profile): no worker probes
+        self.profile = spec.profile
+        self.unnamed = UnnamedFiles(self.profile.dst.tmpfile is not False)
         #: what each side holds of project IDs and flags; the source's, what is carried
-        self.src_flags, self.dst_flags = inodeflags.sides(self.src_root, self.dst_root)
-        src_lustre, dst_lustre = self._lustre_sides()
-        #: Lustre sets a file's times on its OSTs when the writes land: times set before that
-        #: come out wrong, so there a new file's data is flushed first
-        self.flush_before_times = dst_lustre
+        self.src_flags, self.dst_flags = inodeflags.sides(self.profile.src, self.profile.dst)
+        src_lustre = self.profile.src.kind == "lustre"
+        dst_lustre = self.profile.dst.kind == "lustre"
         #: Lustre → Lustre with ``--layout keep``: new files get their source's layout, and
         #: directories their own default layouts (None: the target's defaults apply)
         self.layouts = (LustreCreate(dict(spec.pool_map), spec.target_pools)
@@ -72,26 +69,19 @@ class Context:
         #: this worker's share of the pass's rate limits, None without one
         self.pace = Pace.of(spec)
 
-    def _lustre_sides(self) -> tuple[bool, bool]:
-        """Whether the source and the target are Lustre (statfs), each asked once a worker."""
-        return (fstype.fs_kind(self.src_root) == "lustre",
-                self.dst_root is not None and fstype.fs_kind(self.dst_root) == "lustre")
-
     def _time_rule(self) -> meta.TimeRule:
-        """When a target time counts as the source's, from what the target keeps: probed on
-        an unnamed file, never in a dry run; a probe the target refuses (read-only, or a
-        non-root user's read-only root) means nothing is known. A verify forgives the step a
-        target keeps times in, not a time beyond its range: that one it reports."""
+        """When a target time counts as the source's: at the coarser step of the two sides,
+        in the target's range, as their profiles say (nothing known where the target was not
+        probed). A verify forgives the step, not a time beyond the target's range: that one
+        it reports."""
         window = self.spec.modify_window_ns
-        if self.dst_root is None or self.spec.dry_run or self.spec.op not in _PROBING_OPS:
+        src, dst = self.profile.src, self.profile.dst
+        if dst.time_step_ns is None:
             return meta.TimeRule(window)
-        try:
-            kept = profile.probe_times(self.dst_root, self.unnamed)
-        except OSError:
-            return meta.TimeRule(window)
+        step = max(dst.time_step_ns, src.time_step_ns or 1)
         if self.spec.op == "verify":
-            return meta.TimeRule(window, step_ns=kept.step_ns)
-        return dataclasses.replace(kept, window_ns=window)
+            return meta.TimeRule(window, step_ns=step)
+        return meta.TimeRule.of(window, dst.time_low_ns, dst.time_high_ns, step)
 
     def is_target_root(self, st: os.stat_result) -> bool:
         """Whether a source directory is the target's root (bind-mounted into the source):
@@ -108,7 +98,7 @@ class Context:
     def target_dir(self, fd: int, tag: str = "") -> TargetDir:
         """The target directory ``fd`` as a TargetDir of this pass (``tag``: see there)."""
         return TargetDir(fd, self.dst_flags, self.spec.id, self.unnamed, self.dst_dev, tag,
-                         flush=self.flush_before_times, layouts=self.layouts)
+                         self.profile.dst, self.layouts)
 
     def source_dir(self, fd: int) -> SourceDir:
         """The source directory ``fd`` as a SourceDir of this pass."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fsclone.chunk import Chunk, Group, ItemError, dumps, loads_chunk
 from fsclone.errors import UsageError
+from fsclone.fsprofile import Profiles
 from fsclone.lifecycle import RUNNING
 from fsclone.spec import PassSpec
 from fsclone.state import released
@@ -64,6 +65,12 @@ class PassStore:
         self._run_ended: float | None = None  # set with the status it ends with
         # the record names the process running the pass (status tells a dead one by its pid)
         self.db.execute("UPDATE pass SET host=?, pid=?", (socket.gethostname(), os.getpid()))
+        self.db.commit()
+
+    def keep_profile(self, profile: Profiles) -> None:
+        """Keep ``profile`` as the pass's (a resume found a side's filesystem changed)."""
+        self.spec = replace(self.spec, profile=profile)
+        self.db.execute("UPDATE pass SET spec=?", (json.dumps(self.spec.to_wire()),))
         self.db.commit()
 
     @classmethod

@@ -57,7 +57,7 @@ def pass_doc(snap: Snapshot) -> Doc:
         "started": snap.started, "updated": snap.time, "counters": snap.counters,
         "outstanding": snap.outstanding, "depth": snap.depth, "rates": snap.rates.get("", {}),
         "workers": sorted(snap.workers), "runs": snap.runs, "ran": snap.ran,
-        "active": snap.active,
+        "active": snap.active, "profile": snap.profile.to_wire() if snap.profile else None,
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field, replace
 
+from fsclone.fsprofile import Profiles
 from fsclone.lifecycle import phase_name
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
@@ -45,6 +46,8 @@ class Snapshot:
     runs: int = 1
     ran: float = 0.0
     active: float | None = None
+    #: what the pass found of its filesystems (None: not known, an older document)
+    profile: Profiles | None = None
 
     @classmethod
     def of_pass(cls, spec: PassSpec, status: str, phase: int, time: float,
@@ -57,7 +60,8 @@ class Snapshot:
                    phase=phase_name(spec.op, phase), started=spec.started, time=time,
                    counters=dict(counters), workers={w: dict(c) for w, c in workers.items()},
                    outstanding=outstanding, depth=depth, host=host or socket.gethostname(),
-                   retry_of=spec.retry_of, runs=runs, ran=ran, active=active)
+                   retry_of=spec.retry_of, runs=runs, ran=ran, active=active,
+                   profile=spec.profile)
 
     @property
     def seconds(self) -> float:

@@ -13,6 +13,7 @@ from fsclone.cli.display.itemerrors import error_brief, error_json
 from fsclone.cli.display.logfile import LogFile
 from fsclone.cli.display.progress import Mark, Progress, Window, per_second, rates
 from fsclone.cli.display.render import human_bytes
+from fsclone.fsprofile import Profiles
 from fsclone.lifecycle import Summary
 from fsclone.spec import PassSpec
 from fsclone.state.trees import expected_entries
@@ -114,8 +115,9 @@ class Console:
             print(f"fsclone: {line}", file=self.err, flush=True)
 
     def summary(self, pass_id: str, op: str, summary: Summary, dry_run: bool,
-                notes: list[str] | None = None) -> None:
-        """``notes``: lines saying how the pass was partial by design (a sampled verify)."""
+                notes: list[str] | None = None, profile: Profiles | None = None) -> None:
+        """``notes``: lines saying how the pass was partial by design (a sampled verify);
+        ``profile``: what the pass found of its filesystems, a line a side."""
         self._clear()
         notes = notes or []
         run, before = run_marks(summary)
@@ -132,6 +134,7 @@ class Console:
                         "rates": per_second(run, before, verifying)},
                 "errors": [error_json(e) for e in summary.errors],
                 "error_count": summary.error_count, **({"notes": notes} if notes else {}),
+                **({"profile": profile.to_wire()} if profile else {}),
                 **({"skipped": [printable(p) for p in summary.skipped]}
                    if summary.skipped else {}),
                 **({"released": summary.released} if summary.released else {})}))
@@ -155,6 +158,7 @@ class Console:
                      f"{summary.runs} runs, whose totals follow"]
         else:
             lines = [f"{head} ({speed})"]
+        lines += [f"  {line}" for line in profile.lines()] if profile else []
         lines += [f"  {note}" for note in notes] + [
             f"  {label:32} {human_bytes(c[key]) if key in (C.BYTES, C.HASHED) else f'{c[key]:,}'}"
             for key, label in _SUMMARY if c.get(key)] + _layout_lines(c)

@@ -119,6 +119,7 @@ def detail_lines(view: PassView) -> list[str]:
         *pass_lines(view),
         f"    coordinator on {s.host}; started {_clock(s.started)}, {when} (from {view.source})",
         f"    {s.outstanding:,} chunks outstanding{depth}",
+        *(f"    {line}" for line in (s.profile.lines() if s.profile else ())),
     ]
     if view.errors:
         lines.append(f"    failed items: `fsclone errors {s.pass_id}`")

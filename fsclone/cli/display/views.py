@@ -14,6 +14,7 @@ from typing import Any
 
 from fsclone.config import Config
 from fsclone.errors import UsageError
+from fsclone.fsprofile import Profiles
 from fsclone.lifecycle import RUNNING
 from fsclone.optionvalues import parse_address
 from fsclone.process import alive
@@ -105,6 +106,7 @@ class PassView:
             "outstanding": s.outstanding, "depth": s.depth, "errors": self.errors,
             "rates": self.rates, "expected_entries": self.expected, "fraction": self.fraction,
             "eta": None if self.eta is None else round(self.eta, 1), "source": self.source,
+            "profile": s.profile.to_wire() if s.profile else None,
         }
         if with_workers:
             out["workers"] = [{"worker": w.name, "host": w.host, "counters": w.counters,
@@ -144,7 +146,8 @@ def from_doc(doc: dict[str, Any], workers: dict[str, dict[str, Any]]) -> PassVie
         counters=doc["counters"], workers={name: d["counters"] for name, d in workers.items()},
         outstanding=doc["outstanding"], depth=doc["depth"], host=doc["host"],
         retry_of=doc.get("retry_of", ""), rates=rates, runs=doc.get("runs", 1),
-        ran=doc.get("ran", 0.0), active=doc.get("active"))
+        ran=doc.get("ran", 0.0), active=doc.get("active"),
+        profile=Profiles.from_wire(doc["profile"]) if doc.get("profile") else None)
     view = PassView(snap, "memcached")
     return view if view.running else _averaged(view)
 
