@@ -147,6 +147,11 @@ class PassOptions:
         spell=values.list_path,
         help="Copy exactly the paths FILE lists (relative to SRC; one a line, or NUL-separated): "
              "directories made, not walked; DIR/ takes its entries too.")
+    #: a sync of the directories a watcher recorded as changed (fsclone.engine.changes)
+    changes: bool = option(
+        False, flag="--changes", commands=("sync",), shapes=True,
+        help="Sync only the directories changed since the last complete pass sync, as a "
+             "watcher recorded them; refused without a trustworthy record.")
     #: the most the pass's workers read or write together, per second (None: no limit); a
     #: run's own, not the pass's: a resume runs at the limits it is given
     bwlimit: float | None = option(

@@ -20,7 +20,7 @@ GROUND = (
     "fsclone.text", "fsclone.ages", "fsclone.schema", "fsclone.chunk", "fsclone.spec",
     "fsclone.lifecycle", "fsclone.signing", "fsclone.manifest", "fsclone.options",
     "fsclone.optionvalues", "fsclone.config", "fsclone.filters", "fsclone.rules",
-    "fsclone.stats.counters",
+    "fsclone.stats.counters", "fsclone.changes", "fsclone.changes.feed", "fsclone.changes.reduce",
 )
 
 #: lowest first; each floor maps its rooms to their modules (a name ending in ".*" is a

@@ -1,0 +1,123 @@
+"""The runner of change-driven sync: a ``sync`` pass over the dirty directories the pending
+store holds for the roots (fsclone.state.changes) instead of a walk from the root.
+
+Each dirty directory becomes one chunk through the usual coordinator and transports: a
+recursive one a plain ``sync`` chunk (its whole subtree), any other a *shallow* one (the
+``shallow`` arg: its directory listed and mended, deletions planned and guarded as any sync
+plans them, its subdirectories' own metadata mended but not walked; a subdirectory the target
+lacks is made and copied whole). Before that, each path is checked (data from events: never
+``..``, never absolute) and resolved below both roots one component at a time without following
+symlinks (fsclone.fs.dirs): a directory gone from the source, or whose way down the target
+lacks or holds as a non-directory, is handled by its nearest ancestor present as a directory on
+both sides, as a shallow chunk (which plans the deletion, or makes the missing directory and
+copies it whole).
+
+The pass takes the pending set when it starts and removes it from the store only once it is
+done (see fsclone.engine.launch); a directory dirtied again meanwhile stays pending.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from fsclone.changes.feed import DirtyDir, FeedGap, checked
+from fsclone.changes.reduce import coalesce
+from fsclone.chunk import Chunk
+from fsclone.engine.retry import Seed
+from fsclone.errors import UsageError
+from fsclone.fs import dirs
+from fsclone.lifecycle import DONE
+from fsclone.spec import PassSpec
+from fsclone.state.changes import ChangeStore
+
+#: the feeds that can catch up from their cursor with no watcher running, by the kind a feed
+#: records in the store (``ChangeStore.feed_started``): called with the store before a
+#: ``--changes`` pass takes the pending set, it records what changed since the cursor (and
+#: raises FeedGap when that cannot be known). A feed not here (fanotify) sees nothing while no
+#: watcher runs, so a ``--changes`` pass on its record needs its watcher running.
+Replay = Callable[[ChangeStore], None]
+REPLAYS: dict[str, Replay] = {}
+
+#: the one chunk arg of a dirty directory that is not walked (see fsclone.ops.copy)
+SHALLOW = "shallow"
+
+
+def changes_seed(state: Path, spec: PassSpec) -> Seed:
+    """The chunks of a ``--changes`` pass on the spec's (resolved) roots, taken from their
+    pending store; refused, with one line, when no trustworthy record exists."""
+    store = ChangeStore.find(state, spec.src, spec.dst)
+    if store is None:
+        raise UsageError("--changes: no watcher has recorded changes on these roots: run a "
+                         "full pass sync")
+    try:
+        replay = REPLAYS.get(store.feed())
+        if replay is not None and not store.watched():
+            try:
+                replay(store)
+            except FeedGap as exc:
+                store.gap(str(exc))
+        trust = store.trust(replayable=replay is not None)
+        if not trust.ok:
+            raise UsageError(f"--changes: {trust.why}")
+        taken = store.take(spec.id)
+    finally:
+        store.close()
+    return Seed(chunks_for(spec.src, spec.dst, taken), [])
+
+
+def chunks_for(src: str, dst: str, dirty: list[DirtyDir]) -> list[Chunk]:
+    """One sync chunk per directory left once ``dirty`` is resolved (see the module's doc)
+    and coalesced. A path that is not a safe relative one refuses the pass (MessageError)."""
+    sfd, dfd = dirs.open_root(src), dirs.open_root(dst)
+    try:
+        resolved = [_resolve(sfd, dfd, d) for d in checked(dirty)]
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+    return [Chunk(op="sync", path=d.relpath(), args={} if d.recursive else {SHALLOW: True})
+            for d in coalesce(resolved)]
+
+
+def _resolve(sfd: int, dfd: int, d: DirtyDir) -> DirtyDir:
+    """``d``, or its nearest ancestor present as a directory in both trees (not recursive)."""
+    parts = d.path.split(b"/") if d.path else []
+    fds = [sfd, dfd]
+    try:
+        for depth, part in enumerate(parts):
+            name = os.fsdecode(part)
+            opened: list[int] = []
+            try:
+                for fd in fds[-2:]:
+                    opened.append(dirs.open_dir(name, fd))
+            except OSError:  # gone, not a directory, a symlink: the parent's chunk sees it
+                for fd in opened:
+                    os.close(fd)
+                return DirtyDir(b"/".join(parts[:depth]), False)
+            fds.extend(opened)
+        return d
+    finally:
+        for fd in fds[2:]:
+            os.close(fd)
+
+
+def changes_done(state: Path, spec: PassSpec, status: str) -> None:
+    """At a pass's end: a ``--changes`` pass that is done removes what it took from the
+    pending store; a complete full ``sync`` marks the pair's record trustworthy from when it
+    started (if a feed recorded since then: see fsclone.state.changes)."""
+    if status != DONE or spec.dry_run or spec.op != "sync":
+        return
+    full = not (spec.changes or spec.files_from or spec.retry_of)
+    if not (spec.changes or full):
+        return
+    store = ChangeStore.find(state, spec.src, spec.dst)
+    if store is None:
+        return
+    try:
+        if spec.changes:
+            store.applied(spec.id)
+        else:
+            store.synced(spec.started)
+    finally:
+        store.close()
