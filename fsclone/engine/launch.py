@@ -133,7 +133,7 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         try:
             summary = coordinator.run()
             record_tree(state, store.spec, summary.status, summary.counters)
-            changes_done(state, store.spec, summary.status)
+            changes_done(state, store.spec, summary)
             return store.spec, summary
         except KeyboardInterrupt as exc:
             raise interrupted(store.spec, exc) from None
