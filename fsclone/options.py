@@ -174,6 +174,11 @@ class PassOptions:
                                                    parse=values.pool_map)
     target_pools: tuple[str, ...] | None = option(None, setting="TARGET_POOLS",
                                                   parse=values.pool_names)
+    #: a sync of the directories a watcher recorded as changed (fsclone.engine.changes)
+    changes: bool = option(
+        False, flag="--changes", commands=("sync",), shapes=True,
+        help="Sync only the directories changed since the last complete pass sync, as a "
+             "watcher recorded them; refused without a trustworthy record.")
     #: the most the pass's workers read or write together, per second (None: no limit); a
     #: run's own, not the pass's: a resume runs at the limits it is given
     bwlimit: float | None = option(

@@ -141,9 +141,13 @@ _NEW = {"new": _flag}  # the directory was made by this pass
 #: nothing walked
 _LISTED = {"listed": _flag}
 
+#: a dirty directory of change-driven sync (fsclone.engine.changes): its subdirectories are
+#: not walked
+_SHALLOW = {"shallow": _flag}
+
 SCHEMAS: dict[str, OpSchema] = {
     "copy": OpSchema({}, {**_NEW, **_LISTED}, ANY),
-    "sync": OpSchema({}, _NEW, ANY),
+    "sync": OpSchema({}, {**_NEW, **_SHALLOW}, ANY),
     "dirmeta": OpSchema({}, _NEW, NONE),
     "range": OpSchema({**_FILE, **_RANGE}, {}, ONE),
     "finalize": OpSchema(_FILE, {"members_failed": _flag, **_PLAN}, ONE),

@@ -21,7 +21,7 @@ GROUND = (
     "fsclone.lifecycle", "fsclone.signing", "fsclone.manifest", "fsclone.options",
     "fsclone.optionvalues", "fsclone.config", "fsclone.filters", "fsclone.rules",
     "fsclone.fsprofile",
-    "fsclone.stats.counters",
+    "fsclone.stats.counters", "fsclone.changes", "fsclone.changes.feed", "fsclone.changes.reduce",
 )
 
 #: lowest first; each floor maps its rooms to their modules (a name ending in ".*" is a

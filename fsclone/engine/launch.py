@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fsclone.config import Config
+from fsclone.engine.changes import changes_done, changes_seed
 from fsclone.engine.coordinator import Coordinator, Hooks
 from fsclone.engine.layout import source_layout
 from fsclone.engine.listed import identity, listed_seed
@@ -79,7 +80,8 @@ def _to_run(cfg: Config, req: PassRequest, state: Path, src: str,
     asked = replace(build_spec(cfg, req.op, src, dst), source_mounts=source_layout(state, src),
                     files_from=identity(cfg.files_from) if cfg.files_from else "")
     # a pass with a manifest starts anew: an interrupted run's rows are not in the new file
-    if cfg.restart or cfg.dry_run or cfg.retry_of or cfg.manifest:
+    # so does a --changes pass: it takes the pending set as it starts
+    if cfg.restart or cfg.dry_run or cfg.retry_of or cfg.manifest or cfg.changes:
         return asked, False
     found = find_unfinished(state, req.op, src, dst)
     if found is None:
@@ -136,6 +138,7 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         try:
             summary = coordinator.run()
             record_tree(state, store.spec, summary.status, summary.counters)
+            changes_done(state, store.spec, summary)
             return store.spec, summary
         except KeyboardInterrupt as exc:
             raise interrupted(store.spec, exc) from None
@@ -147,15 +150,25 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         lock.release()
 
 
+def run_changes(cfg: Config, src: str, dst: str, hooks: Hooks,
+                transport: Transport) -> tuple[PassSpec, Summary]:
+    """A ``--changes`` sync pass over the pending set of SRC and DST (fsclone.engine.changes):
+    what a watcher runs once it recorded what its feed read."""
+    return run_pass(replace(cfg, changes=True), PassRequest("sync", src, dst), hooks, transport)
+
+
 def _seed(cfg: Config, spec: PassSpec, state: Path, given_src: str) -> Seed | None:
-    """What the walk starts from when not the root: the items a pass listed as failed, or a
-    ``--files-from`` list (read, and refused if it leaves SRC, before anything is written)."""
+    """What the walk starts from when not the root: the items a pass listed as failed, a
+    ``--files-from`` list (read, and refused if it leaves SRC, before anything is written), or
+    the directories a watcher recorded as changed (``--changes``)."""
     if spec.retry_of and spec.files_from:
         raise UsageError("--retry-errors and --files-from do not go together")
     if spec.retry_of:
         return retry_seed(state, spec.retry_of, spec.op, spec.dir_slice)
     if spec.files_from:
         return listed_seed(spec.files_from, spec.src, given_src, spec.dir_slice)
+    if spec.changes:
+        return changes_seed(state, spec)
     return None
 
 

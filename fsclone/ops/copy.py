@@ -16,7 +16,7 @@ import os
 import stat
 
 from fsclone.chunk import Chunk, Result, new_id
-from fsclone.fs import meta
+from fsclone.fs import dirs, meta
 from fsclone.fs.inodeflags import Attrs
 from fsclone.fs.lustre.create import LustreCreate
 from fsclone.fs.source import SourceChanged
@@ -160,7 +160,10 @@ class CopyChunk:
             self.unsettled.append(action)
             return
         if kind == DESCEND:
-            self.out.child(self.out.chunk.op, self.out.path(name), args={})
+            if self.out.chunk.args.get("shallow"):
+                self._subdir_meta(name, st, action[3])
+            else:
+                self.out.child(self.out.chunk.op, self.out.path(name), args={})
             return
         if self.out.shows:
             show(self.out, action)
@@ -168,6 +171,19 @@ class CopyChunk:
             rehearse(self.out, action)
         else:
             self.applier.apply(action)
+
+    def _subdir_meta(self, name: str, st: os.stat_result, dst: os.stat_result | None) -> None:
+        """A shallow chunk (a dirty directory of change-driven sync) does not walk into a
+        subdirectory both sides have, but mends its own metadata where the source's inode
+        changed since the target's did (its ctime) or differs."""
+        assert dst is not None  # a directory the target has
+        if st.st_ctime_ns < dst.st_ctime_ns and meta.inode_same(st, dst, self.ctx.times):
+            self.out.count(C.SAME)
+            return
+        with dirs.opened(dirs.open_dir(name, self.src.fd)) as sub_src:
+            assert self.tgt is not None
+            with dirs.opened(dirs.open_dir(name, self.tgt.fd)) as sub_dst:
+                apply_dir_meta(self.ctx, self.out, self.out.path(name), sub_src, sub_dst)
 
     def _settle(self, tgt: TargetDir) -> None:
         """Compare (and mend) the metadata of the entries whose data is current: all source
@@ -245,10 +261,16 @@ class CopyChunk:
         if chunk.names is None:
             if self.barrier.members:
                 self.barrier.close(self.out, Chunk(op="dirmeta", path=chunk.path,
-                                                   args=chunk.args))
+                                                   args=_dirmeta_args(chunk)))
             elif self.tgt is not None:
                 apply_dir_meta(self.ctx, self.out, chunk.path, self.src.fd, self.tgt.fd,
                                created(chunk))
         elif self.barrier.members:
             # a slice with large files hands its place in the directory's barrier to this one
             self.barrier.close(self.out, Chunk(op="barrier", path=chunk.path, group=chunk.group))
+
+
+def _dirmeta_args(chunk: Chunk) -> dict[str, bool]:
+    """What the deferred ``dirmeta`` of a split directory keeps of its chunk's args: whether
+    the pass made the directory."""
+    return {"new": True} if chunk.args.get("new") else {}

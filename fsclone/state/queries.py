@@ -123,9 +123,11 @@ def _resumable_specs(state_dir: Path, ops: tuple[str, ...]) -> Iterator[PassSpec
 
 def find_unfinished(state_dir: Path, op: str, src: str, dst: str) -> str | None:
     """The newest pass with the same op and roots that did not finish, to be resumed. A
-    ``--retry-errors`` pass is never resumed by a plain pass: it covers only a few items."""
+    ``--retry-errors`` or ``--changes`` pass is never resumed by a plain pass: it covers only a few
+    items."""
     return next((spec.id for spec in _resumable_specs(state_dir, (op,))
-                 if (spec.src, spec.dst) == (src, dst) and not spec.retry_of), None)
+                 if (spec.src, spec.dst) == (src, dst) and not spec.retry_of
+                 and not spec.changes), None)
 
 
 def unfinished_on(state_dir: Path, dst: str, ops: tuple[str, ...]) -> list[PassSpec]:

@@ -43,7 +43,8 @@ def _path(state_dir: Path, src: str) -> Path:
 
 def record_tree(state_dir: Path, spec: PassSpec, status: str, counters: dict[str, int]) -> None:
     """Keep the counters of a pass that walked the whole source tree to the end."""
-    whole = spec.op in FULL_WALK_OPS and not spec.retry_of and spec.sample >= 1.0
+    whole = spec.op in FULL_WALK_OPS and not spec.retry_of and not spec.changes \
+        and spec.sample >= 1.0
     if status != DONE or not whole or not counters.get(C.SCANNED):
         return
     write_private_json(_path(state_dir, spec.src), {"src": spec.src, "pass": spec.id,
