@@ -24,7 +24,7 @@ from fsclone.changes.feed import FeedGap
 from fsclone.changes.fidpaths import ChangelogError
 from fsclone.config import Config
 from fsclone.engine.changes import Replay
-from fsclone.lifecycle import DONE
+from fsclone.lifecycle import DONE, Summary
 from fsclone.spec import PassSpec
 from fsclone.state.changes import ChangeStore
 
@@ -84,11 +84,13 @@ def mark(cfg: Config, state: Path, spec: PassSpec, note: Callable[[str], None]) 
         store.close()
 
 
-def settle(cfg: Config, state: Path, spec: PassSpec, status: str,
+def settle(cfg: Config, state: Path, spec: PassSpec, summary: Summary,
            note: Callable[[str], None]) -> None:
-    """At the end of a sync, done, on a source with changelogs: clear the records up to the
-    stored cursor, whose work is on DST now (after fsclone.engine.changes.changes_done)."""
-    if not (cfg.changelog_users and status == DONE and (_full(spec) or spec.changes)):
+    """At the end of a complete sync (done, no item errors) on a source with changelogs:
+    clear the records up to the stored cursor, whose work is on DST now (after
+    fsclone.engine.changes.changes_done). A pass with item errors clears nothing."""
+    complete = summary.status == DONE and not summary.error_count
+    if not (cfg.changelog_users and complete and (_full(spec) or spec.changes)):
         return
     store = ChangeStore.find(state, spec.src, spec.dst)
     if store is None or store.feed() != KIND:

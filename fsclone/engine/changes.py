@@ -28,7 +28,7 @@ from fsclone.chunk import Chunk
 from fsclone.engine.retry import Seed
 from fsclone.errors import UsageError
 from fsclone.fs import dirs
-from fsclone.lifecycle import DONE
+from fsclone.lifecycle import DONE, Summary
 from fsclone.spec import PassSpec
 from fsclone.state.changes import ChangeStore
 
@@ -103,14 +103,13 @@ def _resolve(sfd: int, dfd: int, d: DirtyDir) -> DirtyDir:
             os.close(fd)
 
 
-def changes_done(state: Path, spec: PassSpec, status: str) -> None:
-    """At a pass's end: a ``--changes`` pass that is done removes what it took from the
-    pending store; a complete full ``sync`` marks the pair's record trustworthy from when it
-    started (if a feed recorded since then: see fsclone.state.changes)."""
-    if status != DONE or spec.dry_run or spec.op != "sync":
-        return
-    full = not (spec.changes or spec.files_from or spec.retry_of)
-    if not (spec.changes or full):
+def changes_done(state: Path, spec: PassSpec, summary: Summary) -> None:
+    """At a pass's end. A complete pass (done, no item errors, not a dry run): a ``--changes``
+    one removes what it took from the pending store; a full ``sync`` marks the pair's record
+    trustworthy from when it started (if a feed recorded since then: fsclone.state.changes).
+    A pass with item errors changes nothing here: what failed is still to be done."""
+    if summary.status != DONE or summary.error_count or spec.dry_run or spec.op != "sync" \
+            or spec.files_from or spec.retry_of:
         return
     store = ChangeStore.find(state, spec.src, spec.dst)
     if store is None:

@@ -130,14 +130,14 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         lock.describe(f"pass {spec.id}")
         if resume:
             hooks.note(f"resuming pass {spec.id} (its options apply; --restart starts anew)")
-        if not resume:
+        else:  # a resumed pass keeps the cursor its first run saved
             changelogs.mark(cfg, state, spec, hooks.note)
         coordinator = Coordinator(store, transport, hooks, seed=seed)
         try:
             summary = coordinator.run()
             record_tree(state, store.spec, summary.status, summary.counters)
-            changes_done(state, store.spec, summary.status)
-            changelogs.settle(cfg, state, store.spec, summary.status, hooks.note)
+            changes_done(state, store.spec, summary)
+            changelogs.settle(cfg, state, store.spec, summary, hooks.note)
             return store.spec, summary
         except KeyboardInterrupt as exc:
             raise interrupted(store.spec, exc) from None
