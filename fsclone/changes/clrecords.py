@@ -39,7 +39,7 @@ _REST = re.compile(
     rb"(?: j=(?P<j>.*?))?"
     rb"(?: ef=0x(?P<ef>[0-9a-fA-F]+))?"
     rb"(?: u=(?P<uid>[0-9]+):(?P<gid>[0-9]+))?"
-    rb"(?: nid=(?P<nid>[^ ]+))?"
+    rb"(?: nid=(?P<nid>[^ \n]+))?"
     rb"(?: m=(?P<m>[rwx-]{3}))?"
     rb"(?: x=(?P<x>.*?))?"
     rb"(?: p=\[(?P<p>" + _FID + rb")\](?: (?P<name>.*?))?)?"  # a name comes with its parent
@@ -118,19 +118,24 @@ def parse_record(line: bytes, line_number: int = 1) -> Record:
 
 def parse_lines(lines: Iterable[bytes]) -> Iterator[Record]:
     """The records of ``lfs changelog`` output, lines with or without their newline. A line
-    that does not start a record continues the previous one's name (a newline in a name);
-    the first line must start one."""
-    pending: bytes | None = None
-    pending_number = 0
+    that does not start a record continues the previous one's name (a newline in a name):
+    a record that takes one must end in a name, and the first line must start a record."""
+    pending: list[tuple[int, bytes]] = []
     for number, raw in enumerate(lines, 1):
         line = raw[:-1] if raw.endswith(b"\n") else raw
-        if _HEADER.match(line) is None:
-            if pending is None:
-                raise ChangelogParseError(number, line, "not a changelog record")
-            pending += b"\n" + line
+        if _HEADER.match(line) is None and pending:
+            pending.append((number, line))
             continue
-        if pending is not None:
-            yield parse_record(pending, pending_number)
-        pending, pending_number = line, number
-    if pending is not None:
-        yield parse_record(pending, pending_number)
+        if pending:
+            yield _joined(pending)
+        pending = [(number, line)]
+    if pending:
+        yield _joined(pending)
+
+
+def _joined(lines: list[tuple[int, bytes]]) -> Record:
+    """The record of a line and the lines its names continue on."""
+    record = parse_record(b"\n".join(line for _, line in lines), lines[0][0])
+    if len(lines) > 1 and b"\n" not in (record.name or b"") + (record.source_name or b""):
+        raise ChangelogParseError(lines[1][0], lines[1][1], "not a changelog record")
+    return record
