@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fsclone.changes.clrecords import ChangelogParseError, Record, parse_lines
+from fsclone.changes.clrecords import ChangelogParseError, Record, parse_lines, record_index
 from fsclone.changes.feed import DirtyDir, FeedGap
 from fsclone.changes.fidpaths import ChangelogError, FidPaths, run_lfs
 from fsclone.changes.reduce import coalesce
@@ -127,9 +127,14 @@ class ChangelogFeed:
             time.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
 
     def mark(self) -> bytes:
-        """Read to the end of every changelog without reducing anything, and return the
-        cursor there: what a complete pass, which walks everything, saves at its start."""
-        self._read_records()
+        """Move to the end of every changelog, reading nothing but record numbers, and return
+        the cursor there: what a complete pass, which walks everything, saves as it starts
+        (so no gap, no garbled line matters to it)."""
+        for mdt in self._users:
+            self._check_user(mdt)
+            lines = self._changelog(mdt, self._read_to[mdt] + 1)
+            found = (record_index(line) for line in reversed(lines))
+            self._read_to[mdt] = next((i for i in found if i is not None), self._read_to[mdt])
         return self.cursor()
 
     def commit(self, cursor: bytes) -> None:
@@ -172,6 +177,14 @@ class ChangelogFeed:
         raise FeedGap(f"{mdt}: changelog user {self._users[mdt]} was cleared past record "
                       f"{max(read, cleared)} by someone else: records may be lost")
 
+    def _changelog(self, mdt: str, start: int) -> list[bytes]:
+        """The lines ``lfs changelog MDT START`` prints."""
+        done = run_lfs(self._lfs, "changelog", mdt, str(start))
+        if done.returncode != 0:
+            raise ChangelogError(f"lfs changelog {mdt}: "
+                                 f"{done.stderr.decode(errors='replace').strip()}")
+        return done.stdout.split(b"\n")[:-1]
+
     def _read_records(self) -> tuple[_Touched, int]:
         """The records after the last read, of every MDT: what they touch, how many."""
         touched = _Touched()
@@ -179,12 +192,8 @@ class ChangelogFeed:
         for mdt in self._users:
             self._check_user(mdt)
             last = self._read_to[mdt]
-            done = run_lfs(self._lfs, "changelog", mdt, str(last + 1))
-            if done.returncode != 0:
-                raise ChangelogError(f"lfs changelog {mdt}: "
-                                     f"{done.stderr.decode(errors='replace').strip()}")
             try:
-                for record in parse_lines(done.stdout.split(b"\n")[:-1]):
+                for record in parse_lines(self._changelog(mdt, last + 1)):
                     if last and record.index != last + 1:
                         raise FeedGap(f"{mdt}: record {record.index} follows {last}: records "
                                       "are missing")

@@ -116,6 +116,12 @@ def parse_record(line: bytes, line_number: int = 1) -> Record:
         source_parent=_fid(rest["sp"]), source_name=rest["sname"])
 
 
+def record_index(line: bytes) -> int | None:
+    """The number of the record ``line`` starts, None when it starts none."""
+    head = _HEADER.match(line)
+    return int(head["index"]) if head is not None else None
+
+
 def parse_lines(lines: Iterable[bytes]) -> Iterator[Record]:
     """The records of ``lfs changelog`` output, lines with or without their newline. A line
     that does not start a record continues the previous one's name (a newline in a name):
