@@ -212,7 +212,7 @@ def _changes(fs: Lustre, src: Path, mount: Path) -> None:
 def _sync(src: Path, dst: Path, state: Path, fs: Lustre,
           *flags: str) -> subprocess.CompletedProcess[bytes]:
     return fsclone("pass", "sync", *flags, "--workers", "2", src, dst, state=state,
-                   **fs.settings())
+                   lfs=fs.lfs, changelog_users=f"{MDT}={USER}")
 
 
 def _synced_once(fs: Lustre, src: Path, dst: Path, state: Path) -> None:
