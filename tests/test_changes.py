@@ -326,3 +326,15 @@ def test_a_dirty_path_outside_src_is_refused(path: bytes) -> None:
     with pytest.raises(MessageError, match="is not one below SRC"):
         DirtyDir(path, False).relpath()
     assert DirtyDir(b"caf\xc3\xa9/\xff\xfe", False).relpath() == "café/\udcff\udcfe"
+
+
+def test_nothing_pending_is_a_pass_of_nothing(roots: tuple[Path, Path, Path]) -> None:
+    src, dst, state = roots
+    with watching(state, src, dst):
+        assert sync(src, dst, state).returncode == 0
+        rc, out = fsclone_json("pass", "sync", "--changes", src, dst, state=state)
+        assert rc == 0 and out["counters"].get(C.SCANNED, 0) == 0, out
+        shutil.rmtree(dst)
+        proc = sync(src, dst, state, "--changes")
+    assert proc.returncode == 2 and b"No such file or directory" in proc.stderr, proc.stderr
+    assert not dst.exists()

@@ -71,14 +71,17 @@ def changes_seed(state: Path, spec: PassSpec, replays: Mapping[str, Replay] = RE
 def chunks_for(src: str, dst: str, dirty: list[DirtyDir]) -> list[Chunk]:
     """One sync chunk per directory left once ``dirty`` is resolved (see the module's doc)
     and coalesced. A path that is not a safe relative one refuses the pass (MessageError)."""
-    sfd, dfd = dirs.open_root(src), dirs.open_root(dst)
-    try:
+    with dirs.opened(_root(src)) as sfd, dirs.opened(_root(dst)) as dfd:
         resolved = [_resolve(sfd, dfd, d) for d in checked(dirty)]
-    finally:
-        os.close(sfd)
-        os.close(dfd)
     return [Chunk(op="sync", path=d.relpath(), args={} if d.recursive else {SHALLOW: True})
             for d in coalesce(resolved)]
+
+
+def _root(path: str) -> int:
+    try:
+        return dirs.open_root(path)
+    except OSError as exc:
+        raise UsageError(f"--changes: {path}: {exc.strerror}") from None
 
 
 def _resolve(sfd: int, dfd: int, d: DirtyDir) -> DirtyDir:
