@@ -302,6 +302,8 @@ def test_the_feed_reads_from_its_cursor_and_says_a_gap(
     assert json.loads(cursor) == {MDT: [1, 0]}
     fs.mkdir(src / "d" / "e")
     fs.create(src.parent.parent / "other" / "x")
+    fs.mkdir(src.parent / "src2")  # a sibling whose name starts with SRC's
+    fs.create(src.parent / "src2" / "x")
     fs.tables()
     again = ChangelogFeed(shlex.split(fs.lfs), {MDT: USER}, str(src), cursor)
     assert again.read(0) == [DirtyDir(b"d", False), DirtyDir(b"d/e", True)]

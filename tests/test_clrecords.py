@@ -125,6 +125,9 @@ def test_an_unknown_type_is_kept_by_its_number() -> None:
     (b"21 01CREAT " + HEAD + b" 0x0 t=[0x1:0x2]", "not a changelog record"),
     (b"22 02CREAT " + HEAD + b" 0x0 t=[" + FILE + b"]", "type 02 is MKDIR"),
     (b"23 01CREAT " + HEAD + b" 0x0 t=[" + FILE + b"] u=x:y", "garbled"),
+    (b"24 02MKDIR " + HEAD + b" 0x0 t=[" + FILE + b"] p=[" + DIR + b"] ../../etc", "no file"),
+    (b"25 08RENME " + HEAD + b" 0x0 t=[" + ZERO + b"] p=[" + DIR + b"] b s=[" + FILE + b"] sp=["
+     + DIR + b"] ..", "no file"),
 ])
 def test_a_line_that_is_no_record_names_its_number(text: bytes, why: str) -> None:
     with pytest.raises(ChangelogParseError, match=why) as caught:

@@ -104,7 +104,10 @@ def parse_record(line: bytes, line_number: int = 1) -> Record:
     rest = _REST.fullmatch(tail)
     if rest is None:  # a name must follow p= after a space: nothing else is left unmatched
         raise ChangelogParseError(line_number, line, "fields out of order or garbled")
-    if rest["s"] is not None and kind not in ("RENME", "RNMTO"):
+    for name in (rest["name"], rest["sname"]):
+        if name is not None and (b"/" in name or b"\0" in name or name in (b".", b"..")):
+            raise ChangelogParseError(line_number, line, "a name no file can have")
+    if rest["s"] is not None and kind not in ("RENME", "RNMTO", "MIGRT"):
         raise AmbiguousRecord(line_number, line, f"a {kind} record with a rename's fields")
     uid_gid = (int(rest["uid"]), int(rest["gid"])) if rest["uid"] is not None else None
     return Record(
