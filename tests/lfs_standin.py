@@ -64,6 +64,10 @@ def fid2path(where: Path, mount: str, fids: list[str]) -> int:
     rc = 0
     for fid in fids:
         paths = table.get(fid.strip("[]"))
+        if fid.strip("[]") == "0x0:0x0:0x0":
+            print(f"lfs fid2path: cannot find {mount} {fid}: Invalid argument", file=sys.stderr)
+            rc = rc or 22
+            continue
         if not paths:
             print(f"lfs fid2path: cannot find {mount} {fid}: No such file or directory",
                   file=sys.stderr)

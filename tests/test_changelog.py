@@ -27,7 +27,9 @@ from tests.mounts import tmpfs
 from tests.services import wait_for
 
 STANDIN = Path(__file__).with_name("lfs_standin.py")
-MDT = "testfs-MDT0000"
+#: two MDTs (DNE): the records of a directory's entries are those of its MDT's changelog
+MDTS = ("testfs-MDT0000", "testfs-MDT0001")
+MDT = MDTS[0]
 USER = "cl1"
 ZERO = "0x0:0x0:0x0"
 
@@ -35,22 +37,33 @@ ZERO = "0x0:0x0:0x0"
 class Lustre:
     """The stand-in's files, and the changes a test makes to SRC with the records Lustre
     would write for them. A FID is its object's inode number, so fid2path answers with the
-    paths the inode has now (every link), as Lustre does."""
+    paths the inode has now (every link), as Lustre does. Directories named ``deep`` or
+    ``quiet`` are on the second MDT, as ``lfs mkdir -i 1`` would place them."""
 
     def __init__(self, where: Path, mount: Path) -> None:
         self.where, self.mount = where, mount
         where.mkdir()
-        (where / "users.json").write_text(json.dumps({MDT: {USER: 0}}))
-        (where / f"{MDT}.log").write_bytes(b"")
-        self.index = 0
-        self.record("MARK", ZERO, b" p=[" + ZERO.encode() + b"] mdd_obd-testfs-MDT0000-0")
+        (where / "users.json").write_text(json.dumps({m: {USER: 0} for m in MDTS}))
+        self.last = dict.fromkeys(MDTS, 0)
+        for mdt in MDTS:
+            (where / f"{mdt}.log").write_bytes(b"")
+            self.record("MARK", ZERO, b" p=[" + ZERO.encode() + b"] mdd_obd-" + mdt.encode()
+                        + b"-0", mdt=mdt)
 
     @property
     def lfs(self) -> str:
         return shlex.join([sys.executable, str(STANDIN), str(self.where)])
 
     def settings(self) -> dict[str, str]:
-        return {"lfs": self.lfs, "changelog_users": f"{MDT}={USER}"}
+        return {"lfs": self.lfs, "changelog_users": self.users}
+
+    @property
+    def users(self) -> str:
+        return ",".join(f"{mdt}={USER}" for mdt in MDTS)
+
+    @staticmethod
+    def mdt_of(directory: Path) -> str:
+        return MDTS[1] if directory.name in ("deep", "quiet") else MDTS[0]
 
     def fid(self, path: Path) -> str:
         return f"0x200000400:0x{os.lstat(path).st_ino:x}:0x0"
@@ -65,23 +78,28 @@ class Lustre:
                 table.setdefault(self.fid(path), []).append(rel)
         (self.where / "fids.json").write_text(json.dumps(table))
 
-    def record(self, kind: str, target: str, tail: bytes = b"", flags: int = 0) -> int:
-        self.index += 1
-        line = (f"{self.index} {TYPES.index(kind):02d}{kind:<5} 12:00:00.000000001 2026.12.02 "
-                f"0x{flags:x} t=[{target}] ef=0xf u=0:0 nid=0@lo").encode() + tail
-        with open(self.where / f"{MDT}.log", "ab") as log:
+    def record(self, kind: str, target: str, tail: bytes = b"", flags: int = 0,
+               mdt: str = MDT) -> int:
+        self.last[mdt] += 1
+        line = (f"{self.last[mdt]} {TYPES.index(kind):02d}{kind:<5} 12:00:00.000000001 "
+                f"2026.12.02 0x{flags:x} t=[{target}] ef=0xf u=0:0 nid=0@lo").encode() + tail
+        with open(self.where / f"{mdt}.log", "ab") as log:
             log.write(line + b"\0")
-        return self.index
+        return self.last[mdt]
 
     def _named(self, kind: str, path: Path, target: str | None = None, flags: int = 0) -> int:
         tail = b" p=[" + self.fid(path.parent).encode() + b"] " + os.fsencode(path.name)
-        return self.record(kind, target or self.fid(path), tail, flags)
+        return self.record(kind, target or self.fid(path), tail, flags, self.mdt_of(path.parent))
+
+    def _of(self, kind: str, path: Path, tail: bytes = b"") -> int:
+        """A record of an object's data or attributes: no parent, as an older server writes."""
+        return self.record(kind, self.fid(path), tail, mdt=self.mdt_of(path.parent))
 
     # -- changes to SRC, each with its records ------------------------------------------------
     def create(self, path: Path, data: bytes = b"new") -> None:
         path.write_bytes(data)
         self._named("CREAT", path)
-        self.record("CLOSE", self.fid(path), b" m=-w-")  # no p=: the feed resolves t=
+        self._of("CLOSE", path, b" m=-w-")  # no p=: the feed resolves t=
 
     def mkdir(self, path: Path) -> None:
         path.mkdir()
@@ -116,40 +134,44 @@ class Lustre:
         self.record("RENME", overwritten,
                     b" p=[" + self.fid(new.parent).encode() + b"] " + os.fsencode(new.name)
                     + b" s=[" + source.encode() + b"] sp=[" + old_parent.encode() + b"] "
-                    + os.fsencode(old.name), flags=int(overwritten != ZERO))
+                    + os.fsencode(old.name), flags=int(overwritten != ZERO),
+                    mdt=self.mdt_of(new.parent))
 
     def append(self, path: Path, data: bytes) -> None:
         with open(path, "ab") as f:
             f.write(data)
-        self.record("CLOSE", self.fid(path), b" m=-w-")
+        self._of("CLOSE", path, b" m=-w-")
 
     def truncate(self, path: Path, size: int) -> None:
         os.truncate(path, size)
-        self.record("TRUNC", self.fid(path))
+        self._of("TRUNC", path)
 
     def chmod(self, path: Path, mode: int) -> None:
         path.chmod(mode)
-        self.record("SATTR", self.fid(path))
+        self._of("SATTR", path)
 
     def setxattr(self, path: Path, name: str, value: bytes) -> None:
         os.setxattr(path, name, value, follow_symlinks=False)
-        self.record("XATTR", self.fid(path), b" x=" + name.encode())
+        self._of("XATTR", path, b" x=" + name.encode())
 
     def clears(self) -> list[str]:
         """Every ``changelog_clear`` run, as "MDT USER ENDREC"."""
         log = self.where / "clears.log"
         return log.read_text().splitlines() if log.exists() else []
 
-    def cleared(self) -> int:
-        """The last record the changelog user cleared."""
-        return int(json.loads((self.where / "users.json").read_text())[MDT][USER])
+    def cleared(self) -> dict[str, int]:
+        """The last record the changelog user cleared, per MDT."""
+        users = json.loads((self.where / "users.json").read_text())
+        return {mdt: int(users[mdt][USER]) for mdt in MDTS}
 
     def deregister(self) -> None:
         """What ``changelog_deregister`` (or the MDT's garbage collection) does."""
-        (self.where / "users.json").write_text(json.dumps({MDT: {}}))
+        users = json.loads((self.where / "users.json").read_text())
+        (self.where / "users.json").write_text(json.dumps({**users, MDT: {}}))
 
     def lose(self, index: int) -> None:
-        """Record ``index`` purged from the log (as if cleared by a user taking our name)."""
+        """Record ``index`` of the first MDT purged from its log (as if cleared by a user
+        taking our name)."""
         log = self.where / f"{MDT}.log"
         records = log.read_bytes().split(b"\0")[:-1]
         log.write_bytes(b"".join(r + b"\0" for r in records
@@ -205,6 +227,7 @@ def _changes(fs: Lustre, src: Path, mount: Path) -> None:
     fs.chmod(src / "a" / "deep", 0o700)
     fs.chmod(src / "a" / "deep" / "hard", 0o600)
     fs.setxattr(src / "links", "user.tag", b"2")
+    fs.record("SATTR", ZERO)  # no object: nothing to resolve
     fs.create(mount / "other" / "outside SRC")
     fs.tables()
 
@@ -212,7 +235,7 @@ def _changes(fs: Lustre, src: Path, mount: Path) -> None:
 def _sync(src: Path, dst: Path, state: Path, fs: Lustre,
           *flags: str) -> subprocess.CompletedProcess[bytes]:
     return fsclone("pass", "sync", *flags, "--workers", "2", src, dst, state=state,
-                   lfs=fs.lfs, changelog_users=f"{MDT}={USER}")
+                   lfs=fs.lfs, changelog_users=fs.users)
 
 
 def _synced_once(fs: Lustre, src: Path, dst: Path, state: Path) -> None:
@@ -220,8 +243,9 @@ def _synced_once(fs: Lustre, src: Path, dst: Path, state: Path) -> None:
     fs.tables()
     done = _sync(src, dst, state, fs)
     assert done.returncode == 0, done.stderr.decode()
-    assert fs.clears() == [f"{MDT} {USER} 1"]  # the full pass read to record 1, cleared it
-    assert fs.cleared() == 1
+    # the full pass read every changelog to its record 1, and cleared it
+    assert fs.clears() == [f"{mdt} {USER} 1" for mdt in MDTS]
+    assert fs.cleared() == dict.fromkeys(MDTS, 1)
 
 
 def test_changes_from_the_changelog_make_dst_faithful(
@@ -234,7 +258,8 @@ def test_changes_from_the_changelog_make_dst_faithful(
     assert_same_tree(src, dst)
     assert_rsync_clean(src, dst)
     assert not (dst / "other").exists() and not (dst.parent / "other").exists()
-    assert fs.cleared() == fs.index  # cleared once the pass was done
+    assert fs.last[MDTS[1]] > 1  # both changelogs had records
+    assert fs.cleared() == fs.last  # cleared once the pass was done
     again = _sync(src, dst, state, fs, "--changes")  # nothing new: nothing to do
     assert again.returncode == 0, again.stderr.decode()
 
@@ -253,12 +278,12 @@ def test_records_are_cleared_only_after_their_work_is_done(
         wait_for(lease.breaking, 60, "the pass to open the held file")
         os.killpg(run.pid, signal.SIGKILL)
         run.wait(30)
-    assert fs.cleared() == 1  # killed before it was done: nothing more cleared
+    assert fs.cleared() == dict.fromkeys(MDTS, 1)  # killed before done: nothing more cleared
     assert not (dst / "a" / "held").exists()
     done = _sync(src, dst, state, fs, "--changes")  # does what the killed pass took again
     assert done.returncode == 0, done.stderr.decode()
     assert_same_tree(src, dst)
-    assert fs.cleared() == fs.index
+    assert fs.cleared() == fs.last
 
 
 @pytest.mark.parametrize("loss", ["gap", "deregistered"])
@@ -267,7 +292,7 @@ def test_lost_records_send_the_pair_back_to_a_full_sync(
     fs, src, dst, state = lustre
     _synced_once(fs, src, dst, state)
     fs.create(src / "a" / "one")
-    lost = fs.index
+    lost = fs.last[MDT]
     fs.create(src / "a" / "two")
     fs.tables()
     if loss == "gap":
@@ -280,7 +305,8 @@ def test_lost_records_send_the_pair_back_to_a_full_sync(
     assert "events were lost" in said and "run a full pass sync" in said, said
     assert ("records are missing" if loss == "gap" else "is gone (deregistered)") in said
     if loss == "deregistered":  # the admin registers it again, at the current record
-        (fs.where / "users.json").write_text(json.dumps({MDT: {USER: fs.index}}))
+        users = json.loads((fs.where / "users.json").read_text())
+        (fs.where / "users.json").write_text(json.dumps({**users, MDT: {USER: fs.last[MDT]}}))
     full = _sync(src, dst, state, fs)
     assert full.returncode == 0, full.stderr.decode()
     assert_same_tree(src, dst)
@@ -297,22 +323,24 @@ def test_the_feed_reads_from_its_cursor_and_says_a_gap(
     fs, src, _, _ = lustre
     (src / "d").mkdir()
     fs.tables()
-    feed = ChangelogFeed(shlex.split(fs.lfs), {MDT: USER}, str(src), None)
+    users = dict.fromkeys(MDTS, USER)
+    feed = ChangelogFeed(shlex.split(fs.lfs), users, str(src), None)
     cursor = feed.mark()
-    assert json.loads(cursor) == {MDT: [1, 0]}
+    assert json.loads(cursor) == {mdt: [1, 0] for mdt in MDTS}
     fs.mkdir(src / "d" / "e")
     fs.create(src.parent.parent / "other" / "x")
     fs.mkdir(src.parent / "src2")  # a sibling whose name starts with SRC's
     fs.create(src.parent / "src2" / "x")
     fs.tables()
-    again = ChangelogFeed(shlex.split(fs.lfs), {MDT: USER}, str(src), cursor)
+    again = ChangelogFeed(shlex.split(fs.lfs), users, str(src), cursor)
     assert again.read(0) == [DirtyDir(b"d", False), DirtyDir(b"d/e", True)]
     assert again.read(0) == []  # read past already, not yet cleared
-    assert fs.clears() == [] and fs.cleared() == 0
+    assert fs.clears() == [] and fs.cleared() == dict.fromkeys(MDTS, 0)
     again.commit(again.cursor())
-    assert fs.clears() == [f"{MDT} {USER} {fs.index}"] and fs.cleared() == fs.index
+    assert fs.clears() == [f"{mdt} {USER} {fs.last[mdt]}" for mdt in MDTS]
+    assert fs.cleared() == fs.last
     fs.create(src / "d" / "f")
     fs.create(src / "d" / "g")
-    fs.lose(fs.index - 1)
+    fs.lose(fs.last[MDT] - 1)
     with pytest.raises(FeedGap, match="records are missing"):
         again.read(0)

@@ -40,6 +40,8 @@ RENAMES = frozenset(("RENME", "RNMTO", "MIGRT"))
 IGNORED = frozenset(("MARK", "OPEN", "GXATR", "NOPEN"))
 #: seconds between reads of an idle changelog while ``read`` waits
 POLL = 1.0
+#: the FID of no object (a rename that overwrote nothing, a MARK)
+ZERO_FID = "0x0:0x0:0x0"
 _NO_USER = b"no changelog user"
 _OUT_OF_RANGE = b"record out of range"
 
@@ -64,14 +66,13 @@ class _Touched:
             self.parents.add(record.parent)
             if kind == "MKDIR" and record.name:
                 self.named.add((record.parent, record.name, True))
-        elif record.parent:
-            self.parents.add(record.parent)
-            self.objects.add(record.target)
         else:
+            self.parents.update(f for f in (record.parent,) if f)
             self.objects.add(record.target)
 
     def fids(self) -> set[str]:
-        return self.parents | self.objects | {parent for parent, _, _ in self.named}
+        """Every FID to resolve (the zero FID, "no object", names nothing)."""
+        return (self.parents | self.objects | {p for p, _, _ in self.named}) - {ZERO_FID}
 
 
 def _join(parent: bytes, name: bytes) -> bytes:

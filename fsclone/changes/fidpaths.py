@@ -67,7 +67,7 @@ class FidPaths:
         for line in done.stderr.splitlines():
             match = _GONE.search(line)
             if match is None:
-                raise ChangelogError(f"lfs fid2path: {line.decode(errors='replace')}")
+                raise ChangelogError(line.decode(errors="replace"))
             gone.add(match[1].decode("ascii").lower())
         if done.returncode != 0 and not gone:
             raise ChangelogError(f"lfs fid2path failed (exit {done.returncode})")
