@@ -21,10 +21,14 @@ import pytest
 
 from fsclone.changes.feed import DirtyDir
 from fsclone.changes.reduce import coalesce
+from fsclone.config import Config
+from fsclone.engine.coordinator import Hooks
+from fsclone.engine.launch import PassRequest, run_changes, run_pass
 from fsclone.errors import LockedError, MessageError
 from fsclone.state.changes import ChangeStore, store_path
 from fsclone.state.directory import open_state_dir
 from fsclone.stats import counters as C
+from fsclone.transport.memory import MemoryTransport
 from tests.clirun import fsclone, fsclone_json
 from tests.fstree import (
     assert_rsync_clean,
@@ -338,3 +342,19 @@ def test_nothing_pending_is_a_pass_of_nothing(roots: tuple[Path, Path, Path]) ->
         proc = sync(src, dst, state, "--changes")
     assert proc.returncode == 2 and b"No such file or directory" in proc.stderr, proc.stderr
     assert not dst.exists()
+
+
+def test_a_watcher_runs_the_pass_in_process(roots: tuple[Path, Path, Path]) -> None:
+    """What a watcher does after recording: ``run_changes`` through a transport it chose (the
+    in-memory one here), the record trustworthy after its own full sync."""
+    src, dst, state = roots
+    cfg = Config(workers=2, state_dir=str(state))
+    with watching(state, src, dst) as store:
+        _, full = run_pass(cfg, PassRequest("sync", str(src), str(dst)), Hooks(),
+                           MemoryTransport())
+        assert full.status == "done" and full.error_count == 0
+        store.record(_mutate(src), b"c")
+        spec, summary = run_changes(cfg, str(src), str(dst), Hooks(), MemoryTransport())
+        assert spec.changes and summary.status == "done" and summary.error_count == 0
+        assert store.pending() == []
+    assert_same_tree(src, dst, atime=False)

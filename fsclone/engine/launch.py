@@ -149,6 +149,13 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         lock.release()
 
 
+def run_changes(cfg: Config, src: str, dst: str, hooks: Hooks,
+                transport: Transport) -> tuple[PassSpec, Summary]:
+    """A ``--changes`` sync pass over the pending set of SRC and DST (fsclone.engine.changes):
+    what a watcher runs once it recorded what its feed read."""
+    return run_pass(replace(cfg, changes=True), PassRequest("sync", src, dst), hooks, transport)
+
+
 def _seed(cfg: Config, spec: PassSpec, state: Path, given_src: str) -> Seed | None:
     """What the walk starts from when not the root: the items a pass listed as failed, a
     ``--files-from`` list (read, and refused if it leaves SRC, before anything is written), or
