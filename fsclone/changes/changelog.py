@@ -23,12 +23,13 @@ import json
 import os
 import stat
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 
 from fsclone.changes.clrecords import ChangelogParseError, Record, parse_lines, record_index
 from fsclone.changes.feed import DirtyDir, FeedGap
-from fsclone.changes.fidpaths import ChangelogError, FidPaths, run_lfs
+from fsclone.changes.fidpaths import ChangelogError, FidPaths, run_lfs, stream_lfs
 from fsclone.changes.reduce import coalesce
 from fsclone.fs.mounts import mount_point_of
 
@@ -133,9 +134,10 @@ class ChangelogFeed:
         (so no gap, no garbled line matters to it)."""
         for mdt in self._users:
             self._check_user(mdt)
-            lines = self._changelog(mdt, self._read_to[mdt] + 1)
-            found = (record_index(line) for line in reversed(lines))
-            self._read_to[mdt] = next((i for i in found if i is not None), self._read_to[mdt])
+            with closing(self._changelog(mdt, self._read_to[mdt] + 1)) as lines:
+                for line in lines:
+                    index = record_index(line)
+                    self._read_to[mdt] = self._read_to[mdt] if index is None else index
         return self.cursor()
 
     def commit(self, cursor: bytes) -> None:
@@ -143,7 +145,8 @@ class ChangelogFeed:
         DST. Raises FeedGap when a changelog user is gone."""
         for mdt, (end, _) in self._load(cursor).items():
             if end > self._cleared[mdt]:
-                self._clear(mdt, end)
+                if not self._clear(mdt, end):
+                    raise self._cleared_past(mdt, end)
                 self._cleared[mdt] = end
 
     def close(self) -> None:
@@ -175,16 +178,15 @@ class ChangelogFeed:
         if read > cleared and self._clear(mdt, read):
             self._cleared[mdt] = read
             return
-        raise FeedGap(f"{mdt}: changelog user {self._users[mdt]} was cleared past record "
-                      f"{max(read, cleared)} by someone else: records may be lost")
+        raise self._cleared_past(mdt, read)
 
-    def _changelog(self, mdt: str, start: int) -> list[bytes]:
-        """The lines ``lfs changelog MDT START`` prints."""
-        done = run_lfs(self._lfs, "changelog", mdt, str(start))
-        if done.returncode != 0:
-            raise ChangelogError(f"lfs changelog {mdt}: "
-                                 f"{done.stderr.decode(errors='replace').strip()}")
-        return done.stdout.split(b"\n")[:-1]
+    def _cleared_past(self, mdt: str, end: int) -> FeedGap:
+        return FeedGap(f"{mdt}: changelog user {self._users[mdt]} was cleared past record {end} "
+                       "by someone else: records may be lost")
+
+    def _changelog(self, mdt: str, start: int) -> Generator[bytes, None, None]:
+        """The lines ``lfs changelog MDT START`` prints, as it prints them."""
+        return stream_lfs(self._lfs, "changelog", mdt, str(start))
 
     def _read_records(self) -> tuple[_Touched, int]:
         """The records after the last read, of every MDT: what they touch, how many."""
@@ -194,13 +196,14 @@ class ChangelogFeed:
             self._check_user(mdt)
             last = self._read_to[mdt]
             try:
-                for record in parse_lines(self._changelog(mdt, last + 1)):
-                    if last and record.index != last + 1:
-                        raise FeedGap(f"{mdt}: record {record.index} follows {last}: records "
-                                      "are missing")
-                    touched.add(record)
-                    last = record.index
-                    seen += 1
+                with closing(self._changelog(mdt, last + 1)) as lines:
+                    for record in parse_lines(lines):
+                        if last and record.index != last + 1:
+                            raise FeedGap(f"{mdt}: record {record.index} follows {last}: "
+                                          "records are missing")
+                        touched.add(record)
+                        last = record.index
+                        seen += 1
             except ChangelogParseError as exc:
                 raise FeedGap(f"{mdt}: {exc}") from None
             self._read_to[mdt] = last

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 
 from fsclone.errors import FscloneError
 
@@ -31,6 +31,29 @@ def run_lfs(lfs: Sequence[str], *args: str) -> subprocess.CompletedProcess[bytes
         return subprocess.run([*lfs, *args], capture_output=True, check=False)
     except OSError as exc:
         raise ChangelogError(f"cannot run {lfs[0]}: {exc.strerror}") from None
+
+
+def stream_lfs(lfs: Sequence[str], *args: str) -> Generator[bytes, None, None]:
+    """The lines ``LFS ARGS...`` prints, as it prints them (a changelog can be millions of
+    records long); its failure is a ChangelogError once its output is read."""
+    try:
+        proc = subprocess.Popen([*lfs, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise ChangelogError(f"cannot run {lfs[0]}: {exc.strerror}") from None
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        yield from proc.stdout
+        said = proc.stderr.read()
+        if proc.wait() != 0:
+            raise ChangelogError(f"lfs {' '.join(args)}: "
+                                 f"{said.decode(errors='replace').strip()}")
+    finally:
+        if proc.poll() is None:  # left early: a reader that stopped at a gap
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 class FidPaths:
