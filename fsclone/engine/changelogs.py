@@ -68,6 +68,8 @@ def mark(cfg: Config, state: Path, spec: PassSpec, note: Callable[[str], None]) 
         return
     store = ChangeStore.open(state, spec.src, spec.dst)
     try:
+        if store.watched():  # a watcher's feed keeps the record: not ours to restart
+            return
         stored = store.cursor() if store.feed() == KIND else b""
         try:
             try:
