@@ -358,3 +358,21 @@ def test_a_watcher_runs_the_pass_in_process(roots: tuple[Path, Path, Path]) -> N
         assert spec.changes and summary.status == "done" and summary.error_count == 0
         assert store.pending() == []
     assert_same_tree(src, dst, atime=False)
+
+
+def test_a_dirty_directory_where_the_walk_would_not_go_is_left(
+        roots: tuple[Path, Path, Path]) -> None:
+    """A dirty directory below an excluded one, or on another filesystem with
+    ``--one-file-system``, is left alone, as a full sync's walk leaves it."""
+    src, dst, state = roots
+    with tmpfs(src / "files/mnt", "1m") as mnt:
+        (mnt / "other-fs").write_bytes(b"on another filesystem\n")
+        with watching(state, src, dst) as store:
+            assert sync(src, dst, state).returncode == 0
+            (src / "names/new").write_bytes(b"excluded\n")
+            (mnt / "new").write_bytes(b"on another filesystem\n")
+            store.record(_dirty(b"names", b"files/mnt"), b"c")
+            proc = sync(src, dst, state, "--changes", "--exclude", "/names", "-x")
+            assert proc.returncode == 0, proc.stderr
+        assert not (dst / "names/new").exists() and not (dst / "files/mnt/new").exists()
+        assert (dst / "files/mnt/other-fs").exists()  # the full sync had no -x
