@@ -267,6 +267,11 @@ class Options(PassOptions):
     #: (SRC, DST) prefixes whose passes a standalone ``fsclone worker`` serves (none: no pass)
     allowed_roots: tuple[tuple[str, str], ...] = option((), setting="ALLOWED_ROOTS",
                                                         parse=values.root_pairs)
+    #: the Lustre client's ``lfs``, and the changelog user of each MDT of the source: set,
+    #: the source's changelogs feed ``pass sync --changes`` (fsclone.changes.changelog)
+    lfs: tuple[str, ...] = option(("lfs",), setting="LFS", parse=values.command)
+    changelog_users: tuple[tuple[str, str], ...] = option(
+        (), setting="CHANGELOG_USERS", parse=values.changelog_users)
     #: the secret shared by the amqp coordinator and its workers (fsclone.signing)
     signing_key_file: str | None = option(None, setting="SIGNING_KEY_FILE")
     #: what to take as found of each side's filesystem, whatever the probes say

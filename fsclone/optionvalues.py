@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -60,6 +62,34 @@ def root_pairs(v: Any) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"not a pair of absolute paths: {item!r}")
         pairs.append((os.path.normpath(src), os.path.normpath(dst)))
     return tuple(pairs)
+
+
+def command(v: Any) -> tuple[str, ...]:
+    """A command to run: a list of words, or a string split as a shell would (``LFS``)."""
+    words = tuple(shlex.split(v)) if isinstance(v, str) else tuple(str(w) for w in v)
+    if not words:
+        raise ValueError("an empty command")
+    return words
+
+
+_MDT = re.compile(r"[A-Za-z0-9_]{1,8}-MDT[0-9a-fA-F]{4}")
+_CHANGELOG_USER = re.compile(r"cl[0-9]+(-[A-Za-z0-9_.]+)?")
+
+
+def changelog_users(v: Any) -> tuple[tuple[str, str], ...]:
+    """(MDT, changelog user) pairs: a mapping such as ``{"lustre-MDT0000": "cl1"}``, or
+    ``"lustre-MDT0000=cl1,lustre-MDT0001=cl2"`` (the environment's form)."""
+    items = ([item.split("=", 1) for item in v.split(",") if item] if isinstance(v, str)
+             else list(dict(v).items()))
+    pairs = []
+    for item in items:
+        mdt, user = (str(p) for p in item)
+        if not _MDT.fullmatch(mdt):
+            raise ValueError(f"not an MDT name (FSNAME-MDTxxxx): {mdt!r}")
+        if not _CHANGELOG_USER.fullmatch(user):
+            raise ValueError(f"not a changelog user (clN or clN-NAME): {user!r}")
+        pairs.append((mdt, user))
+    return tuple(sorted(dict(pairs).items()))
 
 
 def excludes(v: Any) -> tuple[str, ...]:

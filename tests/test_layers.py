@@ -22,6 +22,7 @@ GROUND = (
     "fsclone.optionvalues", "fsclone.config", "fsclone.filters", "fsclone.rules",
     "fsclone.fsprofile",
     "fsclone.stats.counters", "fsclone.changes", "fsclone.changes.feed", "fsclone.changes.reduce",
+    "fsclone.changes.clrecords",
 )
 
 #: lowest first; each floor maps its rooms to their modules (a name ending in ".*" is a
@@ -29,7 +30,8 @@ GROUND = (
 FLOORS: list[dict[str, tuple[str, ...]]] = [
     {"ground": GROUND},
     {"fs": ("fsclone.fs.*",)},
-    {"ops": ("fsclone.ops.*",), "state": ("fsclone.state.*",), "sinks": ("fsclone.stats.*",)},
+    {"ops": ("fsclone.ops.*",), "state": ("fsclone.state.*",), "sinks": ("fsclone.stats.*",),
+     "changelog feed": ("fsclone.changes.changelog", "fsclone.changes.fidpaths")},
     # one room here; where they may meet is test_engine_and_transports_meet_only_at_the_seam
     {"engine and transports": ("fsclone.engine.*", "fsclone.transport.*")},
     {"cli": ("fsclone.cli.*", "fsclone.__main__", "fsclone.demo")},

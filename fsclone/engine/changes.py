@@ -20,7 +20,7 @@ done (see fsclone.engine.launch); a directory dirtied again meanwhile stays pend
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from fsclone.changes.feed import DirtyDir, FeedGap, checked
@@ -46,15 +46,16 @@ REPLAYS: dict[str, Replay] = {}
 SHALLOW = "shallow"
 
 
-def changes_seed(state: Path, spec: PassSpec) -> Seed:
+def changes_seed(state: Path, spec: PassSpec, replays: Mapping[str, Replay] = REPLAYS) -> Seed:
     """The chunks of a ``--changes`` pass on the spec's (resolved) roots, taken from their
-    pending store; refused, with one line, when no trustworthy record exists."""
+    pending store; refused, with one line, when no trustworthy record exists. ``replays``:
+    the feeds that can catch up, as configured for this run (fsclone.engine.changelogs)."""
     store = ChangeStore.find(state, spec.src, spec.dst)
     if store is None:
         raise UsageError("--changes: no watcher has recorded changes on these roots: run a "
                          "full pass sync")
     try:
-        replay = REPLAYS.get(store.feed())
+        replay = replays.get(store.feed())
         if replay is not None and not store.watched():
             try:
                 replay(store)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fsclone.config import Config
-from fsclone.engine.changes import changes_done, changes_seed
+from fsclone.engine import changelogs
+from fsclone.engine.changes import REPLAYS, changes_done, changes_seed
 from fsclone.engine.coordinator import Coordinator, Hooks
 from fsclone.engine.layout import source_layout
 from fsclone.engine.listed import identity, listed_seed
@@ -134,11 +135,14 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         lock.describe(f"pass {spec.id}")
         if resume:
             hooks.note(f"resuming pass {spec.id} (its options apply; --restart starts anew)")
+        else:  # a resumed pass keeps the cursor its first run saved
+            changelogs.mark(cfg, state, spec, hooks.note)
         coordinator = Coordinator(store, transport, hooks, seed=seed)
         try:
             summary = coordinator.run()
             record_tree(state, store.spec, summary.status, summary.counters)
             changes_done(state, store.spec, summary)
+            changelogs.settle(cfg, state, store.spec, summary, hooks.note)
             return store.spec, summary
         except KeyboardInterrupt as exc:
             raise interrupted(store.spec, exc) from None
@@ -168,7 +172,7 @@ def _seed(cfg: Config, spec: PassSpec, state: Path, given_src: str) -> Seed | No
     if spec.files_from:
         return listed_seed(spec.files_from, spec.src, given_src, spec.dir_slice)
     if spec.changes:
-        return changes_seed(state, spec)
+        return changes_seed(state, spec, {**REPLAYS, **changelogs.replays(cfg)})
     return None
 
 

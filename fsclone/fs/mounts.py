@@ -16,21 +16,35 @@ _ESCAPE = re.compile(rb"\\([0-7]{3})")
 _PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
+def _mount_points() -> list[str]:
+    """Every mount point of this process, from the kernel's list."""
+    points = []
+    with open(MOUNTINFO, "rb") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 5:
+                points.append(
+                    os.fsdecode(_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4])))
+    return points
+
+
+def mount_point_of(path: str) -> str:
+    """The mount point of the filesystem holding the absolute, resolved ``path``: the longest
+    mount point it is at or below."""
+    return max((p for p in _mount_points()
+                if p == "/" or path == p or path.startswith(p.rstrip("/") + "/")), key=len)
+
+
 def mount_points_below(root: str) -> set[str]:
     """The mount points at or below the absolute, resolved directory ``root``, as paths
     relative to it ("" is ``root`` itself), from the kernel's list of this process's mounts."""
     top = root.rstrip("/") + "/"
     found: set[str] = set()
-    with open(MOUNTINFO, "rb") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) < 5:
-                continue
-            point = os.fsdecode(_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4]))
-            if point == root:
-                found.add("")
-            elif point.startswith(top):
-                found.add(point[len(top):])
+    for point in _mount_points():
+        if point == root:
+            found.add("")
+        elif point.startswith(top):
+            found.add(point[len(top):])
     return found
 
 

@@ -116,13 +116,15 @@ class ChangeStore:
         return False
 
     # -- what the feed writes ---------------------------------------------------------------
-    def feed_started(self, feed: str, resumed: bool) -> None:
+    def feed_started(self, feed: str, resumed: bool, since: float | None = None) -> None:
         """A feed of kind ``feed`` starts. ``resumed``: it replays from the stored cursor, so
         nothing was lost while it was down and its unbroken run goes on; else (fanotify sees
-        nothing while no watcher runs) a new run begins now."""
+        nothing while no watcher runs) a new run begins now, or at ``since`` (a feed whose
+        records from before it started are kept: changelogs)."""
         self.db.execute("UPDATE pair SET feed=?", (feed,))
         if not resumed:
-            self.db.execute("UPDATE pair SET watch_since=?, cursor=?", (time.time(), b""))
+            self.db.execute("UPDATE pair SET watch_since=?, cursor=?",
+                            (time.time() if since is None else since, b""))
         else:
             self.db.execute("UPDATE pair SET watch_since=coalesce(watch_since, ?)",
                             (time.time(),))

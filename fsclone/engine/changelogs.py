@@ -1,0 +1,114 @@
+"""A Lustre source's changelogs in passes: where a complete sync starts them, how ``pass sync
+--changes`` catches up from them, and the clear once a pass's work is on DST.
+
+Set ``CHANGELOG_USERS`` and the source's changelogs are the pair's feed
+(fsclone.changes.changelog) in its pending store (fsclone.state.changes):
+
+- a complete ``pass sync`` (not a resume, not a dry run) reads every changelog to its end
+  before it walks and saves that cursor: every change after it is in a record still kept,
+  and every change before it is in what the walk sees;
+- ``pass sync --changes`` reads the records after the cursor into the pending store
+  (:func:`replays`), syncs what they name, and only when that pass is done clears them;
+- at the end of either, done, ``lfs changelog_clear`` up to the cursor (:func:`settle`). A
+  pass that dies before clears nothing: the next reads the same records again, or finds
+  their directories still pending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from fsclone.changes.changelog import ChangelogFeed
+from fsclone.changes.feed import FeedGap
+from fsclone.changes.fidpaths import ChangelogError
+from fsclone.config import Config
+from fsclone.engine.changes import Replay
+from fsclone.lifecycle import DONE, Summary
+from fsclone.spec import PassSpec
+from fsclone.state.changes import ChangeStore
+
+#: the feed's kind in the pending store
+KIND = "changelog"
+
+
+def _feed(cfg: Config, src: str, cursor: bytes | None) -> ChangelogFeed:
+    return ChangelogFeed(cfg.lfs, dict(cfg.changelog_users), src, cursor)
+
+
+def _full(spec: PassSpec) -> bool:
+    return (spec.op == "sync" and not spec.dry_run
+            and not (spec.changes or spec.files_from or spec.retry_of))
+
+
+def replays(cfg: Config) -> dict[str, Replay]:
+    """The catch-up of a ``--changes`` pass from the changelogs, when they are configured:
+    every record after the stored cursor, as dirty directories in the store."""
+    if not cfg.changelog_users:
+        return {}
+
+    def catch_up(store: ChangeStore) -> None:
+        cursor = store.cursor()
+        if not cursor:
+            raise FeedGap("no changelog cursor: no complete pass sync read the changelogs")
+        feed = _feed(cfg, store.src, cursor)
+        try:
+            dirs = feed.read(0)
+        finally:
+            feed.close()
+        store.record(dirs, feed.cursor())
+    return {KIND: catch_up}
+
+
+def mark(cfg: Config, state: Path, spec: PassSpec, note: Callable[[str], None]) -> None:
+    """At the start of a complete sync of a source with changelogs: save where every
+    changelog ends now as the pair's cursor. A changelog that cannot be read costs the
+    ``--changes`` passes until the next complete sync, never this pass: said, not raised."""
+    if not (cfg.changelog_users and _full(spec)):
+        return
+    store = ChangeStore.open(state, spec.src, spec.dst)
+    try:
+        if store.watched():  # a watcher's feed keeps the record: not ours to restart
+            return
+        stored = store.cursor() if store.feed() == KIND else b""
+        try:
+            try:
+                cursor = _feed(cfg, spec.src, stored or None).mark()
+            except FeedGap:  # the old cursor is no good: start afresh at the end
+                cursor = _feed(cfg, spec.src, None).mark()
+        except (FeedGap, ChangelogError) as exc:
+            store.gap(str(exc))
+            note(f"changelogs not read ({exc}): --changes needs another complete pass sync")
+            return
+        store.feed_started(KIND, resumed=False, since=spec.started)
+        store.record([], cursor)
+    finally:
+        store.close()
+
+
+def settle(cfg: Config, state: Path, spec: PassSpec, summary: Summary,
+           note: Callable[[str], None]) -> None:
+    """At the end of a complete sync (done, no item errors) on a source with changelogs:
+    clear the records up to the stored cursor, whose work is on DST now (after
+    fsclone.engine.changes.changes_done). A pass with item errors clears nothing."""
+    complete = summary.status == DONE and not summary.error_count
+    if not (cfg.changelog_users and complete and (_full(spec) or spec.changes)):
+        return
+    store = ChangeStore.find(state, spec.src, spec.dst)
+    if store is None or store.feed() != KIND:
+        return
+    try:
+        cursor = store.cursor()
+        feed = _feed(cfg, spec.src, cursor)
+        try:
+            feed.commit(cursor)
+        except FeedGap as exc:
+            store.gap(str(exc))
+            note(f"changelogs not cleared ({exc}): --changes needs another complete pass sync")
+            return
+        except ChangelogError as exc:  # nothing lost: the next pass clears them
+            note(f"changelogs not cleared yet ({exc})")
+            return
+        store.record([], feed.cursor())
+    finally:
+        store.close()
