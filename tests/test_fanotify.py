@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fsclone.changes.fanotify import FanotifyFeed, dirtied
+from fsclone.changes.fanotify import WHOLE_TREE, FanotifyFeed, dirtied
 from fsclone.changes.feed import DirtyDir, FeedGap
 from fsclone.errors import UsageError
 from tests.mounts import tmpfs
@@ -70,9 +70,15 @@ def test_each_change_dirties_its_directories(base: Path) -> None:
         run("mv a/b c/moved", src)  # both parents, and the directory moved in, whole
         assert read_all(feed) == {DirtyDir(b"a", False), DirtyDir(b"c", False),
                                   DirtyDir(b"c/moved", True)}
-        run("mv a/f c/moved/g; ln c/moved/g c/h; setfattr -n user.k -v 1 c/h", src)
-        assert read_all(feed) == {DirtyDir(b"a", False), DirtyDir(b"c/moved", False),
-                                  DirtyDir(b"c", False)}
+        run("mv a/f c/moved/g; ln c/moved/g c/moved/h; setfattr -n user.k -v 1 c/moved/h", src)
+        assert read_all(feed) == {DirtyDir(b"a", False), DirtyDir(b"c/moved", False)}
+        # a name in another directory: where the others are, nothing tells
+        run("ln c/moved/g c/i", src)
+        assert read_all(feed) == {DirtyDir(b"c", False), WHOLE_TREE}
+        run("echo more >> c/moved/h", src)
+        assert read_all(feed) == {DirtyDir(b"c/moved", False), WHOLE_TREE}
+        run("chmod 600 c/i", src)  # mended in place: the other names' copy is the same inode
+        assert read_all(feed) == {DirtyDir(b"c", False)}
         run("chmod 700 .", src)  # SRC's own change: SRC alone (its parent is outside)
         assert read_all(feed) == {DirtyDir(b"", False)}
         run("touch ../outside/x; mkdir ../outside/d; chmod 700 ../outside", src)

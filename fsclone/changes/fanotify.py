@@ -19,6 +19,7 @@ import ctypes
 import errno
 import os
 import select
+import stat
 import struct
 import time
 
@@ -36,6 +37,11 @@ FAN_Q_OVERFLOW, FAN_ONDIR = 0x4000, 0x40000000
 MASK = (FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_MODIFY | FAN_ATTRIB
         | FAN_CLOSE_WRITE | FAN_ONDIR)
 _NEW_HERE = FAN_CREATE | FAN_MOVED_TO
+#: the events after which a copy writes a file anew (a new name, new data), rather than
+#: mending its inode in place: see :meth:`FanotifyFeed._linked_elsewhere`
+_REWRITTEN = FAN_CREATE | FAN_MOVED_TO | FAN_MODIFY | FAN_CLOSE_WRITE
+#: the whole tree, recursively: what a change to a file with names in other directories dirties
+WHOLE_TREE = DirtyDir(b"", True)
 _INFO_DFID_NAME = 2
 #: struct fanotify_event_metadata: event_len, vers, reserved, metadata_len, mask, fd, pid
 _METADATA = struct.Struct("=IBBHQii")
@@ -94,6 +100,7 @@ class FanotifyFeed:
             return []
         dirty: set[DirtyDir] = set()
         paths: dict[bytes, bytes | None] = {}  # handles resolved in this read
+        linked: dict[tuple[bytes, bytes], bool] = {}  # names checked for hard links
         count = 0
         while count < _MAX_BATCH:
             try:
@@ -108,8 +115,14 @@ class FanotifyFeed:
                 if handle not in paths:
                     paths[handle] = self._below_root(handle)
                 where = paths[handle]
-                if where is not None:
-                    dirty.update(dirtied(where, mask, name))
+                if where is None:
+                    continue
+                dirty.update(dirtied(where, mask, name))
+                if mask & _REWRITTEN and not mask & FAN_ONDIR:
+                    if (where, name) not in linked:
+                        linked[where, name] = self._linked_elsewhere(where, name)
+                    if linked[where, name]:
+                        dirty.add(WHOLE_TREE)
         self._note(count)
         return sorted(dirty)
 
@@ -142,6 +155,24 @@ class FanotifyFeed:
         if (there.st_dev, there.st_ino) != (here.st_dev, here.st_ino):
             return None  # moved since, and its move dirtied both of its parents
         return path[len(self.root.rstrip(b"/")) + 1:]
+
+    def _linked_elsewhere(self, where: bytes, name: bytes) -> bool:
+        """Whether entry ``name`` of directory ``where`` is a non-directory with names in
+        other directories. Its copy is written anew and linked to its other names through the
+        pass's staging directory (fsclone.fs.staging), which only knows the names the pass
+        lists: one in a directory no event dirtied would keep the old copy. Nothing tells
+        where they are (no parent pointers), so the whole tree is synced. Names gone by now
+        dirtied their directories as they went."""
+        folder = self.root if not where else self.root.rstrip(b"/") + b"/" + where
+        try:
+            st = os.lstat(folder + b"/" + name)
+            if stat.S_ISDIR(st.st_mode) or st.st_nlink < 2:
+                return False
+            with os.scandir(folder) as entries:
+                here = sum(1 for e in entries if e.inode() == st.st_ino)
+        except OSError:
+            return False
+        return here < st.st_nlink
 
     def cursor(self) -> bytes:
         """The time of the last read (ns): fanotify replays nothing, so a restarted watcher

@@ -41,9 +41,11 @@ from fsclone.state.watch import (
     STOPPED,
     WATCHING,
     WatchStatus,
+    forget_pass,
     read_status,
     write_status,
 )
+from fsclone.stats import counters as C
 
 #: the feed's kind, as the pending store records it
 FEED = "fanotify"
@@ -199,6 +201,8 @@ class Watcher:
                                                   dst=self.store.dst), self.absorb)
         if summary.status == DONE:
             self.feed.commit(self.store.cursor())
+            if not summary.error_count and not summary.counters.get(C.CHANGED):
+                forget_pass(self.state, spec.id)
         else:  # refused (--max-delete): what it took stays pending
             self.waiting_since = _earliest(self.waiting_since, self.taken_since)
         self.taken_since = None

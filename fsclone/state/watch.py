@@ -9,6 +9,7 @@ and the pair's lock are the pending store's (fsclone.state.changes).
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from fsclone.pathkey import path_key
 from fsclone.process import alive
-from fsclone.state.directory import write_private_json
+from fsclone.state.directory import pass_dir, write_private_json
 
 #: what a watcher is doing (its ``state``)
 STARTING, FULL_SYNC, WATCHING, APPLYING, STOPPED = (
@@ -79,3 +80,10 @@ def read_statuses(state_dir: Path) -> list[WatchStatus]:
         return []
     found = [s for s in map(_read, folder.glob("*.json")) if s is not None]
     return sorted(found, key=lambda s: (s.src, s.dst))
+
+
+def forget_pass(state_dir: Path, pass_id: str) -> None:
+    """Remove the record of a batch the watcher ran that left nothing to look at (done, no
+    item failed, nothing changed while copied): a watcher runs one every few seconds, and
+    ``fsclone status`` would list them by the thousand. Its counts went to the watcher's log."""
+    shutil.rmtree(pass_dir(state_dir, pass_id))
