@@ -11,6 +11,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing.context import ForkProcess
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,7 @@ def faithful(p: Pair) -> None:
     assert_rsync_clean(p.src, p.dst)
 
 
-def churn(p: Pair, changes: int, rate: float, seed: int) -> multiprocessing.Process:
+def churn(p: Pair, changes: int, rate: float, seed: int) -> ForkProcess:
     """The writer, a process of its own, changing SRC/live."""
     writer = multiprocessing.get_context("fork").Process(
         target=lambda: Churn(p.src / "live", seed).run(changes, rate), daemon=True)
@@ -97,7 +98,7 @@ def churn(p: Pair, changes: int, rate: float, seed: int) -> multiprocessing.Proc
     return writer
 
 
-def finish(writer: multiprocessing.Process) -> None:
+def finish(writer: ForkProcess) -> None:
     writer.join(120)
     assert writer.exitcode == 0, "the writer failed"
 
