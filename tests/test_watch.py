@@ -131,6 +131,7 @@ def test_a_killed_watcher_started_again_loses_nothing(pair: Pair) -> None:
     wait_for(lambda: (s := status(pair)) and s.events > 500, 30, "events flowing")
     proc.kill()  # mid-stream: with a batch out, or records half written
     proc.communicate(timeout=30)
+    (pair.src / "while-down").write_bytes(b"no watcher saw this")  # where the writer is not
     assert (s := status(pair)) is not None and s.shown_state().startswith("dead")
     again = start_watch(pair)
     watching(pair, again, since=first.last_full_sync or 0.0)
