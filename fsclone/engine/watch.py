@@ -51,6 +51,10 @@ from fsclone.stats import counters as C
 FEED = "fanotify"
 #: how often the main thread looks at what the collector has (and the status is written)
 _TICK = 0.1
+#: how long the collector lets events gather after a read that found some: the kernel merges
+#: the events of one object while they wait in its queue, and one read resolves each
+#: directory once for all its events
+_GATHER = 0.05
 _STATUS_EVERY = 0.5
 
 #: runs one pass to its end: the CLI's (transport, display); ``tick`` is to be called from the
@@ -105,6 +109,7 @@ class Collector:
                 self._got.first = self._got.first or now
                 self.last = now
             self.woke.set()
+            self._stop.wait(_GATHER)
 
     def take(self) -> Collected:
         """Everything read since the last take (a failure of the reading thread raised)."""
