@@ -29,7 +29,11 @@ class DirtyDir:
         """The path as the chunks carry it (``surrogateescape``, as ``os`` decodes names),
         refused (MessageError) unless it is a safe path below SRC: a path comes from events,
         which is data, and data never leads outside the roots."""
-        return validate_relpath(os.fsdecode(self.path))
+        try:
+            return validate_relpath(os.fsdecode(self.path))
+        except MessageError as exc:
+            raise MessageError(f"a dirty directory's path is not one below SRC ({exc})") \
+                from None
 
 
 def checked(dirs: list[DirtyDir]) -> list[DirtyDir]:

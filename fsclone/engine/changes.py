@@ -10,7 +10,8 @@ lacks is made and copied whole). Before that, each path is checked (data from ev
 symlinks (fsclone.fs.dirs): a directory gone from the source, or whose way down the target
 lacks or holds as a non-directory, is handled by its nearest ancestor present as a directory on
 both sides, as a shallow chunk (which plans the deletion, or makes the missing directory and
-copies it whole).
+copies it whole). One below an excluded directory, or on another filesystem with
+``--one-file-system``, is left: a full sync's walk would not go there either.
 
 The pass takes the pending set when it starts and removes it from the store only once it is
 done (see fsclone.engine.launch); a directory dirtied again meanwhile stays pending.
@@ -27,8 +28,9 @@ from fsclone.changes.reduce import coalesce
 from fsclone.chunk import Chunk
 from fsclone.engine.retry import Seed
 from fsclone.errors import UsageError
+from fsclone.filters import Filters
 from fsclone.fs import dirs
-from fsclone.lifecycle import DONE
+from fsclone.lifecycle import DONE, Summary
 from fsclone.spec import PassSpec
 from fsclone.state.changes import ChangeStore
 
@@ -64,52 +66,70 @@ def changes_seed(state: Path, spec: PassSpec) -> Seed:
         taken = store.take(spec.id)
     finally:
         store.close()
-    return Seed(chunks_for(spec.src, spec.dst, taken), [])
+    return Seed(chunks_for(spec, taken), [])
 
 
-def chunks_for(src: str, dst: str, dirty: list[DirtyDir]) -> list[Chunk]:
+def chunks_for(spec: PassSpec, dirty: list[DirtyDir]) -> list[Chunk]:
     """One sync chunk per directory left once ``dirty`` is resolved (see the module's doc)
     and coalesced. A path that is not a safe relative one refuses the pass (MessageError)."""
-    sfd, dfd = dirs.open_root(src), dirs.open_root(dst)
-    try:
-        resolved = [_resolve(sfd, dfd, d) for d in checked(dirty)]
-    finally:
-        os.close(sfd)
-        os.close(dfd)
+    with dirs.opened(_root(spec.src)) as sfd, dirs.opened(_root(spec.dst)) as dfd:
+        scope = _Scope(spec, sfd, dfd)
+        resolved = [r for d in checked(dirty) if (r := scope.resolve(d)) is not None]
     return [Chunk(op="sync", path=d.relpath(), args={} if d.recursive else {SHALLOW: True})
             for d in coalesce(resolved)]
 
 
-def _resolve(sfd: int, dfd: int, d: DirtyDir) -> DirtyDir:
-    """``d``, or its nearest ancestor present as a directory in both trees (not recursive)."""
-    parts = d.path.split(b"/") if d.path else []
-    fds = [sfd, dfd]
+def _root(path: str) -> int:
     try:
-        for depth, part in enumerate(parts):
-            name = os.fsdecode(part)
-            opened: list[int] = []
-            try:
-                for fd in fds[-2:]:
-                    opened.append(dirs.open_dir(name, fd))
-            except OSError:  # gone, not a directory, a symlink: the parent's chunk sees it
-                for fd in opened:
-                    os.close(fd)
-                return DirtyDir(b"/".join(parts[:depth]), False)
-            fds.extend(opened)
-        return d
-    finally:
-        for fd in fds[2:]:
-            os.close(fd)
+        return dirs.open_root(path)
+    except OSError as exc:
+        raise UsageError(f"--changes: {path}: {exc.strerror}") from None
 
 
-def changes_done(state: Path, spec: PassSpec, status: str) -> None:
-    """At a pass's end: a ``--changes`` pass that is done removes what it took from the
-    pending store; a complete full ``sync`` marks the pair's record trustworthy from when it
-    started (if a feed recorded since then: see fsclone.state.changes)."""
-    if status != DONE or spec.dry_run or spec.op != "sync":
-        return
-    full = not (spec.changes or spec.files_from or spec.retry_of)
-    if not (spec.changes or full):
+class _Scope:
+    """Where a dirty directory's chunk goes, walked down from both roots as a full sync's walk
+    would come: never through a symlink, an excluded directory or (``--one-file-system``)
+    into another filesystem."""
+
+    def __init__(self, spec: PassSpec, sfd: int, dfd: int) -> None:
+        self.filters = Filters(spec)
+        self.sfd, self.dfd = sfd, dfd
+        self.dev = os.fstat(sfd).st_dev if spec.one_file_system else None
+
+    def resolve(self, d: DirtyDir) -> DirtyDir | None:
+        """``d``; or its nearest ancestor present as a directory in both trees, not
+        recursive; or None where the walk would not come (nothing to do)."""
+        parts = d.path.split(b"/") if d.path else []
+        fds = [self.sfd, self.dfd]
+        try:
+            for depth, part in enumerate(parts):
+                rel = os.fsdecode(b"/".join(parts[:depth + 1]))
+                if self.filters.globs and self.filters.excluded(rel, True):
+                    return None
+                opened: list[int] = []
+                try:
+                    for fd in fds[-2:]:
+                        opened.append(dirs.open_dir(os.fsdecode(part), fd))
+                except OSError:  # gone, not a directory, a symlink: the parent's chunk sees it
+                    for fd in opened:
+                        os.close(fd)
+                    return DirtyDir(b"/".join(parts[:depth]), False)
+                fds.extend(opened)
+                if self.dev is not None and os.fstat(opened[0]).st_dev != self.dev:
+                    return None
+            return d
+        finally:
+            for fd in fds[2:]:
+                os.close(fd)
+
+
+def changes_done(state: Path, spec: PassSpec, summary: Summary) -> None:
+    """At a pass's end. A complete pass (done, no item errors, not a dry run): a ``--changes``
+    one removes what it took from the pending store; a full ``sync`` marks the pair's record
+    trustworthy from when it started (if a feed recorded since then: fsclone.state.changes).
+    A pass with item errors changes nothing here: what failed is still to be done."""
+    if summary.status != DONE or summary.error_count or spec.dry_run or spec.op != "sync" \
+            or spec.files_from or spec.retry_of:
         return
     store = ChangeStore.find(state, spec.src, spec.dst)
     if store is None:

@@ -133,7 +133,7 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         try:
             summary = coordinator.run()
             record_tree(state, store.spec, summary.status, summary.counters)
-            changes_done(state, store.spec, summary.status)
+            changes_done(state, store.spec, summary)
             return store.spec, summary
         except KeyboardInterrupt as exc:
             raise interrupted(store.spec, exc) from None
@@ -143,6 +143,13 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
         if lease is not None:
             lease.release()
         lock.release()
+
+
+def run_changes(cfg: Config, src: str, dst: str, hooks: Hooks,
+                transport: Transport) -> tuple[PassSpec, Summary]:
+    """A ``--changes`` sync pass over the pending set of SRC and DST (fsclone.engine.changes):
+    what a watcher runs once it recorded what its feed read."""
+    return run_pass(replace(cfg, changes=True), PassRequest("sync", src, dst), hooks, transport)
 
 
 def _seed(cfg: Config, spec: PassSpec, state: Path, given_src: str) -> Seed | None:

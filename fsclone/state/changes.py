@@ -187,11 +187,12 @@ class ChangeStore:
                 self.db.execute("SELECT path, recursive FROM pending ORDER BY path")]
 
     def take(self, pass_id: str) -> list[DirtyDir]:
-        """The pending set, marked taken by pass ``pass_id`` (a pass that died took some:
-        they are taken again)."""
+        """The pending set, marked taken by pass ``pass_id`` (what a pass that died took is
+        taken again)."""
         with self.db:
             self.db.execute("UPDATE pending SET taken=?", (pass_id,))
-        return self.pending()
+            return [DirtyDir(bytes(p), bool(r)) for p, r in self.db.execute(
+                "SELECT path, recursive FROM pending WHERE taken=? ORDER BY path", (pass_id,))]
 
     def applied(self, pass_id: str) -> int:
         """Pass ``pass_id`` completed: what it took is on DST. Returns how many went."""
