@@ -17,6 +17,7 @@ unbroken run of the feed begins, and a full sync follows (the events go on being
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -30,11 +31,12 @@ from fsclone.changes.feed import DirtyDir, FeedGap
 from fsclone.config import Config
 from fsclone.engine.launch import PassRequest
 from fsclone.engine.roots import check_roots
-from fsclone.errors import Interrupted, LockedError, Terminated
+from fsclone.errors import GuardError, Interrupted, LockedError, Terminated
 from fsclone.lifecycle import DONE, Summary
 from fsclone.spec import PassSpec
 from fsclone.state.changes import ChangeStore
-from fsclone.state.directory import open_state_dir
+from fsclone.state.directory import open_state_dir, pass_dir
+from fsclone.state.queries import read_errors
 from fsclone.state.watch import (
     APPLYING,
     FULL_SYNC,
@@ -55,6 +57,8 @@ _TICK = 0.1
 #: the events of one object while they wait in its queue, and one read resolves each
 #: directory once for all its events
 _GATHER = 0.05
+#: the longest wait before items that keep failing are taken again (seconds)
+_RETRY_MAX = 60.0
 _STATUS_EVERY = 0.5
 
 #: runs one pass to its end: the CLI's (transport, display); ``tick`` is to be called from the
@@ -146,6 +150,8 @@ class Watcher:
         self.full_needed = ""  # why a full sync must run next ("": none)
         self.waiting_since: float | None = None  # oldest change recorded, not yet taken
         self.taken_since: float | None = None  # oldest change the running batch took
+        self.failures = 0  # batches in a row whose items failed
+        self.retry_at = 0.0  # no batch before then (time.time())
         self._status_at = 0.0
 
     def loop(self) -> None:
@@ -189,29 +195,28 @@ class Watcher:
             self._publish(self.status.state)
 
     def _due(self) -> bool:
-        """Whether to apply the pending set now: events quiet, or the oldest waited long."""
-        if self.waiting_since is None:
-            return False
+        """Whether to apply the pending set now: events quiet, or the oldest waited long;
+        after a batch whose items failed, not before their retry is due."""
         now = time.time()
+        if self.waiting_since is None or now < self.retry_at:
+            return False
         return now - self.collector.last >= self.cfg.watch_quiet or \
             now - self.waiting_since >= self.cfg.watch_max_wait
 
     def _apply(self) -> None:
         """One ``pass sync --changes`` over the pending set; what it took goes from the store
-        once it is done (fsclone.engine.changes), what was recorded meanwhile stays."""
+        once it is complete (fsclone.engine.changes), what was recorded meanwhile stays."""
         self.taken_since, self.waiting_since = self.waiting_since, None
         self._publish(APPLYING)
         spec, summary = self.run_pass(replace(self.cfg, changes=True, restart=False),
                                       PassRequest(op="sync", src=self.store.src,
                                                   dst=self.store.dst), self.absorb)
-        if summary.status == DONE:
-            self.feed.commit(self.store.cursor())
-            if not summary.error_count and not summary.counters.get(C.CHANGED):
-                forget_pass(self.state, spec.id)
-        else:  # refused (--max-delete): what it took stays pending
-            self.waiting_since = _earliest(self.waiting_since, self.taken_since)
         self.taken_since = None
-        self._report(spec, summary)
+        self._check(spec, summary)
+        if not summary.error_count:
+            self.feed.commit(self.store.cursor())
+            if not summary.counters.get(C.CHANGED):
+                forget_pass(self.state, spec.id)
 
     def _full_sync(self) -> None:
         """A full ``pass sync``, started anew (a resumed one would skip what it walked before
@@ -222,19 +227,38 @@ class Watcher:
         spec, summary = self.run_pass(replace(self.cfg, changes=False, restart=True),
                                       PassRequest(op="sync", src=self.store.src,
                                                   dst=self.store.dst), self.absorb)
-        self._report(spec, summary)
-        if summary.status == DONE:
-            self.status.last_full_sync = spec.started
-        else:
-            self.full_needed = why
-
-    def _report(self, spec: PassSpec, summary: Summary) -> None:
+        self._check(spec, summary)
         if summary.error_count:
-            self.say(f"pass {spec.id}: {summary.error_count} items failed (fsclone errors "
-                     f"{spec.id}); they are taken again when their directory changes, or by "
-                     "the next full sync")
+            # the feed recorded every change since the sync started, and what the sync
+            # failed on is recorded now: the record tells all that DST lacks
+            self.store.synced(spec.started)
+        self.status.last_full_sync = spec.started
+
+    def _check(self, spec: PassSpec, summary: Summary) -> None:
+        """After a pass: stop on one that was refused (a delete guard: it would be refused
+        again, and someone must look). Record the items that failed as pending, taken again
+        with the next batch; or, while items keep failing for another reason than vanishing
+        (a race with a writer, whose removal the feed reports as a change of its own), after
+        a delay that doubles up to a minute."""
         if summary.status != DONE:
-            self.say(f"pass {spec.id} ended {summary.status}: its directories stay pending")
+            raise GuardError(f"pass {spec.id} was {summary.status}: the watcher stops, its "
+                             "directories stay pending (fsclone status)")
+        if not summary.error_count:
+            self.failures, self.retry_at = 0, 0.0
+            return
+        failed = read_errors(pass_dir(self.state, spec.id))
+        # a directory's path: its subtree again; another's: its directory (the runner takes
+        # the nearest directory present of a path)
+        self.store.record([DirtyDir(os.fsencode(e.path), True) for e in failed],
+                          self.store.cursor())
+        self.waiting_since = _earliest(self.waiting_since, time.time())
+        when = "with the next batch"
+        if any(e.errno != errno.ENOENT or e.side != "source" for e in failed):
+            self.failures += 1
+            delay = min(_RETRY_MAX, 2.0 ** self.failures)
+            self.retry_at, when = time.time() + delay, f"in {delay:.0f}s"
+        self.say(f"pass {spec.id}: {summary.error_count} items failed (fsclone errors "
+                 f"{spec.id}); taken again {when}")
 
     def _publish(self, state: str) -> None:
         """Write the status ``fsclone status`` shows."""
