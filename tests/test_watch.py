@@ -18,9 +18,12 @@ import pytest
 
 from fsclone.changes.fanotify import FanotifyFeed
 from fsclone.errors import UsageError
+from fsclone.state.directory import pass_dir, pass_ids
+from fsclone.state.queries import read_errors
 from fsclone.state.watch import WATCHING, WatchStatus, read_status
 from tests.churn import Churn
 from tests.clirun import fsclone, spawn
+from tests.faultmount import faulty
 from tests.fstree import assert_rsync_clean, build_hostile_tree, snapshot, tree_diffs
 from tests.mounts import tmpfs
 from tests.services import skip_or_fail, wait_for
@@ -204,3 +207,26 @@ def test_a_hard_link_made_in_another_directory(pair: Pair) -> None:
         f.write(b" and changed through one name")
     faithful(pair)
     stop(proc)
+
+
+def test_items_that_failed_are_taken_again(tmp_path: Path) -> None:
+    """A target that fails an item's xattrs (faultfs, EIO): the batch lists it, and once the
+    target is well again the item goes over, with no new event to bring it."""
+    with tmpfs(tmp_path / "a", "64m") as a, tmpfs(tmp_path / "b", "64m") as b, \
+            faulty(b, "dst") as (dst, fs):
+        src = a / "src"
+        (src / "live").mkdir(parents=True)
+        p = Pair(src, dst, tmp_path / "state")
+        proc = start_watch(p)
+        watching(p, proc)
+        fs.fail("SETXATTR", "EIO", path="live/*")
+        victim = src / "live" / "victim"
+        victim.write_bytes(b"data")
+        os.setxattr(victim, "user.k", b"v")
+
+        def failed() -> bool:
+            return any(read_errors(pass_dir(p.state, i)) for i in pass_ids(p.state))
+        wait_for(failed, 30, "the batch to list the item")
+        fs.clear()
+        faithful(p)
+        stop(proc)
