@@ -77,7 +77,9 @@ def test_each_change_dirties_its_directories(base: Path) -> None:
         assert read_all(feed) == {DirtyDir(b"c", False), WHOLE_TREE}
         run("echo more >> c/moved/h", src)
         assert read_all(feed) == {DirtyDir(b"c/moved", False), WHOLE_TREE}
-        run("chmod 600 c/i", src)  # mended in place: the other names' copy is the same inode
+        run("touch -m -d @5 c/i", src)  # a new mtime: the copy is written anew too
+        assert read_all(feed) == {DirtyDir(b"c", False), WHOLE_TREE}
+        run("rm c/i", src)  # gone from here: its directory alone
         assert read_all(feed) == {DirtyDir(b"c", False)}
         run("chmod 700 .", src)  # SRC's own change: SRC alone (its parent is outside)
         assert read_all(feed) == {DirtyDir(b"", False)}

@@ -37,9 +37,10 @@ FAN_Q_OVERFLOW, FAN_ONDIR = 0x4000, 0x40000000
 MASK = (FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_MODIFY | FAN_ATTRIB
         | FAN_CLOSE_WRITE | FAN_ONDIR)
 _NEW_HERE = FAN_CREATE | FAN_MOVED_TO
-#: the events after which a copy writes a file anew (a new name, new data), rather than
-#: mending its inode in place: see :meth:`FanotifyFeed._linked_elsewhere`
-_REWRITTEN = FAN_CREATE | FAN_MOVED_TO | FAN_MODIFY | FAN_CLOSE_WRITE
+#: the events after which a copy may write a file anew (a new name, new data, a new mtime:
+#: only a chmod or an xattr is mended in place, and the event does not say which it was):
+#: see :meth:`FanotifyFeed._linked_elsewhere`
+_REWRITTEN = FAN_CREATE | FAN_MOVED_TO | FAN_MODIFY | FAN_CLOSE_WRITE | FAN_ATTRIB
 #: the whole tree, recursively: what a change to a file with names in other directories dirties
 WHOLE_TREE = DirtyDir(b"", True)
 _INFO_DFID_NAME = 2
