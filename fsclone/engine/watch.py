@@ -166,7 +166,8 @@ class Watcher:
                     self._full_sync()
                 elif self._due():
                     self._apply()
-                self._publish(self.status.state if self.full_needed else WATCHING)
+                if self.status.state != WATCHING and not self.full_needed:
+                    self._publish(WATCHING)
                 self.collector.woke.wait(_TICK)
                 self.absorb()
         except KeyboardInterrupt as exc:
