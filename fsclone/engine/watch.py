@@ -173,10 +173,11 @@ class Watcher:
         except KeyboardInterrupt as exc:
             raise self._stopped("SIGTERM" if isinstance(exc, Terminated) else "SIGINT") \
                 from None
-        except Interrupted as exc:
-            raise self._stopped(str(exc)) from None
+        except Interrupted as exc:  # a pass's, which says by which signal
+            raise self._stopped("SIGTERM" if "SIGTERM" in str(exc) else "SIGINT") from None
         finally:
             self.collector.stop()
+            self._publish(STOPPED)
 
     def absorb(self) -> None:
         """Record what the collector read (on disk when this returns); a gap calls for a full
@@ -271,8 +272,7 @@ class Watcher:
         self._status_at = time.monotonic()
 
     def _stopped(self, signal: str) -> Interrupted:
-        self.collector.stop()
-        self._publish(STOPPED)
+        self.status.pending = len(self.store.pending())
         return Interrupted(f"watcher of {self.store.src} to {self.store.dst} stopped by {signal}; "
                            f"{self.status.pending} directories stay pending; run it again to go "
                            "on (it starts with a full sync)")
