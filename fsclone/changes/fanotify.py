@@ -86,6 +86,8 @@ class FanotifyFeed:
             if _libc.fanotify_mark(self.fd, _FAN_MARK_ADD | _FAN_MARK_FILESYSTEM, MASK,
                                    self.root_fd, None) < 0:
                 raise _failed(f"fanotify_mark {src}")
+            self._poll = select.poll()
+            self._poll.register(self.fd, select.POLLIN)
         except OSError as exc:
             self.close()
             raise UsageError(f"cannot watch {src} with fanotify ({exc.strerror}; it needs root "
@@ -97,7 +99,7 @@ class FanotifyFeed:
     def read(self, timeout: float) -> list[DirtyDir]:
         """The directories the events queued since the last read dirtied; [] after
         ``timeout`` seconds without any. Raises FeedGap when the kernel dropped events."""
-        if not select.select([self.fd], [], [], timeout)[0]:
+        if not self._poll.poll(timeout * 1000):
             return []
         dirty: set[DirtyDir] = set()
         paths: dict[bytes, bytes | None] = {}  # handles resolved in this read
