@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.context import ForkProcess
@@ -18,7 +19,8 @@ import pytest
 
 from fsclone.changes.fanotify import FanotifyFeed
 from fsclone.errors import UsageError
-from fsclone.state.directory import pass_dir, pass_ids
+from fsclone.state.directory import open_state_dir, pass_dir, pass_ids
+from fsclone.state.lock import TargetLock
 from fsclone.state.queries import read_errors
 from fsclone.state.watch import WATCHING, WatchStatus, read_status
 from tests.churn import Churn
@@ -230,3 +232,22 @@ def test_items_that_failed_are_taken_again(tmp_path: Path) -> None:
         fs.clear()
         faithful(p)
         stop(proc)
+
+
+def test_a_target_another_pass_holds_is_waited_for(pair: Pair) -> None:
+    """A site's own pass on DST holds the target's lock: the batch waits for it to end, the
+    watcher does not stop."""
+    proc = start_watch(pair)
+    watching(pair, proc)
+    lock = TargetLock(open_state_dir(pair.state), str(pair.dst))
+    lock.acquire("a pass of the site's own")
+    try:
+        (pair.src / "live" / "while-locked").write_bytes(b"x")
+        made = time.time()
+        wait_for(lambda: (s := status(pair)) and s.pending and s.updated > made + 2, 30,
+                 "a batch tried while the target is held")
+        assert proc.poll() is None, proc.communicate()[1].decode(errors="replace")
+    finally:
+        lock.release()
+    faithful(pair)
+    assert "another pass is running on this target" in stop(proc)

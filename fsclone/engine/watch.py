@@ -57,8 +57,9 @@ _TICK = 0.1
 #: the events of one object while they wait in its queue, and one read resolves each
 #: directory once for all its events
 _GATHER = 0.05
-#: the longest wait before items that keep failing are taken again (seconds)
-_RETRY_MAX = 60.0
+#: the longest wait before items that keep failing are taken again, and the wait while
+#: another pass holds the target (seconds)
+_RETRY_MAX, _BUSY_WAIT = 60.0, 2.0
 _STATUS_EVERY = 0.5
 
 #: runs one pass to its end: the CLI's (transport, display); ``tick`` is to be called from the
@@ -162,7 +163,7 @@ class Watcher:
         self.full_needed = "" if trust.ok else trust.why
         try:
             while True:
-                if self.full_needed:
+                if self.full_needed and time.time() >= self.retry_at:
                     self._full_sync()
                 elif self._due():
                     self._apply()
@@ -210,10 +211,12 @@ class Watcher:
         once it is complete (fsclone.engine.changes), what was recorded meanwhile stays."""
         self.taken_since, self.waiting_since = self.waiting_since, None
         self._publish(APPLYING)
-        spec, summary = self.run_pass(replace(self.cfg, changes=True, restart=False),
-                                      PassRequest(op="sync", src=self.store.src,
-                                                  dst=self.store.dst), self.absorb)
-        self.taken_since = None
+        ran = self._run(changes=True)
+        taken, self.taken_since = self.taken_since, None
+        if ran is None:
+            self.waiting_since = _earliest(self.waiting_since, taken)
+            return
+        spec, summary = ran
         self._check(spec, summary)
         if not summary.error_count:
             self.feed.commit(self.store.cursor())
@@ -226,15 +229,30 @@ class Watcher:
         why, self.full_needed = self.full_needed, ""
         self.say(f"full sync of {self.store.src} to {self.store.dst}: {why}")
         self._publish(FULL_SYNC)
-        spec, summary = self.run_pass(replace(self.cfg, changes=False, restart=True),
-                                      PassRequest(op="sync", src=self.store.src,
-                                                  dst=self.store.dst), self.absorb)
+        ran = self._run(changes=False)
+        if ran is None:
+            self.full_needed = why
+            return
+        spec, summary = ran
         self._check(spec, summary)
         if summary.error_count:
             # the feed recorded every change since the sync started, and what the sync
             # failed on is recorded now: the record tells all that DST lacks
             self.store.synced(spec.started)
         self.status.last_full_sync = spec.started
+
+    def _run(self, changes: bool) -> tuple[PassSpec, Summary] | None:
+        """A sync pass of the loop: ``--changes``, or a full one started anew. None when
+        another pass holds the target (a site's own sync, say): the loop tries again in
+        ``_BUSY_WAIT`` seconds, what was pending still pending."""
+        try:
+            return self.run_pass(replace(self.cfg, changes=changes, restart=not changes),
+                                 PassRequest(op="sync", src=self.store.src,
+                                             dst=self.store.dst), self.absorb)
+        except LockedError as exc:
+            self.say(f"{exc}: tried again in {_BUSY_WAIT:.0f}s")
+            self.retry_at = time.time() + _BUSY_WAIT
+            return None
 
     def _check(self, spec: PassSpec, summary: Summary) -> None:
         """After a pass: stop on one that was refused (a delete guard: it would be refused
