@@ -84,8 +84,8 @@ def faithful(p: Pair) -> None:
     def same() -> bool:
         try:
             found[:] = tree_diffs(snapshot(p.src), snapshot(p.dst))
-        except FileNotFoundError as exc:  # the watcher at work: a temp file came and went
-            found[:] = [f"{exc.filename!r} went while read"]
+        except OSError as exc:  # the watcher at work: a temp file went, a file became a link
+            found[:] = [f"{exc.filename!r} changed while read: {exc.strerror}"]
         return not found
     try:
         wait_for(same, FAITHFUL_WITHIN, "DST faithful", poll=0.2)
