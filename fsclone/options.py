@@ -245,6 +245,10 @@ class Options(PassOptions):
     log_file: str | None = option(
         None, setting="LOG_FILE", flag="--log-file", metavar="PATH", commands=RUNS,
         help="Also append what fsclone prints, with times, to PATH (made 0600). LOG_FILE.")
+    #: ``fsclone watch``: a batch of changes is applied once the events stay quiet this long,
+    #: or once the oldest waited the second (a steady stream never goes quiet)
+    watch_quiet: float = option(0.5, setting="WATCH_QUIET", parse=values.seconds)
+    watch_max_wait: float = option(2.0, setting="WATCH_MAX_WAIT", parse=values.seconds)
     #: the default SRC and DST
     source_mount: str | None = option(None, setting="source_mount")
     target_mount: str | None = option(None, setting="target_mount")

@@ -57,6 +57,15 @@ def test_worker_unit_verifies_after_the_documented_install(tmp_path: Path) -> No
     assert unit["Documentation"].startswith("file:///")
     assert (root / unit["Documentation"].removeprefix("file:///")).is_file()
     assert (root / unit["EnvironmentFile"].lstrip("/")).is_file()
+    # the watcher's unit, for the mirror NAME its example env file (copied as an admin does)
+    # describes
+    shutil.copy(root / "etc/fsclone/watch.env.example", root / "etc/fsclone/watch-project.env")
+    watch = subprocess.run([analyze, "verify", f"--root={root}",
+                            "/etc/systemd/system/fsclone-watch@project.service"],
+                           capture_output=True, text=True, timeout=120)
+    assert watch.returncode == 0 and not watch.stdout + watch.stderr, watch.stderr
+    env = unit_settings(root / "etc/fsclone/watch-project.env")
+    assert env["FSCLONE_WATCH_SRC"] and env["FSCLONE_WATCH_DST"]
 
 
 def test_one_site_user_across_readme_config_env_and_definitions() -> None:

@@ -31,7 +31,8 @@ FLOORS: list[dict[str, tuple[str, ...]]] = [
     {"ground": GROUND},
     {"fs": ("fsclone.fs.*",)},
     {"ops": ("fsclone.ops.*",), "state": ("fsclone.state.*",), "sinks": ("fsclone.stats.*",),
-     "changelog feed": ("fsclone.changes.changelog", "fsclone.changes.fidpaths")},
+     "changelog feed": ("fsclone.changes.changelog", "fsclone.changes.fidpaths"),
+     "fanotify feed": ("fsclone.changes.fanotify",)},
     # one room here; where they may meet is test_engine_and_transports_meet_only_at_the_seam
     {"engine and transports": ("fsclone.engine.*", "fsclone.transport.*")},
     {"cli": ("fsclone.cli.*", "fsclone.__main__", "fsclone.demo")},

@@ -73,7 +73,7 @@ def decorate(f: Callable[..., Any], options: Sequence[Decorator]) -> Callable[..
 
 #: command name -> the module that registers it on :data:`cli`
 COMMANDS = {"pass": "passes", "status": "status", "errors": "status", "scan": "status",
-            "worker": "worker"}
+            "worker": "worker", "watch": "watch"}
 
 
 class LazyGroup(click.Group):

@@ -30,6 +30,7 @@ from fsclone.engine.coordinator import Hooks
 from fsclone.engine.scan import run_scan
 from fsclone.state.directory import pass_dir
 from fsclone.state.queries import read_errors
+from fsclone.state.watch import read_statuses
 from fsclone.stats.reporter import reporter_for
 from fsclone.transport.local import LocalTransport
 
@@ -58,14 +59,16 @@ def _warn(line: str) -> None:
 @_common
 def status(pass_id: str | None, watch: bool, interval: float, memcached: str | None,
            config_file: str | None, state_dir: str | None, as_json: bool) -> None:
-    """Every pass this site knows (op, roots, state, progress, rate, errors, ETA), or pass ID
-    with each host and worker. Reads memcached when MEMCACHED is set, else the pass records."""
-    views = Views(_config(config_file, state_dir=state_dir, memcached=memcached), _warn)
+    """Every watcher (events seen, directories pending, lag, last full sync) and every pass
+    this site knows (op, roots, state, progress, rate, errors, ETA), or pass ID with each host
+    and worker. Reads memcached when MEMCACHED is set, else the pass records."""
+    cfg = _config(config_file, state_dir=state_dir, memcached=memcached)
+    views = Views(cfg, _warn)
     try:
         def lines() -> list[str]:
             if pass_id:
                 return render.detail_lines(views.one(pass_id))
-            return render.list_lines(views.all())
+            return render.list_lines(views.all(), read_statuses(cfg.state_path))
 
         if as_json:
             data = views.one(pass_id).to_json(True) if pass_id else \

@@ -7,6 +7,7 @@ import time
 from collections import defaultdict
 
 from fsclone.cli.display.views import PassView, WorkerView
+from fsclone.state.watch import WatchStatus
 from fsclone.stats import counters as C
 from fsclone.text import printable
 
@@ -86,10 +87,26 @@ def pass_lines(view: PassView) -> list[str]:
     return [head, body.rstrip("; ")]
 
 
-def list_lines(views: list[PassView]) -> list[str]:
+def list_lines(views: list[PassView], watchers: list[WatchStatus] | None = None) -> list[str]:
+    """Every watcher, then every pass."""
+    lines = [line for w in watchers or [] for line in watcher_lines(w, time.time())]
     if not views:
-        return ["no passes yet"]
-    return [line for view in views for line in pass_lines(view)]
+        return [*lines, "no passes yet"]
+    return [*lines, *(line for view in views for line in pass_lines(view))]
+
+
+def watcher_lines(w: WatchStatus, now: float) -> list[str]:
+    """Two lines (three after a gap): the watcher, and how far DST is behind."""
+    full = f"last full sync {_clock(w.last_full_sync)}" if w.last_full_sync else \
+        "no full sync yet"
+    lines = [f"watch  {w.shown_state()}  {printable(w.src)} -> {printable(w.dst)}  "
+             f"(pid {w.pid} on {w.host})",
+             f"    {w.events:,} events seen; {w.pending:,} directories pending; lag "
+             f"{duration(w.lag(now))}; {full}; updated {duration(now - w.updated)} ago"]
+    if w.last_gap_at:
+        lines.append(f"    events lost at {_clock(w.last_gap_at)} ({w.last_gap}): a full "
+                     "sync followed")
+    return lines
 
 
 def _value(worker: dict[str, int], rates: dict[str, float], key: str) -> str:
