@@ -16,6 +16,7 @@ KINDS = {
     0xEF53: "ext4",
     0x9123683E: "btrfs",
     0x01021994: "tmpfs",
+    0x65735546: "fuse",
 }
 _STATFS_SIZE = 256  # room for any libc's struct statfs (120 bytes on 64-bit Linux)
 _fstatfs: Any = None  # libc's, loaded on first use (ctypes costs milliseconds)
@@ -39,5 +40,6 @@ def fs_magic(fd: int) -> int:
 
 
 def fs_kind(fd: int) -> str:
-    """The kind of filesystem holding ``fd``: lustre, gpfs, nfs, xfs, ext4, btrfs, tmpfs, other."""
+    """The kind of filesystem holding ``fd``: lustre, gpfs, nfs, xfs, ext4, btrfs, tmpfs, fuse,
+    other."""
     return kind_of(fs_magic(fd))
