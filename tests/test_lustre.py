@@ -460,9 +460,9 @@ def test_dir_default_change_sets_removes_or_leaves() -> None:
 def test_statfs_magics_name_their_filesystems() -> None:
     assert {m: fstype.kind_of(m) for m in fstype.KINDS} == {
         0x0BD00BD0: "lustre", 0x47504653: "gpfs", 0x6969: "nfs", 0x58465342: "xfs",
-        0xEF53: "ext4", 0x9123683E: "btrfs", 0x01021994: "tmpfs"}
+        0xEF53: "ext4", 0x9123683E: "btrfs", 0x01021994: "tmpfs", 0x65735546: "fuse"}
     assert fstype.kind_of(0x9123683E - 2**32) == "btrfs"  # a 32-bit signed long
-    assert fstype.kind_of(0x65735546) == "other"  # FUSE
+    assert fstype.kind_of(0x794C7630) == "other"  # overlayfs: no rules of its own
 
 
 def _kind_at(path: str | Path) -> str:
