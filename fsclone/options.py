@@ -209,6 +209,13 @@ class Options(PassOptions):
     workers: int = option(os.cpu_count() or 1, setting="WORKERS", parse=values.count(1),
                           flag="--workers", short="-w", flag_type=click.IntRange(1, 4096),
                           commands=RUNS, help="Worker processes [default: cores].")
+    #: chunks worked on at once, all workers together (None: chosen from the filesystems at
+    #: pass start, fsclone.transport.depth); the local transport's, a run's own
+    depth: int | None = option(
+        None, setting="DEPTH", parse=values.count(1), flag="--depth",
+        flag_type=click.IntRange(1, 4096), metavar="N", commands=RUNS,
+        help="Chunks worked on at once, threads within the workers [default: the cores on a "
+             "local filesystem, more where each request is a round trip]. DEPTH.")
     transport: str | None = option(
         None, setting="TRANSPORT", flag="--transport", flag_type=click.Choice(TRANSPORTS),
         flag_default="auto", show_default=True, from_flag=values.auto_is_unset, commands=RUNS,

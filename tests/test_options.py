@@ -31,7 +31,7 @@ SAMPLES = {
     "include_from": "/dev/null", "max_delete": "10", "sentinel": ".mounted", "sample": "0.5",
     "seed": "7", "manifest": "/var/tmp/manifest.tsv", "retry_of": "20260101-000000-copy-abcdef",
     "workers": "3", "transport": "mpi", "broker": "amqp://alice@mq/hpc", "state_dir": "/var/st",
-    "memcached": "mc1:11211", "graphite": "[fd00::2]:2003",
+    "depth": "24", "memcached": "mc1:11211", "graphite": "[fd00::2]:2003",
     "progress": "5", "log_file": "/var/log/fsclone.log",
     "files_from": "/var/tmp/paths.txt", "bwlimit": "100M", "max_rate": "10k",
     "layout": "target-default", "released": "copy",

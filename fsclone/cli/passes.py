@@ -36,6 +36,7 @@ from fsclone.stats import counters as C
 from fsclone.stats.reporter import reporter_for
 from fsclone.transport import select
 from fsclone.transport.base import Transport
+from fsclone.transport.depth import Concurrency
 from fsclone.transport.mpi import MpiJob
 
 
@@ -99,17 +100,17 @@ pass_group.command("resume")(
 def _start(cfg: Config, req: PassRequest, kw: dict[str, Any]) -> NoReturn:
     """Run the pass through its transport: coordinate, or serve as a rank of an MPI job."""
     kind = select.choose(cfg, os.environ)
+    roots = (req.src, req.dst)
     if not select.by_rank(kind, os.environ):
-        transport = select.transport(kind, cfg)
-        code = _coordinate(cfg, req, kw, transport)
+        code = _coordinate(cfg, req, kw, *select.transport(kind, cfg, roots))
         if kind == "local":
             _leave(code)
         sys.exit(code)
     job = MpiJob(os.environ)  # rank 0 coordinates, the other ranks work
     if job.rank > 0:
-        sys.exit(job.serve(select.rank_service(kind, cfg, job.rank, (req.src, req.dst))))
+        sys.exit(job.serve(select.rank_service(kind, cfg, job.rank, roots)))
     with job.coordinating():
-        sys.exit(_coordinate(cfg, req, kw, select.transport(kind, cfg, job)))
+        sys.exit(_coordinate(cfg, req, kw, *select.transport(kind, cfg, roots, job)))
 
 
 def _leave(code: int) -> NoReturn:
@@ -121,9 +122,10 @@ def _leave(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _coordinate(cfg: Config, req: PassRequest, kw: dict[str, Any],
-                transport: Transport) -> int:
-    """Run the pass, print its summary, and return the exit code."""
+def _coordinate(cfg: Config, req: PassRequest, kw: dict[str, Any], transport: Transport,
+                concurrency: Concurrency | None) -> int:
+    """Run the pass, print its summary (with the ``concurrency`` a local pass chose), and
+    return the exit code."""
     log = open_log(cfg.log_file, (req.src, req.dst)) if cfg.log_file else None
     console = Console(kw["quiet"], kw["as_json"], every=cfg.progress, log=log,
                       state_dir=cfg.state_path)
@@ -134,7 +136,8 @@ def _coordinate(cfg: Config, req: PassRequest, kw: dict[str, Any],
         if kw.get("manifest"):
             hooks.manifest = stack.enter_context(ManifestWriter(kw["manifest"])).write
         spec, summary = run_pass(cfg, req, hooks, transport)
-    console.summary(spec.id, req.op, summary, spec.dry_run, _verify_notes(spec), spec.profile)
+    console.summary(spec.id, req.op, summary, spec.dry_run, _verify_notes(spec), spec.profile,
+                    concurrency)
     if summary.error_count or summary.counters.get(C.MISMATCHES):
         return EXIT_ITEMS_FAILED
     return EXIT_CHANGED if summary.counters.get(C.CHANGED) else EXIT_OK

@@ -55,7 +55,8 @@ def _watch(src: str, dst: str, **kw: Any) -> None:
                       note=console.note, stats_interval=cfg.report_interval)
         with reporter_for(cfg, console.warn) as reporter:
             hooks.stats = reporter.offer
-            spec, summary = run_pass(cfg, req, hooks, select.transport(kind, cfg))
+            transport, _ = select.transport(kind, cfg, (req.src, req.dst))
+            spec, summary = run_pass(cfg, req, hooks, transport)
         if cfg.changes:
             console.note(_batch_line(spec, summary))
         else:

@@ -19,7 +19,7 @@ def sized_temp(tgt: TargetDir, name: str, size: int, tag: str,
     to be written by several workers (:func:`copy_range`), with the source's Lustre
     ``layout`` (see TargetDir.create_temp); returns its name."""
     tmp = temp_name(tgt.pass_id, name, tag)
-    fd = tgt.create_temp(tmp, layout)
+    fd = tgt.create_temp(tmp, layout=layout)
     try:
         os.ftruncate(fd, size)
     except OSError as exc:

@@ -93,6 +93,40 @@ def creation_mode(st: os.stat_result) -> int:
     return stat.S_IMODE(st.st_mode) & 0o777
 
 
+def temp_mode(st: os.stat_result) -> int:
+    """The mode to create a copy of ``st`` under a temp name with (a name others can open,
+    unlike an unnamed file): its permission bits less group and other write. Until its
+    owner is set, nobody but its creator may write it; the other bits let no one read more
+    than the finished copy will, and spare a chmod after it in most cases."""
+    return creation_mode(st) & ~(stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _read_umask() -> int:
+    """This process's umask, read without setting it (os.umask sets it, for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: fsclone never changes it (see docs/security.md), so it is read once
+UMASK = _read_umask()
+
+
+def as_created(mode: int) -> os.stat_result:
+    """What a regular file this process just created with ``mode``, in a directory without a
+    default ACL, is known to hold without a stat (a round trip on a network filesystem): that
+    mode less the umask. Its owner is not known (setgid directories, ``grpid`` mounts), and
+    -1 is never the source's: root gives it its owner. Only those fields count."""
+    return os.stat_result((stat.S_IFREG | (mode & ~UMASK), 0, 0, 1, -1, -1, 0, 0, 0, 0))
+
+
 def apply_owner(target: Target, st: os.stat_result,
                 current: os.stat_result | None = None) -> bool:
     """chown, numeric, unless ``current`` (the target's stat) shows the owner right already;
@@ -245,6 +279,22 @@ class TimeRule:
         every entry: comparisons only)."""
         low, high = self.low_ns, self.high_ns
         return low <= st.st_mtime_ns <= high and low <= st.st_atime_ns <= high
+
+
+#: how much older than its copy's a source inode's ctime must be for the source to count as
+#: unchanged since the copy: more than the time between the copy's reading of the source and
+#: its last change to the target (a change the source had in between would otherwise hide),
+#: and than the clock skew between the two sides' servers
+UNTOUCHED_NS = 10**9
+
+
+def untouched(src: os.stat_result, dst: os.stat_result) -> bool:
+    """Whether the source inode (lstat ``src``) has not changed since its copy ``dst`` was
+    made or mended: every change of its xattrs, ACLs, owner, mode, project ID or flags moves
+    its ctime, and a copy's is the time of fsclone's last change to it. A target changed
+    alone after its copy (or made by another tool, whose copies are newer than their
+    sources) is not told by this: ``--checksum`` compares all (docs/design.md)."""
+    return src.st_ctime_ns + UNTOUCHED_NS < dst.st_ctime_ns
 
 
 def inode_same(src: os.stat_result, dst: os.stat_result, times: TimeRule,

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
-from fsclone.fs import dirs, fstype, inodeflags, xattrnames
+from fsclone.fs import dirs, fstype, inodeflags, latency, xattrnames
 from fsclone.fsprofile import ABSENT, FsProfile
 from fsclone.schema import temp_name
 
@@ -32,7 +31,6 @@ _STEPS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000
 _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
 #: copy_file_range errors meaning "not on this filesystem"
 _NO_CFR = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
-_STATS = 16  # stats of the root the latency is the median of
 
 
 def kind_at(path: str) -> str:
@@ -59,7 +57,7 @@ def probe(path: str, pass_id: str, writes: bool) -> FsProfile:
     try:
         kind = fstype.fs_kind(fd)
         projids, flags = inodeflags.holds(fd, kind)
-        found = FsProfile(kind=kind, latency_us=_latency_us(path), project_ids=projids,
+        found = FsProfile(kind=kind, latency_us=latency.stat_us(path), project_ids=projids,
                           flags=flags, skipped_xattrs=xattrnames.SKIPPED)
         if not writes:
             return found
@@ -75,16 +73,6 @@ def probe(path: str, pass_id: str, writes: bool) -> FsProfile:
             return found
     finally:
         os.close(fd)
-
-
-def _latency_us(path: str) -> int:
-    """The median time of a stat of ``path``, in µs (at least 1)."""
-    took = []
-    for _ in range(_STATS):
-        start = time.perf_counter_ns()
-        os.stat(path)
-        took.append(time.perf_counter_ns() - start)
-    return max(1, round(sorted(took)[_STATS // 2] / 1000))  # the median (statistics: 7 ms)
 
 
 @contextmanager

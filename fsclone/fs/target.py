@@ -130,7 +130,7 @@ class TargetDir(DirSide):
         if fd is None:
             return None
         try:
-            written, locks = self._fill(fd, src, name, st, fresh=True)
+            written, locks = self._fill(fd, src, name, st, meta.creation_mode(st))
             try:
                 self.unnamed.link(fd, self.fd, name)
             except FileExistsError:  # the name appeared since the listing: replace it
@@ -160,9 +160,10 @@ class TargetDir(DirSide):
         see :meth:`create_temp`); returns its name and the bytes written. The temp is removed
         on any failure."""
         tmp = self.temp(name)
-        fd = self.create_temp(tmp, layout)
+        mode = meta.temp_mode(st)
+        fd = self.create_temp(tmp, mode, layout)
         try:
-            written, locks = self._fill(fd, src, name, st)
+            written, locks = self._fill(fd, src, name, st, mode)
         except BaseException:
             os.close(fd)
             self.discard(tmp)
@@ -173,9 +174,9 @@ class TargetDir(DirSide):
         return tmp, written
 
     def _fill(self, fd: int, src: SourceDir, name: str, st: os.stat_result,
-              fresh: bool = False) -> tuple[int, int]:
-        """Copy the source file's data and metadata into ``fd`` (``fresh``: just made with
-        ``meta.creation_mode(st)``); returns the bytes written and the immutable and
+              made: int) -> tuple[int, int]:
+        """Copy the source file's data and metadata into ``fd``, just made with the mode
+        ``made``; returns the bytes written and the immutable and
         append-only flags it gets once it has its name. Raises SourceChanged when the
         source was replaced or written since ``st`` was taken: one fstat after the copy proves
         the fd is the listed file, unchanged, so none is needed before it."""
@@ -195,15 +196,11 @@ class TargetDir(DirSide):
             if changed(st, after):
                 raise SourceChanged()
             want = meta.read_xattrs(sfd, side=SOURCE)
-            # a new file got its owner and mode from the directory (setgid, grpid, umask): one
-            # fstat tells which of chown and chmod are still needed; under a default ACL the
-            # inherited ACL is replaced in full
+            # the mode it was made with, less the umask, tells whether a chmod is still
+            # needed, without a stat; under a default ACL (which decides the mode) the
+            # inherited ACL is replaced in full, and the mode set
             have = meta.read_xattrs(fd, side=TARGET) if self.inherits else {}
-            try:
-                current = os.fstat(fd) if fresh and not self.inherits else None
-            except OSError as exc:
-                mark(exc, STAT, TARGET)
-                raise
+            current = None if self.inherits else meta.as_created(made)
             carry = src.flags
             then, locks = self._carried(fd, carry, sfd) if carry.flags or carry.projids \
                 else _NOTHING
@@ -231,14 +228,14 @@ class TargetDir(DirSide):
         locks = want.flags if want.flags and want.flags & LOCKS else 0
         return Pending(fd, want, flags, False, FRESH if plain else NONE), locks
 
-    def create_temp(self, tmp: str, layout: bytes | None = None) -> int:
-        """A new, empty temp file, for writing; only its owner may open it by name. With a
-        source's Lustre ``layout`` (given only where :attr:`layouts` is set), made with it
-        before any data (fs.lustre.create)."""
+    def create_temp(self, tmp: str, mode: int = 0o600, layout: bytes | None = None) -> int:
+        """A new, empty temp file, for writing; only its owner may write it (``mode``: see
+        meta.temp_mode). With a source's Lustre ``layout`` (given only where :attr:`layouts`
+        is set), made with it before any data (fs.lustre.create)."""
         try:
             if layout is not None and self.layouts is not None:
-                return self.layouts.create(self.fd, tmp, 0o600, layout)
-            return os.open(tmp, _NEW_FILE, 0o600, dir_fd=self.fd)
+                return self.layouts.create(self.fd, tmp, mode, layout)
+            return os.open(tmp, _NEW_FILE, mode, dir_fd=self.fd)
         except OSError as exc:
             mark(exc, CREATE, TARGET)
             raise

@@ -190,16 +190,29 @@ class CopyChunk:
         xattrs of the chunk are read in one go, then all target ones (see fs.meta)."""
         if not self.unsettled:
             return
-        names = [name for _, name, _, _ in self.unsettled]
+        times = self.ctx.times
+        same = 0
+        # an entry whose source inode did not change since its copy was made (meta.untouched)
+        # has the xattrs it was given: only its lstat is compared, and no xattr is read (two
+        # round trips a file on a network filesystem); ``--checksum`` compares them all
+        compared = self.unsettled
+        if not self.ctx.spec.checksum:
+            compared = []
+            for action in self.unsettled:
+                _, _, st, dst = action
+                assert dst is not None  # the data of an entry there is current
+                if meta.untouched(st, dst) and meta.inode_same(st, dst, times):
+                    same += 1
+                else:
+                    compared.append(action)
+        names = [name for _, name, _, _ in compared]
         wanted = self.src.xattrs_of(names)
         present = tgt.xattrs_of(names)
-        times = self.ctx.times
         # project IDs and flags are compared only where the source inode changed since its
         # copy did (setting either moves the ctime): the no-change path costs a comparison
         carried = self.src.flags.any
         known = self.plan.known
-        same = 0
-        for (_, name, st, dst), sx, dx in zip(self.unsettled, wanted, present, strict=True):
+        for (_, name, st, dst), sx, dx in zip(compared, wanted, present, strict=True):
             assert dst is not None  # the data of an entry there is current
             if (sx == dx and (st.st_ctime_ns < dst.st_ctime_ns or not carried) and not known
                     and meta.inode_same(st, dst, times)):

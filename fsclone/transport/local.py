@@ -1,9 +1,11 @@
 """The local transport: N forked worker processes on this machine, no service needed.
 
 Each worker has two pipes (chunks in, results out) and a reader thread, so neither side can
-block the other with a large message. The coordinator keeps ``prefetch`` chunks in flight per
-worker; when a worker dies, its in-flight chunks come back as failed results (so they are
-retried like any failure) and a replacement worker is started.
+block the other with a large message. A worker runs ``threads`` chunks at once, one a thread,
+each thread with a runner (and so roots and a cwd) of its own: the depth a filesystem of round
+trips needs (fsclone.transport.depth). The coordinator keeps a chunk more in flight per worker
+than it has threads; when a worker dies, its in-flight chunks come back as failed results (so
+they are retried like any failure) and a replacement worker is started.
 
 Messages are plain pickles over the pipes, and the coordinator waits on one selector that
 lives as long as the workers: per chunk, the least CPU taken from the workers it shares the
@@ -20,6 +22,7 @@ import queue
 import selectors
 import signal
 import threading
+import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -44,9 +47,10 @@ class _Worker:
 
 
 class LocalTransport(Transport):
-    def __init__(self, workers: int, prefetch: int = 2) -> None:
+    def __init__(self, workers: int, prefetch: int = 2, threads: int = 1) -> None:
         self.size = max(1, workers)
-        self.in_flight = InFlight(prefetch)
+        self.threads = max(1, threads)
+        self.in_flight = InFlight(max(prefetch, self.threads + 1))
         self.workers: list[_Worker] = []
         self.spec: PassSpec | None = None
         self.selector = selectors.DefaultSelector()
@@ -63,8 +67,8 @@ class LocalTransport(Transport):
         results_r, results_w = ctx.Pipe(duplex=False)
         ours = [chunks_w, results_r, *(c for w in self.workers for c in (w.chunks, w.results))]
         proc = ctx.Process(target=_worker_main,
-                           args=(self.spec, self.key, index, chunks_r, results_w, ours,
-                                 os.getpid()),
+                           args=(self.spec, self.key, index, self.threads, chunks_r,
+                                 results_w, ours, os.getpid()),
                            name=f"fsclone-worker-{index}", daemon=True)
         proc.start()
         chunks_r.close()
@@ -145,9 +149,10 @@ class LocalTransport(Transport):
         self.workers = []
 
 
-def _worker_main(spec: PassSpec, key: bytes, index: int, chunks: Connection,
+def _worker_main(spec: PassSpec, key: bytes, index: int, threads: int, chunks: Connection,
                  results: Connection, inherited: list[Connection], coordinator: int) -> None:
-    """A worker process: run chunks until told to stop or the coordinator goes away.
+    """A worker process: run chunks, ``threads`` at once, until told to stop or the
+    coordinator goes away.
 
     ``inherited`` are the coordinator's ends of every pipe, which fork copied here: while any
     worker held a write end of a chunk pipe, its reader never saw EOF when the coordinator
@@ -157,31 +162,67 @@ def _worker_main(spec: PassSpec, key: bytes, index: int, chunks: Connection,
         conn.close()
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, a walltime end: the
         signal.signal(signum, signal.SIG_IGN)      # coordinator's to handle
-    runner = ChunkRunner(spec, worker_name(index), key)
+    inbox = _Inbox(chunks)
+    sending = threading.Lock()
+    names = [worker_name(index)] if threads == 1 else \
+        [worker_name(f"{index}-{t}") for t in range(threads)]
+    others = [threading.Thread(target=_serve, args=(spec, key, name, inbox, results, sending),
+                               daemon=True) for name in names[1:]]
+    for thread in others:
+        thread.start()
+    _serve(spec, key, names[0], inbox, results, sending)
+    for thread in others:
+        thread.join()
+
+
+def _serve(spec: PassSpec, key: bytes, name: str, inbox: _Inbox, results: Connection,
+           sending: threading.Lock) -> None:
+    """One thread of a worker: its own runner over the worker's pipes. Anything but the
+    coordinator going away (a broken pipe) ends the whole worker, as it would a worker of one
+    thread: the chunks it holds then come back failed, and another worker is started."""
     try:
-        work(_Pipes(chunks, results, runner))
-    except OSError:  # the coordinator is gone (a broken pipe)
+        runner = ChunkRunner(spec, name, key)
+        try:
+            work(_Pipes(inbox, results, sending, runner))
+        finally:
+            runner.close()
+    except OSError:
         pass
-    finally:
-        runner.close()
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
 
 
-class _Pipes(Pushed):
-    """A worker's end of its two pipes. A reader thread keeps taking chunks off the pipe while
-    one runs, so the coordinator never blocks on a full pipe."""
+class _Inbox:
+    """The chunks coming down a worker's pipe. A reader thread keeps taking them off the pipe
+    while chunks run, so the coordinator never blocks on a full pipe; the stop it reads is
+    seen by every thread of the worker."""
 
-    def __init__(self, chunks: Connection, results: Connection, runner: ChunkRunner) -> None:
-        self.results = results
-        self.runner = runner
-        self.inbox: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
+    def __init__(self, chunks: Connection) -> None:
+        self.queue: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
         threading.Thread(target=self._read, args=(chunks,), daemon=True).start()
 
     def _read(self, chunks: Connection) -> None:
         try:
             while True:
-                self.inbox.put(pickle.loads(chunks.recv_bytes()))
+                self.queue.put(pickle.loads(chunks.recv_bytes()))
         except (EOFError, OSError):
-            self.inbox.put(_STOP)
+            self.queue.put(_STOP)
+
+    def get(self) -> Chunk | None:
+        chunk = self.queue.get()
+        if chunk is _STOP:
+            self.queue.put(_STOP)  # for the worker's other threads
+        return chunk
+
+
+class _Pipes(Pushed):
+    """One worker thread's end of its worker's two pipes: the results of the worker's threads
+    are sent whole, one at a time (``sending``)."""
+
+    def __init__(self, inbox: _Inbox, results: Connection, sending: threading.Lock,
+                 runner: ChunkRunner) -> None:
+        self.inbox, self.results, self.sending, self.runner = inbox, results, sending, runner
 
     def receive(self) -> Message | None:
         chunk = self.inbox.get()
@@ -189,7 +230,9 @@ class _Pipes(Pushed):
 
     def publish(self, message: Message, results: Sequence[Result]) -> None:
         for result in results:
-            self.results.send_bytes(pickle.dumps(result, pickle.HIGHEST_PROTOCOL))
+            data = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+            with self.sending:
+                self.results.send_bytes(data)
 
 
 def _die_with(coordinator: int) -> None:

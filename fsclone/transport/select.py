@@ -3,6 +3,7 @@ its name to fsclone.options.TRANSPORTS, the values of ``--transport``)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from fsclone.config import Config
@@ -10,6 +11,7 @@ from fsclone.engine.worker import worker_name
 from fsclone.errors import UsageError
 from fsclone.options import TRANSPORTS
 from fsclone.transport.base import Transport
+from fsclone.transport.depth import Concurrency, choose_depth
 from fsclone.transport.local import LocalTransport
 from fsclone.transport.mpi import MpiJob, in_mpi_job
 from fsclone.transport.pool import Service
@@ -34,13 +36,19 @@ def by_rank(kind: str, env: Mapping[str, str]) -> bool:
     return kind == "mpi" or (kind == "amqp" and in_mpi_job(env))
 
 
-def transport(kind: str, cfg: Config, job: MpiJob | None = None) -> Transport:
+def transport(kind: str, cfg: Config, roots: tuple[str, str], job: MpiJob | None = None,
+              ) -> tuple[Transport, Concurrency | None]:
     """The transport of a coordinator (rank 0 of ``job``, if any): the local one unless
-    another serves (an MPI job of one rank works locally)."""
+    another serves (an MPI job of one rank works locally), with the concurrency chosen for
+    a local one on the filesystems of ``roots`` (None: the other transports' workers are
+    their own)."""
     if kind == "amqp":
-        return amqp(cfg)
+        return amqp(cfg), None
     ranks = job.transport() if kind == "mpi" and job is not None else None
-    return LocalTransport(cfg.workers) if ranks is None else ranks
+    if ranks is not None:
+        return ranks, None
+    chosen = choose_depth(cfg.depth, cfg.workers, os.cpu_count() or 1, roots)
+    return LocalTransport(chosen.workers, threads=chosen.threads), chosen
 
 
 def rank_service(kind: str, cfg: Config, rank: int, roots: tuple[str, str]) -> Service | None:

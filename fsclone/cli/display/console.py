@@ -19,6 +19,7 @@ from fsclone.spec import PassSpec
 from fsclone.state.trees import expected_entries
 from fsclone.stats import counters as C
 from fsclone.text import printable
+from fsclone.transport.depth import Concurrency
 
 #: summary lines, in order: counter, label
 _SUMMARY = [
@@ -115,9 +116,11 @@ class Console:
             print(f"fsclone: {line}", file=self.err, flush=True)
 
     def summary(self, pass_id: str, op: str, summary: Summary, dry_run: bool,
-                notes: list[str] | None = None, profile: Profiles | None = None) -> None:
+                notes: list[str] | None = None, profile: Profiles | None = None,
+                concurrency: Concurrency | None = None) -> None:
         """``notes``: lines saying how the pass was partial by design (a sampled verify);
-        ``profile``: what the pass found of its filesystems, a line a side."""
+        ``profile``: what the pass found of its filesystems, a line a side; ``concurrency``:
+        the depth a local pass ran at, and why."""
         self._clear()
         notes = notes or []
         run, before = run_marks(summary)
@@ -135,6 +138,7 @@ class Console:
                 "errors": [error_json(e) for e in summary.errors],
                 "error_count": summary.error_count, **({"notes": notes} if notes else {}),
                 **({"profile": profile.to_wire()} if profile else {}),
+                **({"concurrency": concurrency.as_json()} if concurrency else {}),
                 **({"skipped": [printable(p) for p in summary.skipped]}
                    if summary.skipped else {}),
                 **({"released": summary.released} if summary.released else {})}))
@@ -159,7 +163,10 @@ class Console:
         else:
             lines = [f"{head} ({speed})"]
         lines += [f"  {line}" for line in profile.lines()] if profile else []
-        lines += [f"  {note}" for note in notes] + [
+        lines += [f"  {note}" for note in notes]
+        if concurrency is not None and concurrency.threads > 1:  # deeper than the workers
+            lines.append(f"  {concurrency}")
+        lines += [
             f"  {label:32} {human_bytes(c[key]) if key in (C.BYTES, C.HASHED) else f'{c[key]:,}'}"
             for key, label in _SUMMARY if c.get(key)] + _layout_lines(c)
         if summary.released:
