@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
+from fsclone.config import Config
+from fsclone.engine.coordinator import Hooks
+from fsclone.engine.launch import PassRequest, run_pass
+from fsclone.errors import Interrupted
+from fsclone.lifecycle import INTERRUPTED
 from fsclone.state.queries import list_passes
+from fsclone.state.record import PassStore
+from fsclone.transport.memory import MemoryTransport
 from tests.clirun import children, fsclone, fsclone_json, spawn
 from tests.faultmount import faulty
 from tests.fstree import assert_rsync_clean, assert_same_tree, leftovers
@@ -206,6 +213,30 @@ def test_a_signal_stops_the_pass_and_says_how_to_resume(tmp_path: Path,
     assert [counters[k] for k in ("scanned", "chunks_done")] == \
         [once[k] for k in ("scanned", "chunks_done")]
     assert counters["files_copied"] + counters.get("unchanged", 0) == once["files_copied"]
+
+
+def test_a_second_signal_while_the_pass_records_the_first_leaves_it_interrupted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C pressed twice, or scancel sent twice: the second lands while the coordinator
+    writes that the pass was interrupted, and must not leave its record saying "running"."""
+    src = many_files(tmp_path / "src", dirs=4, files=4, size=16)
+    real = PassStore.set_status
+
+    def set_status(store: PassStore, status: str) -> None:
+        if status == INTERRUPTED:
+            os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode, in here
+        real(store, status)
+
+    def stop(counters: dict[str, int], outstanding: int) -> None:
+        raise KeyboardInterrupt  # the first signal, as it comes mid-pass
+
+    monkeypatch.setattr(PassStore, "set_status", set_status)
+    cfg = Config(workers=1, state_dir=str(tmp_path / "state"))
+    with pytest.raises(Interrupted):
+        run_pass(cfg, PassRequest("copy", str(src), str(tmp_path / "dst")),
+                 Hooks(progress=stop, stats_interval=0), MemoryTransport())
+    (stopped,) = list_passes(tmp_path / "state")
+    assert stopped.status == INTERRUPTED
 
 
 def test_sigterm_stops_a_scan_which_the_same_command_resumes(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ chunk back until all their members are done: a split directory's ``dirmeta``, a 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from fsclone.engine.sweep import remove_own_temps
 from fsclone.engine.worker import worker_name
 from fsclone.errors import GuardError
 from fsclone.lifecycle import DONE, INTERRUPTED, PHASES, REFUSED, Summary
+from fsclone.process import stop_signals_ignored
 from fsclone.signing import Signer, may_issue
 from fsclone.spec import PassSpec
 from fsclone.state.record import PassStore
@@ -83,6 +85,7 @@ class Coordinator:
         self.hooks.start(spec, earlier)
         self._slots = spec.rate_slots if spec.bwlimit or spec.max_rate else 0
         self.transport.start(spec)
+        stopping = contextlib.ExitStack()
         try:
             for index, phase in enumerate(PHASES[spec.op]):
                 if index >= store.phase and not (spec.dry_run and phase in _WRITING_PHASES):
@@ -93,16 +96,20 @@ class Coordinator:
             store.set_status(REFUSED)
             self._clean_up()
             raise
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):  # a second signal must not cut this short
+                stopping.enter_context(stop_signals_ignored())
             store.set_status(INTERRUPTED)
             raise
         finally:
-            try:
-                # every run's end rewrites the list of released files left, all runs' sorted
-                released = store.write_released()
-                self._report()  # the final totals, before the transport stops
-            finally:
-                self.transport.stop()
+            with stopping:
+                try:
+                    # every run's end rewrites the list of released files left, all runs'
+                    # sorted
+                    released = store.write_released()
+                    self._report()  # the final totals, before the transport stops
+                finally:
+                    self.transport.stop()
         errors = store.errors(limit=20)
         return Summary(store.status, dict(store.counters), errors,
                        store.counters.get(C.ERRORS, 0), store.active - store.ran,
