@@ -3,6 +3,7 @@ each on its own faultfs mount that delays every metadata request, as a cold clie
 or parallel filesystem sees it. Reports times, ratios, requests per file and the floors.
 
     python3 bench/latency.py                          # 10,000 files at 200 µs and 1 ms
+    python3 bench/latency.py --delays 200,1000:2000   # 2,000 files at 1 ms
     python3 bench/latency.py --files 50 --delays 50 --repeat 1 --tools fsclone,rsync
 
 See bench/README.md ("Latency") for what is measured and how the floors are reckoned.
@@ -37,6 +38,8 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DEFAULT_ROOT = Path("/dev/shm/fsclone-bench")
 PHASES = ("copy", "noop", "sync", "rewrite")
+#: the cases run as a migration's final pass (which deletes); copy and noop run the copy
+FINAL_PHASES = ("sync", "rewrite")
 TOOLS = ("fsclone", "fsclone-w16", "rsync", "cp", "fpsync-2", "fpsync-16", "dsync-2", "dsync-16")
 
 #: the kernel's cache lifetimes on both mounts: dentries kept (a name once looked up or listed
@@ -62,7 +65,8 @@ def fsclone_contender(name: str, cmd: list[str], opts: list[str]) -> Contender:
         return Tool(name, " ".join(argv), lambda s, d: [*argv, str(s), str(d)], cmd[0],
                     fsclone=True)
 
-    return Contender(name, {"copy": tool("copy"), **dict.fromkeys(PHASES[1:], tool("sync"))})
+    return Contender(name, {"copy": tool("copy"), "noop": tool("copy"),
+                            **dict.fromkeys(FINAL_PHASES, tool("sync"))})
 
 
 def rsync_contender() -> Contender:
@@ -70,7 +74,8 @@ def rsync_contender() -> Contender:
         argv = ["rsync", "-aHAX", *extra]
         return Tool("rsync", " ".join(argv), lambda s, d: [*argv, f"{s}/", f"{d}/"], "rsync")
 
-    return Contender("rsync", {"copy": tool(), **dict.fromkeys(PHASES[1:], tool("--delete"))})
+    return Contender("rsync", {"copy": tool(), "noop": tool(),
+                               **dict.fromkeys(FINAL_PHASES, tool("--delete"))})
 
 
 def cp_contender() -> Contender:
@@ -91,7 +96,8 @@ def fpsync_contender(jobs: int, files: int, tmp: Path) -> Contender:
         return Tool(f"fpsync-{jobs}", shlex.join(argv), lambda s, d: [*argv, f"{s}/", f"{d}/"],
                     "fpsync")
 
-    return Contender(f"fpsync-{jobs}", {"copy": tool(), **dict.fromkeys(PHASES[1:], tool("-E"))})
+    return Contender(f"fpsync-{jobs}", {"copy": tool(), "noop": tool(),
+                                        **dict.fromkeys(FINAL_PHASES, tool("-E"))})
 
 
 def dsync_contender(ranks: int) -> Contender:
@@ -101,11 +107,11 @@ def dsync_contender(ranks: int) -> Contender:
         return Tool(f"dsync-{ranks}", " ".join(argv), lambda s, d: [*argv, str(s), str(d)],
                     "dsync")
 
-    return Contender(f"dsync-{ranks}",
-                     {"copy": tool(), **dict.fromkeys(PHASES[1:], tool("--delete"))})
+    return Contender(f"dsync-{ranks}", {"copy": tool(), "noop": tool(),
+                                        **dict.fromkeys(FINAL_PHASES, tool("--delete"))})
 
 
-def contenders(args: argparse.Namespace, tmp: Path) -> list[Contender]:
+def contenders(args: argparse.Namespace, files: int, tmp: Path) -> list[Contender]:
     """The chosen tools, fsclone with its defaults first (the ratios' baseline)."""
     cmd = shlex.split(args.fsclone)
     made: dict[str, Callable[[], Contender]] = {
@@ -113,8 +119,8 @@ def contenders(args: argparse.Namespace, tmp: Path) -> list[Contender]:
         "fsclone-w16": lambda: fsclone_contender("fsclone-w16", cmd, ["-w", "16"]),
         "rsync": rsync_contender,
         "cp": cp_contender,
-        "fpsync-2": lambda: fpsync_contender(2, args.files, tmp),
-        "fpsync-16": lambda: fpsync_contender(16, args.files, tmp),
+        "fpsync-2": lambda: fpsync_contender(2, files, tmp),
+        "fpsync-16": lambda: fpsync_contender(16, files, tmp),
         "dsync-2": lambda: dsync_contender(2),
         "dsync-16": lambda: dsync_contender(16),
     }
@@ -246,9 +252,9 @@ def run_one(ctx: Ctx, contender: Contender, phase: str, rep: int) -> Run:
 
 def race(ctx: Ctx) -> list[Run]:
     """--repeat rounds; in each, every contender (in a rotated order) copies onto a fresh
-    target, re-runs its final pass with nothing to do, syncs the 1%-changed tree onto that
-    target, and (first round only: it is there for its request counts) syncs again with
-    every file changed."""
+    target, re-runs the copy with nothing to do, syncs the 1%-changed tree onto that
+    target (the final pass, which deletes), and (first round only: it is there for its
+    request counts) syncs again with every file changed."""
     runs: list[Run] = []
     for rep in range(ctx.args.repeat):
         k = rep % len(ctx.contenders)
@@ -290,11 +296,26 @@ def make_sources(layout: Layout, files: int, change: float) -> tuple[dict[str, P
 # --- the report ---------------------------------------------------------------------------
 
 
+def delays(text: str) -> list[tuple[int, int | None]]:
+    """argparse type for USEC[:FILES],...: the delays, each with its tree size if given."""
+    out = []
+    for item in text.split(","):
+        usec, _, files = item.partition(":")
+        try:
+            out.append((int(usec), int(files) if files else None))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected USEC[:FILES],...; got {text!r}") from None
+        if out[-1][0] < 0 or (out[-1][1] or 1) < 1:
+            raise argparse.ArgumentTypeError(f"delays >= 0 and files >= 1; got {text!r}")
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--files", type=int, default=10_000, help="files in the tree (default 10000)")
-    p.add_argument("--delays", type=lambda t: [int(x) for x in t.split(",")], default=[200, 1000],
-                   help="comma list of µs added to every metadata request (default 200,1000)")
+    p.add_argument("--delays", type=delays, default="200,1000",
+                   help="comma list of µs added to every metadata request, each USEC or "
+                   "USEC:FILES for a tree of its own size (default 200,1000)")
     p.add_argument("--change", type=float, default=0.01,
                    help="share of files the sync case changes (default 0.01)")
     p.add_argument("--tools", type=csv_choice(TOOLS), default=list(TOOLS),
@@ -312,8 +333,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path,
                    help="results file (default bench/results/latency-<time>.json; .md beside)")
     args = p.parse_args(argv)
-    if args.repeat < 1 or args.files < 1 or not 0 < args.change < 1 or min(args.delays) < 0:
-        p.error("--repeat and --files must be >= 1, 0 < --change < 1, delays >= 0")
+    if args.repeat < 1 or args.files < 1 or not 0 < args.change < 1:
+        p.error("--repeat and --files must be >= 1, 0 < --change < 1")
+    args.delays = [(usec, files or args.files) for usec, files in args.delays]
     if "copy" not in args.cases or ("rewrite" in args.cases and "sync" not in args.cases):
         p.error("--cases: the others run on the copy's target, rewrite on the sync's")
     return args
@@ -331,17 +353,17 @@ def skipped_tools(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def run_delay(args: argparse.Namespace, layout: Layout, delay_us: int,
+def run_delay(args: argparse.Namespace, layout: Layout, delay_us: int, files: int,
               out: list[str]) -> dict[str, Any]:
-    sources, facts = make_sources(layout, args.files, args.change)
-    ctx = Ctx(layout, args, delay_us, contenders(args, layout.path("fpsync-tmp")), sources)
+    sources, facts = make_sources(layout, files, args.change)
+    ctx = Ctx(layout, args, delay_us, contenders(args, files, layout.path("fpsync-tmp")), sources)
     runs = race(ctx)
     section = latreport.section(runs, facts, delay_us, args.stat,
                                 len(os.sched_getaffinity(0)))
     legend = "; ".join(f"{c.name} = `{c.phases['copy'].label}`"
                        + (f", then `{c.phases['sync'].label}`" if "sync" in c.phases else "")
                        for c in ctx.contenders)
-    emit(out, [f"## {delay_us} µs per metadata request, {args.files:,} files", "",
+    emit(out, [f"## {delay_us} µs per metadata request, {files:,} files", "",
                latreport.tree_line(facts), f"tools: {legend}", "", *section.pop("lines"), ""])
     return {"delay_us": delay_us, "facts": facts, **section,
             "runs": [r.to_json() for r in runs]}
@@ -356,10 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     skipped = skipped_tools(args)
     emit(out, [f"# fsclone latency bench, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", "",
                *(f"- {k}: {v}" for k, v in facts.items()), *skipped,
-               f"- config: files={args.files} delays={args.delays} change={args.change} "
+               f"- config: delays (µs, files)={args.delays} change={args.change} "
                f"repeat={args.repeat} stat={args.stat} fsclone=`{args.fsclone}` "
                f"entry_timeout={ENTRY_TIMEOUT:g} attr_timeout={ATTR_TIMEOUT:g}", ""])
-    results = [run_delay(args, layout, d, out) for d in args.delays]
+    results = [run_delay(args, layout, usec, files, out) for usec, files in args.delays]
     path = args.json or BENCH / "results" / time.strftime("latency-%Y%m%d-%H%M%S.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"machine": facts, "config": {k: str(v) for k, v in vars(args).items()},
