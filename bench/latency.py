@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import shlex
@@ -28,7 +27,7 @@ from typing import Any
 import latreport
 import report
 import trees
-from run import csv_choice, default_fsclone, emit, log, precompile
+from run import csv_choice, default_fsclone, emit, log, precompile, rotated, write_results
 from tools import Run, Tool, launch, remove, under_root, verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -257,8 +256,7 @@ def race(ctx: Ctx) -> list[Run]:
     request counts) syncs again with every file changed."""
     runs: list[Run] = []
     for rep in range(ctx.args.repeat):
-        k = rep % len(ctx.contenders)
-        for contender in ctx.contenders[k:] + ctx.contenders[:k]:
+        for contender in rotated(ctx.contenders, rep):
             runs += [run_one(ctx, contender, phase, rep) for phase in PHASES
                      if phase in contender.phases and phase in ctx.args.cases
                      and (phase != "rewrite" or rep == 0)]
@@ -382,13 +380,10 @@ def main(argv: list[str] | None = None) -> int:
                f"repeat={args.repeat} stat={args.stat} fsclone=`{args.fsclone}` "
                f"entry_timeout={ENTRY_TIMEOUT:g} attr_timeout={ATTR_TIMEOUT:g}", ""])
     results = [run_delay(args, layout, usec, files, out) for usec, files in args.delays]
-    path = args.json or BENCH / "results" / time.strftime("latency-%Y%m%d-%H%M%S.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"machine": facts, "config": {k: str(v) for k, v in vars(args).items()},
            "skipped": skipped, "results": results}
-    path.write_text(json.dumps(doc, indent=2))
-    path.with_suffix(".md").write_text("\n".join(out) + "\n")
-    log(f"wrote {path} and {path.with_suffix('.md')}")
+    write_results(args.json or BENCH / "results" / time.strftime("latency-%Y%m%d-%H%M%S.json"),
+                  doc, out)
     return 0
 
 
