@@ -244,7 +244,8 @@ def run_one(ctx: Ctx, contender: Contender, phase: str, rep: int) -> Run:
         run.faithful, run.diff = not diff, diff[:20]
     meta = latreport.meta_requests(measured.counts)
     log(f"{ctx.delay_us}us {contender.name} {phase} rep {rep}: {seconds:.2f}s rc={rc} "
-        f"faithful={run.faithful} meta requests={meta} daemon cpu={measured.daemon_cpu:.2f}s")
+        f"faithful={run.faithful} meta requests={meta} daemon cpu={measured.daemon_cpu:.2f}s"
+        + (f"\n{err}" if rc else ""))
     return latreport.LatRun(**vars(run), counts=measured.counts,
                             daemon_cpu=measured.daemon_cpu)
 
@@ -379,11 +380,12 @@ def main(argv: list[str] | None = None) -> int:
                f"- config: delays (µs, files)={args.delays} change={args.change} "
                f"repeat={args.repeat} stat={args.stat} fsclone=`{args.fsclone}` "
                f"entry_timeout={ENTRY_TIMEOUT:g} attr_timeout={ATTR_TIMEOUT:g}", ""])
-    results = [run_delay(args, layout, usec, files, out) for usec, files in args.delays]
+    path = args.json or BENCH / "results" / time.strftime("latency-%Y%m%d-%H%M%S.json")
     doc = {"machine": facts, "config": {k: str(v) for k, v in vars(args).items()},
-           "skipped": skipped, "results": results}
-    write_results(args.json or BENCH / "results" / time.strftime("latency-%Y%m%d-%H%M%S.json"),
-                  doc, out)
+           "skipped": skipped, "results": []}
+    for usec, files in args.delays:  # written after each delay: an hour's run is not all lost
+        doc["results"].append(run_delay(args, layout, usec, files, out))
+        write_results(path, doc, out)
     return 0
 
 
