@@ -46,6 +46,9 @@ TOOLS = ("fsclone", "fsclone-w16", "rsync", "cp", "fpsync-2", "fpsync-16", "dsyn
 ENTRY_TIMEOUT = 3600.0
 ATTR_TIMEOUT = 0.0
 
+#: bump when the latency trees change (their cache is this script's alone)
+TREES_VERSION = 2
+
 #: how long after a tool exits its last asynchronous requests (RELEASE) may still arrive
 SETTLE_TIMEOUT = 5.0
 
@@ -273,7 +276,7 @@ def make_sources(layout: Layout, files: int, change: float) -> tuple[dict[str, P
     """The source trees of the cases in the source backing (cached): the small-files tree,
     a copy with `change` of it changed, and a copy of that with every file rewritten; and the
     facts the per-file counts and floors need (files, directories, what each change did)."""
-    cache = layout.src_backing / "trees"
+    cache = layout.src_backing / f"trees.v{TREES_VERSION}"
     name = f"small-{files}"
     counts = trees.change_counts(files, change)
     tree = trees.cached(cache, name, lambda root: trees.small_files(root, files), log)

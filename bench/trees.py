@@ -155,8 +155,12 @@ def changed(src: Path, root: Path, counts: dict[str, int], stamp: int, seed: int
     rewritten (new size, bytes and an mtime from `stamp` on), counts["deleted"] deleted and
     counts["created"] new ones, drawn at random across its directories: a sync's worth of
     change. Only files without hard links are touched (at most all of them), so the tree's
-    links stay as they were."""
+    links stay as they were. src's atimes are put back after the copy read it, so the
+    unchanged files have the same atimes in both trees (as in copies made from src)."""
+    times = {p: p.lstat() for p in [src, *src.rglob("*")]}
     subprocess.run(["cp", "-a", f"{src}/.", str(root)], check=True)
+    for path, st in times.items():
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
     rng = random.Random(seed)
     pool = rng.randbytes(MiB + 64 * KiB)
     files = sorted(p for p in root.rglob("*.dat") if p.lstat().st_nlink == 1)
