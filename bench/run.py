@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import report
 import trees
@@ -32,6 +32,7 @@ REPO = BENCH.parent
 ROOTS = {"shm": Path("/dev/shm/fsclone-bench"), "disk": Path("/var/tmp/fsclone-bench")}
 SCENARIOS = ("small", "large", "memory")
 MAX_DIFF_LINES = 20
+T = TypeVar("T")
 
 
 def log(msg: str) -> None:
@@ -115,7 +116,7 @@ def run_one(
     return run
 
 
-def rotated(tools: list[Tool], rep: int) -> list[Tool]:
+def rotated(tools: list[T], rep: int) -> list[T]:
     """Each repetition starts with a different tool, so none always runs first (or last)."""
     k = rep % len(tools)
     return tools[k:] + tools[:k]
@@ -369,18 +370,23 @@ def main(argv: list[str] | None = None) -> int:
     emit(out, header(args, facts, missing))
     wheres = ["shm", "disk"] if args.where == "both" else [args.where]
     results = [r for where in wheres for r in run_location(where, args, out)]
-    path = args.json or BENCH / "results" / time.strftime("bench-%Y%m%d-%H%M%S.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "machine": facts,
         "config": {k: str(v) for k, v in vars(args).items()},
         "not_installed": missing,
         "results": results,
     }
+    write_results(args.json or BENCH / "results" / time.strftime("bench-%Y%m%d-%H%M%S.json"),
+                  doc, out)
+    return 0
+
+
+def write_results(path: Path, doc: dict[str, Any], out: list[str]) -> None:
+    """The results as JSON at path, and the markdown report beside it (.md)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2))
     path.with_suffix(".md").write_text("\n".join(out) + "\n")
     log(f"wrote {path} and {path.with_suffix('.md')}")
-    return 0
 
 
 if __name__ == "__main__":

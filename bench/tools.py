@@ -140,9 +140,12 @@ def remove(path: Path, root: Path) -> None:
 
 
 def verify(src: Path, dst: Path) -> list[str]:
-    """rsync's itemized dry-run with checksums: empty output means DST is a faithful copy."""
+    """rsync's itemized dry-run with checksums: empty output means DST is a faithful copy.
+    Files are read with O_NOATIME, so the check leaves the atimes a following re-run compares
+    as it found them."""
     proc = subprocess.run(
-        ["rsync", "-aHAXc", "--numeric-ids", "-n", "-i", "--delete", f"{src}/", f"{dst}/"],
+        ["rsync", "-aHAXc", "--open-noatime", "--numeric-ids", "-n", "-i", "--delete",
+         f"{src}/", f"{dst}/"],
         capture_output=True,
         text=True,
     )

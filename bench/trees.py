@@ -139,3 +139,45 @@ def cached(
         facts = {"inodes": _du(root, "--inodes"), "bytes": _du(root)}
         marker.write_text(json.dumps(facts))
     return {"path": str(root), **json.loads(marker.read_text())}
+
+
+
+def change_counts(n: int, fraction: float) -> dict[str, int]:
+    """How many of n files a `changed` copy modifies, deletes and creates: `fraction` of n in
+    all (at least 3, so each kind occurs), a fifth each deleted and created, the rest
+    modified."""
+    k = max(3, round(n * fraction))
+    return {"modified": k - 2 * (k // 5), "deleted": k // 5, "created": k // 5}
+
+
+def changed(src: Path, root: Path, counts: dict[str, int], stamp: int, seed: int = 4) -> None:
+    """root as a copy of the small-files tree src with counts["modified"] of its files
+    rewritten (new size, bytes and an mtime from `stamp` on), counts["deleted"] deleted and
+    counts["created"] new ones, drawn at random across its directories: a sync's worth of
+    change. Only files without hard links are touched (at most all of them), so the tree's
+    links stay as they were. src's atimes are put back after the copy read it, so the
+    unchanged files have the same atimes in both trees (as in copies made from src)."""
+    times = {p: p.lstat() for p in [src, *src.rglob("*")]}
+    subprocess.run(["cp", "-a", f"{src}/.", str(root)], check=True)
+    for path, st in times.items():
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    rng = random.Random(seed)
+    pool = rng.randbytes(MiB + 64 * KiB)
+    files = sorted(p for p in root.rglob("*.dat") if p.lstat().st_nlink == 1)
+    picked = rng.sample(files, min(len(files), counts["modified"] + counts["deleted"]))
+    for i, path in enumerate(picked[: counts["modified"]]):
+        size, offset = _small_size(rng) + 1, rng.randrange(MiB)
+        mode = path.lstat().st_mode & 0o7777
+        _write_file(path, memoryview(pool)[offset : offset + size], mode, stamp + i)
+    for path in picked[counts["modified"] :]:
+        path.unlink()
+    dirs = sorted({p.parent for p in files})
+    for i in range(counts["created"]):
+        size, offset = _small_size(rng), rng.randrange(MiB)
+        path = rng.choice(dirs) / f"new{i:07d}.dat"
+        _write_file(path, memoryview(pool)[offset : offset + size], 0o644, stamp + i)
+
+
+def unlinked_files(root: Path) -> int:
+    """The files of a small-files tree that `changed` can rewrite: those without hard links."""
+    return sum(1 for p in root.rglob("*.dat") if p.lstat().st_nlink == 1)

@@ -264,6 +264,15 @@ class FaultFS:
         """Zero the request counters."""
         self.command("reset")
 
+    def cpu_seconds(self) -> float:
+        """The daemon's user plus system CPU so far (all its threads), from /proc/PID/stat:
+        what serving the requests cost, the delays being sleeps."""
+        if self._proc is None:
+            raise FaultFSError("faultfs is not mounted")
+        # fields 14 and 15 (utime, stime), counted after the command name's closing paren
+        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def counters(self) -> dict[str, int]:
         """Requests seen per type, ``injected.TYPE`` per type that failed, ``injected``."""
         counts: dict[str, int] = json.loads(self.command("counters"))
