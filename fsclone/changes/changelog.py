@@ -102,6 +102,7 @@ class ChangelogFeed:
         marks = self._load(cursor) if cursor is not None else dict.fromkeys(users, (0, 0))
         self._read_to = {mdt: read for mdt, (read, _) in marks.items()}
         self._cleared = {mdt: cleared for mdt, (_, cleared) in marks.items()}
+        self.events = 0  # records read, since the feed was made
 
     def _load(self, cursor: bytes) -> dict[str, tuple[int, int]]:
         try:
@@ -124,9 +125,12 @@ class ChangelogFeed:
         deadline = time.monotonic() + timeout
         while True:
             touched, seen = self._read_records()
-            if seen or time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if seen or left <= 0:
                 return self._dirty(touched)
-            time.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(POLL, left))  # an idle changelog is read every POLL seconds
+            if time.monotonic() >= deadline:
+                return []
 
     def mark(self) -> bytes:
         """Move to the end of every changelog, reading nothing but record numbers, and return
@@ -207,6 +211,7 @@ class ChangelogFeed:
             except ChangelogParseError as exc:
                 raise FeedGap(f"{mdt}: {exc}") from None
             self._read_to[mdt] = last
+        self.events += seen
         return touched, seen
 
     def _dirty(self, touched: _Touched) -> list[DirtyDir]:

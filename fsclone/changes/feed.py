@@ -55,6 +55,10 @@ class FeedGap(FscloneError):
 class ChangeFeed(Protocol):
     """A source of changes below SRC, resumable from a durable cursor."""
 
+    #: events (fanotify) or records (changelogs) read since the feed was made: the
+    #: watcher's status shows it
+    events: int
+
     def read(self, timeout: float) -> list[DirtyDir]:
         """What changed since the last read; [] after ``timeout`` seconds without events.
         Raises FeedGap when events were lost."""

@@ -34,8 +34,10 @@ def _watched(o: Option) -> bool:
 
 
 def _watch(src: str, dst: str, **kw: Any) -> None:
-    """Keep DST a faithful copy of SRC from filesystem events (fanotify, as root): a full
-    pass sync first, then a sync of the directories each burst of changes dirtied. Runs
+    """Keep DST a faithful copy of SRC from filesystem events (fanotify, as root; a Lustre
+    source's changelogs with CHANGELOG_USERS set): a full pass sync first (changelogs: unless
+    it resumes from their cursor), then a sync of the directories each burst of changes
+    dirtied. Runs
     until SIGTERM or Ctrl-C (exit 130); `fsclone status` shows it. Takes the flags of
     `pass sync`; WATCH_QUIET and WATCH_MAX_WAIT pace its batches."""
     cfg = load(kw["config_file"], os.environ, given(kw))

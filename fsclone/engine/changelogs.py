@@ -60,6 +60,20 @@ def replays(cfg: Config) -> dict[str, Replay]:
     return {KIND: catch_up}
 
 
+def at_end(cfg: Config, store: ChangeStore) -> ChangelogFeed:
+    """A feed at the end of every changelog of the pair's source, reading nothing but record
+    numbers: from the stored cursor while it is good (so its user is checked where it was
+    left), else afresh. Raises FeedGap or ChangelogError when a changelog cannot be read."""
+    stored = store.cursor() if store.feed() == KIND else b""
+    try:
+        feed = _feed(cfg, store.src, stored or None)
+        feed.mark()
+    except FeedGap:  # the old cursor is no good: start afresh at the end
+        feed = _feed(cfg, store.src, None)
+        feed.mark()
+    return feed
+
+
 def mark(cfg: Config, state: Path, spec: PassSpec, note: Callable[[str], None]) -> None:
     """At the start of a complete sync of a source with changelogs: save where every
     changelog ends now as the pair's cursor. A changelog that cannot be read costs the
@@ -70,12 +84,8 @@ def mark(cfg: Config, state: Path, spec: PassSpec, note: Callable[[str], None]) 
     try:
         if store.watched():  # a watcher's feed keeps the record: not ours to restart
             return
-        stored = store.cursor() if store.feed() == KIND else b""
         try:
-            try:
-                cursor = _feed(cfg, spec.src, stored or None).mark()
-            except FeedGap:  # the old cursor is no good: start afresh at the end
-                cursor = _feed(cfg, spec.src, None).mark()
+            cursor = at_end(cfg, store).cursor()
         except (FeedGap, ChangelogError) as exc:
             store.gap(str(exc))
             note(f"changelogs not read ({exc}): --changes needs another complete pass sync")
@@ -95,8 +105,8 @@ def settle(cfg: Config, state: Path, spec: PassSpec, summary: Summary,
     if not (cfg.changelog_users and complete and (_full(spec) or spec.changes)):
         return
     store = ChangeStore.find(state, spec.src, spec.dst)
-    if store is None or store.feed() != KIND:
-        return
+    if store is None or store.feed() != KIND or store.watched():
+        return  # a watcher's feed clears its own records (fsclone.engine.watch)
     try:
         cursor = store.cursor()
         feed = _feed(cfg, spec.src, cursor)

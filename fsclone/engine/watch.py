@@ -1,8 +1,10 @@
 """The watcher: keeps DST converged with SRC from a change feed (``fsclone watch SRC DST``).
 
-The feed's mark is made first, then (fanotify replays nothing, so every start is one) a full
-``pass sync`` runs while the feed's events are collected: nothing changed after the mark is
-missed, and nothing before it needs the feed. Then, in a loop, the dirty directories read are
+The feed (fanotify, or a Lustre source's changelogs: fsclone.engine.watchfeed) is opened
+first. Unless it resumes from a trustworthy record (changelogs replay from their cursor;
+fanotify replays nothing, so every start is one), a full ``pass sync`` runs while the feed's
+events are collected: nothing changed after the feed's start is missed, and nothing before it
+needs the feed. Then, in a loop, the dirty directories read are
 recorded in the pending store (fsclone.state.changes, on disk before the feed's cursor is
 committed) and applied by a ``pass sync --changes`` (fsclone.engine.changes) once the events
 go quiet for ``WATCH_QUIET`` seconds, or once the oldest change waited ``WATCH_MAX_WAIT``
@@ -26,11 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fsclone.changes.fanotify import FanotifyFeed
 from fsclone.changes.feed import DirtyDir, FeedGap
+from fsclone.changes.fidpaths import ChangelogError
 from fsclone.config import Config
 from fsclone.engine.launch import PassRequest
 from fsclone.engine.roots import check_roots
+from fsclone.engine.watchfeed import WatchFeed
 from fsclone.errors import GuardError, Interrupted, LockedError, Terminated
 from fsclone.lifecycle import DONE, Summary
 from fsclone.spec import PassSpec
@@ -49,8 +52,6 @@ from fsclone.state.watch import (
 )
 from fsclone.stats import counters as C
 
-#: the feed's kind, as the pending store records it
-FEED = "fanotify"
 #: how often the main thread looks at what the collector has (and the status is written)
 _TICK = 0.1
 #: how long the collector lets events gather after a read that found some: the kernel merges
@@ -80,12 +81,13 @@ class Collected:
 class Collector:
     """Reads a feed in a thread of its own, into what :meth:`take` hands the main thread."""
 
-    def __init__(self, feed: FanotifyFeed) -> None:
+    def __init__(self, feed: WatchFeed) -> None:
         self.feed = feed
         self.last = 0.0  # when an event was last read
         self.woke = threading.Event()
         self._got = Collected()
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # held by a read, and by a restart of the feed
         self._stop = threading.Event()
         self._failed: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="fsclone-feed", daemon=True)
@@ -95,26 +97,41 @@ class Collector:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                dirs = self.feed.read(0.2)
-                gap = ""
-            except FeedGap as exc:
-                dirs, gap = [], str(exc)
-            except BaseException as exc:  # handed to the main thread, which raises it
-                self._failed = exc
-                self.woke.set()
-                return
+            with self._reading:
+                try:
+                    dirs = self.feed.read(self.feed.wait)
+                    gap = ""
+                except FeedGap as exc:
+                    dirs, gap = [], str(exc)
+                except BaseException as exc:  # handed to the main thread, which raises it
+                    self._failed = exc
+                    self.woke.set()
+                    return
+                if dirs or gap:
+                    with self._lock:
+                        now = time.time()
+                        self._got.dirs.update(dirs)
+                        self._got.cursor = self.feed.cursor()
+                        self._got.gap = gap or self._got.gap
+                        self._got.first = self._got.first or now
+                        self.last = now
             if not dirs and not gap:
+                self._stop.wait(self.feed.idle)
                 continue
-            with self._lock:
-                now = time.time()
-                self._got.dirs.update(dirs)
-                self._got.cursor = self.feed.cursor()
-                self._got.gap = gap or self._got.gap
-                self._got.first = self._got.first or now
-                self.last = now
             self.woke.set()
             self._stop.wait(_GATHER)
+
+    def restart(self) -> bytes:
+        """The feed placed anew (:meth:`WatchFeed.restart`) between two reads, its cursor
+        returned; a gap read before is of records the full sync that follows covers. Fanotify
+        has nothing to place: its blocking read's lock is not waited for."""
+        if not self.feed.replayable:
+            return b""
+        with self._reading:
+            cursor = self.feed.restart()
+            with self._lock:
+                self._got.cursor, self._got.gap = cursor, ""
+        return cursor
 
     def take(self) -> Collected:
         """Everything read since the last take (a failure of the reading thread raised)."""
@@ -137,7 +154,7 @@ class Collector:
 class Watcher:
     """The loop over one pair of roots, its lock and feed taken (see :func:`watch`)."""
 
-    def __init__(self, cfg: Config, state: Path, store: ChangeStore, feed: FanotifyFeed,
+    def __init__(self, cfg: Config, state: Path, store: ChangeStore, feed: WatchFeed,
                  run: PassRunner, say: Callable[[str], None]) -> None:
         self.cfg, self.state, self.store, self.feed = cfg, state, store, feed
         self.run_pass, self.say = run, say
@@ -157,10 +174,14 @@ class Watcher:
 
     def loop(self) -> None:
         """Watch until a signal stops it (Interrupted, exit 130)."""
-        self.store.feed_started(FEED, resumed=False)
-        self.collector.start()
-        trust = self.store.trust(replayable=False)
+        self.store.feed_started(self.feed.kind, resumed=self.feed.resumed)
+        trust = self.store.trust(replayable=self.feed.replayable)
         self.full_needed = "" if trust.ok else trust.why
+        if trust.ok:
+            self.say(f"resuming from the {self.feed.kind} cursor: no full sync")
+            if self.store.pending():  # what a watcher before us recorded and did not apply
+                self.waiting_since = time.time()
+        self.collector.start()
         try:
             while True:
                 if self.full_needed and time.time() >= self.retry_at:
@@ -185,17 +206,30 @@ class Watcher:
         sync. Called between batches and at every progress tick of a running pass."""
         got = self.collector.take()
         if got.gap:
-            self.say(f"events were lost ({got.gap}): a full sync follows")
-            self.store.gap(got.gap)
-            self.store.feed_started(FEED, resumed=False)  # a new unbroken run begins now
-            self.status.last_gap, self.status.last_gap_at = got.gap, time.time()
-            self.full_needed = f"events were lost ({got.gap})"
+            self._lost(got.gap)
         if got.dirs:
             self.store.record(got.dirs, got.cursor)
             self.waiting_since = _earliest(self.waiting_since, got.first)
         self.status.events = self.feed.events
         if time.monotonic() - self._status_at >= _STATUS_EVERY:
             self._publish(self.status.state)
+
+    def _lost(self, why: str) -> None:
+        """Events were lost: said, in the record and the status, and a full sync follows."""
+        self.say(f"events were lost ({why}): a full sync follows")
+        self.store.gap(why)
+        self.store.feed_started(self.feed.kind, resumed=False)  # a new unbroken run begins now
+        self.status.last_gap, self.status.last_gap_at = why, time.time()
+        self.full_needed = f"events were lost ({why})"
+
+    def _commit(self, cursor: bytes) -> None:
+        """The feed told that what it read up to ``cursor`` is on DST (changelogs: cleared)."""
+        try:
+            self.feed.commit(cursor)
+        except FeedGap as exc:
+            self._lost(str(exc))
+        except ChangelogError as exc:  # nothing lost: the next commit clears them
+            self.say(f"changelogs not cleared yet ({exc})")
 
     def _due(self) -> bool:
         """Whether to apply the pending set now: events quiet, or the oldest waited long;
@@ -210,6 +244,8 @@ class Watcher:
         """One ``pass sync --changes`` over the pending set; what it took goes from the store
         once it is complete (fsclone.engine.changes), what was recorded meanwhile stays."""
         self.taken_since, self.waiting_since = self.waiting_since, None
+        # what the feed read up to the set the batch takes; later reads are the next one's
+        cursor = self.store.cursor()
         self._publish(APPLYING)
         ran = self._run(changes=True)
         taken, self.taken_since = self.taken_since, None
@@ -219,7 +255,7 @@ class Watcher:
         spec, summary = ran
         self._check(spec, summary)
         if not summary.error_count:
-            self.feed.commit(self.store.cursor())
+            self._commit(cursor)
             if not summary.counters.get(C.CHANGED):
                 forget_pass(self.state, spec.id)
 
@@ -227,6 +263,14 @@ class Watcher:
         """A full ``pass sync``, started anew (a resumed one would skip what it walked before
         the feed's mark); the events go on being collected meanwhile."""
         why, self.full_needed = self.full_needed, ""
+        try:
+            cursor = self.collector.restart()
+        except (FeedGap, ChangelogError) as exc:
+            self.say(f"changelogs not read ({exc}): tried again in {_BUSY_WAIT:.0f}s")
+            self.full_needed, self.retry_at = why, time.time() + _BUSY_WAIT
+            return
+        if cursor:
+            self.store.record([], cursor)
         self.say(f"full sync of {self.store.src} to {self.store.dst}: {why}")
         self._publish(FULL_SYNC)
         ran = self._run(changes=False)
@@ -235,7 +279,9 @@ class Watcher:
             return
         spec, summary = ran
         self._check(spec, summary)
-        if summary.error_count:
+        if not summary.error_count:
+            self._commit(cursor)  # the walk saw what the records up to it tell
+        else:
             # the feed recorded every change since the sync started, and what the sync
             # failed on is recorded now: the record tells all that DST lacks
             self.store.synced(spec.started)
@@ -291,9 +337,11 @@ class Watcher:
 
     def _stopped(self, signal: str) -> Interrupted:
         self.status.pending = len(self.store.pending())
+        again = "it resumes from the changelogs' cursor" if self.feed.replayable else \
+            "it starts with a full sync"
         return Interrupted(f"watcher of {self.store.src} to {self.store.dst} stopped by {signal}; "
                            f"{self.status.pending} directories stay pending; run it again to go "
-                           "on (it starts with a full sync)")
+                           f"on ({again})")
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:
@@ -301,17 +349,17 @@ def _earliest(a: float | None, b: float | None) -> float | None:
 
 
 def watch(cfg: Config, src: str, dst: str, run: PassRunner, say: Callable[[str], None]) -> None:
-    """Take the pair's lock (refused while the reverse watcher holds its own), mark SRC's
-    filesystem, and watch until a signal (Interrupted, exit 130)."""
+    """Take the pair's lock (refused while the reverse watcher holds its own), open the feed,
+    and watch until a signal (Interrupted, exit 130)."""
     src, dst = check_roots(src, dst, needs_dst=False)
     state = open_state_dir(cfg.state_path)
     store = ChangeStore.open(state, src, dst)
     try:
         store.hold(f"fsclone watch {src} {dst}")
         _refuse_reverse(state, src, dst)
-        feed = FanotifyFeed(src)
+        feed = WatchFeed(cfg, store)
         try:
-            say(f"watching {src} to {dst} ({FEED})")
+            say(f"watching {src} to {dst} ({feed.kind})")
             Watcher(cfg, state, store, feed, run, say).loop()
         finally:
             feed.close()
