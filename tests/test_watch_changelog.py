@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +72,18 @@ def test_the_watcher_follows_the_changelogs(lustre: tuple[Lustre, Pair]) -> None
     assert not (p.dst / "other").exists() and not (p.dst.parent / "other").exists()
     err = stop(proc)
     assert "(changelog)" in err and "resumes from the changelogs' cursor" in err
+
+
+def test_idle_changelogs_are_polled_not_spun_on(lustre: tuple[Lustre, Pair]) -> None:
+    """Every read of the changelogs checks each MDT's user with a clear of its last record
+    (which the stand-in logs): an idle watcher makes one read a second."""
+    fs, p = lustre
+    proc = start(fs, p)
+    watching(p, proc, 0.0)
+    before, since = len(fs.clears()), time.monotonic()
+    wait_for(lambda: len(fs.clears()) >= before + 3 * len(MDTS), 30, "three reads")
+    assert time.monotonic() - since >= 1.5
+    stop(proc)
 
 
 def test_records_are_cleared_only_once_their_batch_is_done(
