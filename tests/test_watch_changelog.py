@@ -21,7 +21,7 @@ from tests.clirun import spawn
 from tests.lustre import MDT, MDTS, USER, Lustre, build_tree, every_change, lustre_tree
 from tests.midpass import held
 from tests.services import wait_for
-from tests.test_watch import Pair, faithful, stop
+from tests.watching import Pair, faithful, stop
 
 
 @pytest.fixture
