@@ -45,8 +45,10 @@ def test_latency_bench_runs_and_reports_counts_and_floors(tmp_path: Path) -> Non
     # every new file is opened on the source and created on the target: once each, at least
     copy = per["fsclone", "copy"]
     assert copy["source"]["OPEN"] >= 1 and copy["target"]["CREATE"] >= 1
-    # a no-op re-run creates nothing; a sync onto which every file changed copies each again
-    assert "CREATE" not in per["fsclone", "noop"]["target"]
+    # a no-op re-run creates no file (only, once a pass, the profile's two probe files in its
+    # private directory: faultfs has no O_TMPFILE); a sync onto which every file changed
+    # copies each again
+    assert per["fsclone", "noop"]["target"].get("CREATE", 0) * 50 <= 2
     assert per["rsync", "rewrite"]["target"]["CREATE"] >= 0.9
 
     assert result["cpu_per_request"] > 0
