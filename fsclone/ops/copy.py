@@ -23,10 +23,11 @@ from fsclone.fs.source import SourceChanged
 from fsclone.fs.target import TargetDir
 from fsclone.ops.apply import Applier
 from fsclone.ops.context import Context, Outcome
-from fsclone.ops.delete import plan_deletes
+from fsclone.ops.delete import plan_deletes, planned_here, unplan
 from fsclone.ops.dirmeta import apply_dir_meta, created
 from fsclone.ops.mountguard import check_mounted
-from fsclone.ops.plan import DESCEND, SAME, Action, Planner, rehearse, show
+from fsclone.ops.moves import Moves
+from fsclone.ops.plan import DESCEND, LARGE, NEW, SAME, Action, Planner, rehearse, show
 from fsclone.ops.ranges import DirBarrier
 from fsclone.stats import counters as C
 
@@ -71,6 +72,9 @@ class CopyChunk:
                                 self.plan.layouts)
                         if self.tgt is not None and not ctx.spec.dry_run else None)
         self.unlocked = False  # a read-only target directory was made writable (non-root)
+        #: a sync's target files under names planned for deletion, to be renamed to the new
+        #: names of the same files (None: not a sync chunk that lists its directory)
+        self.moves: Moves | None = None
 
     # -- the chunk --------------------------------------------------------------------------
     def run(self, sync: bool) -> None:
@@ -85,6 +89,10 @@ class CopyChunk:
                 kinds = {n: stat.S_ISDIR(st.st_mode) for n, st in entries}
                 self.plan.existing = set(
                     plan_deletes(self.ctx, self.out, self.src.fd, tgt.fd, kinds))
+                # a name of the other kind in the source is not a rename: it is removed, then
+                # copied anew (fsclone.ops.delete)
+                self.moves = Moves(self.ctx, self.out, self.src, tgt,
+                                   [n for n in planned_here(self.out) if n not in kinds])
             entries = self._split(entries)
         else:
             entries = [(n, st) for n in chunk.names if (st := self.src.lookup(n))]
@@ -110,6 +118,8 @@ class CopyChunk:
                 self.out.act("changed", self.out.path(name), "(during copy; next pass takes it)")
             except OSError as exc:
                 self.out.fail(self.out.path(name), exc)
+        if self.moves is not None:
+            unplan(self.out, self.moves.moved)
         if tgt is not None:  # else nothing was found current
             self._settle(tgt)
         self._finish()
@@ -159,6 +169,12 @@ class CopyChunk:
         if kind == SAME:
             self.unsettled.append(action)
             return
+        if kind in (NEW, LARGE) and self.moves is not None and action[3] is None:
+            moved = self.moves.take(name, st)
+            if moved is not None:
+                if self.applier is not None:  # its metadata is compared with the rest
+                    self.unsettled.append((SAME, name, st, moved))
+                return
         if kind == DESCEND:
             if self.out.chunk.args.get("shallow"):
                 self._subdir_meta(name, st, action[3])
@@ -196,12 +212,14 @@ class CopyChunk:
         # has the xattrs it was given: only its lstat is compared, and no xattr is read (two
         # round trips a file on a network filesystem); ``--checksum`` compares them all
         compared = self.unsettled
+        moved = self.moves.names if self.moves is not None else frozenset()
         if not self.ctx.spec.checksum:
             compared = []
             for action in self.unsettled:
-                _, _, st, dst = action
+                _, name, st, dst = action
                 assert dst is not None  # the data of an entry there is current
-                if meta.untouched(st, dst) and meta.inode_same(st, dst, times):
+                if meta.untouched(st, dst) and name not in moved \
+                        and meta.inode_same(st, dst, times):
                     same += 1
                 else:
                     compared.append(action)
@@ -214,8 +232,9 @@ class CopyChunk:
         known = self.plan.known
         for (_, name, st, dst), sx, dx in zip(compared, wanted, present, strict=True):
             assert dst is not None  # the data of an entry there is current
-            if (sx == dx and (st.st_ctime_ns < dst.st_ctime_ns or not carried) and not known
-                    and meta.inode_same(st, dst, times)):
+            if (sx == dx and (not carried or (st.st_ctime_ns < dst.st_ctime_ns
+                                              and name not in moved))
+                    and not known and meta.inode_same(st, dst, times)):
                 same += 1
                 continue
             try:
@@ -249,7 +268,8 @@ class CopyChunk:
         known = self.plan.known.pop(name, None) if self.plan.known else None
         if known is not None:
             return known
-        if st.st_ctime_ns < dst.st_ctime_ns or not stat.S_ISREG(st.st_mode):
+        moved = self.moves is not None and name in self.moves.names
+        if (st.st_ctime_ns < dst.st_ctime_ns and not moved) or not stat.S_ISREG(st.st_mode):
             return None
         return self.src.attrs(name, st), tgt.attrs(name, dst)
 

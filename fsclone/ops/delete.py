@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from fsclone.chunk import Chunk, Group, new_id
 from fsclone.fs import dirs, remove
@@ -24,6 +24,7 @@ from fsclone.ops.dirmeta import apply_dir_meta
 from fsclone.ops.subtree import prune
 from fsclone.schema import staging_pass, temp_pass
 from fsclone.stats import counters as C
+from fsclone.text import printable
 
 
 def plan_deletes(ctx: Context, out: Outcome, sfd: int, dfd: int,
@@ -68,6 +69,30 @@ def plan_deletes(ctx: Context, out: Outcome, sfd: int, dfd: int,
         out.result.deletions.append((chunk.path, tuple(planned), entries))
         out.count(C.PLANNED_DELETES, entries)
     return target
+
+
+def planned_here(out: Outcome) -> tuple[str, ...]:
+    """The names this chunk planned for deletion in its own directory."""
+    return next((names for path, names, _ in out.result.deletions if path == out.chunk.path),
+                ())
+
+
+def unplan(out: Outcome, names: Collection[str]) -> None:
+    """Take ``names`` out of this chunk's planned deletions, with their count and their lines:
+    they were moved to another name in the target, not removed (fsclone.ops.moves)."""
+    if not names:
+        return
+    deletions = out.result.deletions
+    for i, (path, planned, entries) in enumerate(deletions):
+        if path == out.chunk.path:
+            left = tuple(name for name in planned if name not in names)
+            taken = len(planned) - len(left)
+            deletions[i] = (path, left, entries - taken)
+            out.count(C.PLANNED_DELETES, -taken)
+    out.result.deletions = [d for d in deletions if d[1]]
+    if out.shows:
+        shown = {f"delete {printable(out.path(name))}" for name in names}
+        out.result.actions = [line for line in out.result.actions if line not in shown]
 
 
 def _goes(ctx: Context, out: Outcome, name: str, is_dir: bool,

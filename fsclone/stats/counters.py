@@ -25,6 +25,8 @@ CHANGED = "changed_during_copy"
 #: entries whose times the target filesystem cannot hold (kept at its limit; not a change)
 TIMES_CLAMPED = "times_beyond_target"
 DELETED = "deleted"
+#: files a sync renamed in the target as the source did, not copied anew (fsclone.ops.moves)
+MOVED = "moved"
 PLANNED_DELETES = "delete_planned"
 TYPE_CHANGED = "type_changed"  # a directory now a non-directory or the reverse (a copy leaves it)
 ERRORS = "errors"

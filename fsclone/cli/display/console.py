@@ -24,7 +24,8 @@ from fsclone.transport.depth import Concurrency
 #: summary lines, in order: counter, label
 _SUMMARY = [
     (C.SCANNED, "entries scanned"), (C.COPIED, "files copied"), (C.BYTES, "bytes copied"),
-    (C.CREATED, "dirs, links and specials made"), (C.UPDATED, "metadata updated"),
+    (C.CREATED, "dirs, links and specials made"), (C.MOVED, "files renamed as in the source"),
+    (C.UPDATED, "metadata updated"),
     (C.SAME, "unchanged"), (C.PLANNED_DELETES, "planned for deletion"), (C.DELETED, "deleted"),
     (C.TYPE_CHANGED, "type changed (directory <-> non-directory)"),
     (C.SKIP_NEWER, "skipped: newer than --newest"), (C.SKIP_OLDER, "skipped: older than --oldest"),
