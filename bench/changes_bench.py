@@ -3,6 +3,7 @@
 
     PYTHONPATH=. python3 bench/changes_bench.py                   # 1,000,000 entries, 3 rounds
     PYTHONPATH=. python3 bench/changes_bench.py --entries 200000  # smaller, a shared machine
+    PYTHONPATH=. python3 bench/changes_bench.py --root /mnt/xfs/b --cold  # on disk, cold
 
 The tree: ``--entries`` empty files (1% hold a few bytes) in directories of 1,000
 (bench/trees.py ``entries``), and three copies: ``--root`` needs four times its inodes (a
@@ -17,6 +18,11 @@ checksummed judgement (checked after the first round, or every round with ``--ve
 Targets: the full sync takes at least 20 x and rsync at least 50 x the time of `--changes`
 (best of the rounds); the same ratios with fsclone's in-pass time (its record, without
 interpreter start-up) are reported too.
+
+``--cold`` drops the kernel's caches before every timed run, for every tool alike: a final
+pass after days of use finds a tree of 10^9 entries on disk, not in RAM, which is what makes a
+walk cost hours. Run it on a disk filesystem (a loop-mounted XFS image on the machine's disk);
+on a tmpfs there is nothing to drop, and every run is the CPU-bound best case of a walk.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from pathlib import Path
 
 import report
 import trees
-from tools import BENCH_ROOT_NAME, launch, remove, verify
+from tools import BENCH_ROOT_NAME, drop_caches, launch, remove, verify
 
 from fsclone.changes.feed import DirtyDir
 from fsclone.state.changes import ChangeStore
@@ -109,7 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=Path("/dev/shm") / BENCH_ROOT_NAME)
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--verify-all", action="store_true", help="verify after every round")
+    p.add_argument("--cold", action="store_true",
+                   help="drop the kernel's caches before every timed run (root; --root on a "
+                        "disk filesystem, not a tmpfs)")
     args = p.parse_args(argv)
+    if args.cold and os.geteuid() != 0:
+        p.error("--cold drops the kernel's caches: run as root")
     root = args.root
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="changes-", dir=root))
@@ -121,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# fsclone changes bench, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", "",
              *(f"- {k}: {v}" for k, v in facts.items()),
              f"- entries: {args.entries}, workers: {args.workers}, rounds: {args.repeat}, "
-             f"trees in {root}", "",
+             f"trees in {root} ({_fstype(root)}), caches "
+             f"{'dropped before every timed run' if args.cold else 'warm'}", "",
              "| tool | best s | in-pass best s | all runs s |", "|---|---|---|---|"]
     for tool, runs in race.times.items():
         in_pass = race.best(tool, in_pass=True)
@@ -173,6 +185,8 @@ def run(args: argparse.Namespace, work: Path) -> Race:
             store.record(change(src, dirty, rnd), str(rnd).encode())
             log(f"round {rnd + 1}: {len(dirty)} of {len(all_dirs)} directories changed")
             for tool in names[rnd % 3:] + names[:rnd % 3]:
+                if args.cold:
+                    drop_caches()
                 seconds, in_pass = timed(argv[tool], states[tool], args.timeout)
                 race.times[tool].append(seconds)
                 if in_pass is not None:
@@ -188,6 +202,11 @@ def run(args: argparse.Namespace, work: Path) -> Race:
         for state in states.values():
             shutil.rmtree(state, ignore_errors=True)
     return race
+
+
+def _fstype(path: Path) -> str:
+    return subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True,
+                          text=True, check=True).stdout.strip()
 
 
 def _fmt(x: float | None) -> str:
