@@ -299,7 +299,7 @@ def _declared(cls: type) -> dict[str, Option]:
 #: every option by name, in the order declared (the pass's first)
 OPTIONS: Mapping[str, Option] = _declared(Options)
 #: the options of the pass, which every PassSpec carries
-PASS_OPTIONS: Mapping[str, Option] = _declared(PassOptions)
+PASS_OPTIONS: Mapping[str, Option] = {f.name: OPTIONS[f.name] for f in fields(PassOptions)}
 #: the options that shape a pass's result, in the order a refused resume names them
 SHAPING: tuple[Option, ...] = tuple(o for o in OPTIONS.values() if o.shapes)
 

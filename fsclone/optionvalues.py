@@ -72,8 +72,9 @@ def command(v: Any) -> tuple[str, ...]:
     return words
 
 
-_MDT = re.compile(r"[A-Za-z0-9_]{1,8}-MDT[0-9a-fA-F]{4}")
-_CHANGELOG_USER = re.compile(r"cl[0-9]+(-[A-Za-z0-9_.]+)?")
+#: compiled (and cached by re) at their first use: only CHANGELOG_USERS is checked with them
+_MDT = r"[A-Za-z0-9_]{1,8}-MDT[0-9a-fA-F]{4}"
+_CHANGELOG_USER = r"cl[0-9]+(-[A-Za-z0-9_.]+)?"
 
 
 def changelog_users(v: Any) -> tuple[tuple[str, str], ...]:
@@ -84,9 +85,9 @@ def changelog_users(v: Any) -> tuple[tuple[str, str], ...]:
     pairs = []
     for item in items:
         mdt, user = (str(p) for p in item)
-        if not _MDT.fullmatch(mdt):
+        if not re.fullmatch(_MDT, mdt):
             raise ValueError(f"not an MDT name (FSNAME-MDTxxxx): {mdt!r}")
-        if not _CHANGELOG_USER.fullmatch(user):
+        if not re.fullmatch(_CHANGELOG_USER, user):
             raise ValueError(f"not a changelog user (clN or clN-NAME): {user!r}")
         pairs.append((mdt, user))
     return tuple(sorted(dict(pairs).items()))

@@ -23,12 +23,11 @@ from fsclone.config import Config
 from fsclone.engine.coordinator import Hooks
 from fsclone.engine.launch import PassRequest, run_pass
 from fsclone.fs import dirs, fstype
+from fsclone.fs.lustre import create, read
 from fsclone.fs.lustre import layout as lov
-from fsclone.fs.lustre import read
 from fsclone.fs.lustre.create import O_LOV_DELAY_CREATE, LustreCreate
 from fsclone.fs.lustre.layout import LAYOUT_XATTR
 from fsclone.lifecycle import Summary
-from fsclone.ops import context
 from fsclone.state.record import PassStore
 from fsclone.state.released import NAME as RELEASED_LIST
 from fsclone.transport.memory import MemoryBroker, MemoryTransport
@@ -76,7 +75,7 @@ class FakeLustre:
         monkeypatch.setattr(fstype, "fs_kind", lambda fd: "lustre" if lustre(
             os.readlink(f"/proc/self/fd/{fd}")) else "tmpfs")
         monkeypatch.setattr(read, "getxattr", self.getxattr)
-        monkeypatch.setattr(context, "LustreCreate", functools.partial(LustreCreate, osapi=self))
+        monkeypatch.setattr(create, "LustreCreate", functools.partial(LustreCreate, osapi=self))
 
     def set(self, path: Path, blob: bytes) -> None:
         self.layouts[key_of(os.lstat(path))] = blob

@@ -18,21 +18,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fsclone.changes.changelog import ChangelogFeed
 from fsclone.changes.feed import FeedGap
-from fsclone.changes.fidpaths import ChangelogError
 from fsclone.config import Config
 from fsclone.engine.changes import Replay
 from fsclone.lifecycle import DONE, Summary
 from fsclone.spec import PassSpec
 from fsclone.state.changes import ChangeStore
 
+if TYPE_CHECKING:
+    from fsclone.changes.changelog import ChangelogFeed
+
 #: the feed's kind in the pending store
 KIND = "changelog"
 
 
 def _feed(cfg: Config, src: str, cursor: bytes | None) -> ChangelogFeed:
+    # the changelog reader (its record parser, lfs): loaded by a source with CHANGELOG_USERS only
+    from fsclone.changes.changelog import ChangelogFeed
+
     return ChangelogFeed(cfg.lfs, dict(cfg.changelog_users), src, cursor)
 
 
@@ -80,6 +85,8 @@ def mark(cfg: Config, state: Path, spec: PassSpec, note: Callable[[str], None]) 
     ``--changes`` passes until the next complete sync, never this pass: said, not raised."""
     if not (cfg.changelog_users and _full(spec)):
         return
+    from fsclone.changes.fidpaths import ChangelogError  # with the reader: see _feed
+
     store = ChangeStore.open(state, spec.src, spec.dst)
     try:
         if store.watched():  # a watcher's feed keeps the record: not ours to restart
@@ -107,6 +114,8 @@ def settle(cfg: Config, state: Path, spec: PassSpec, summary: Summary,
     store = ChangeStore.find(state, spec.src, spec.dst)
     if store is None or store.feed() != KIND or store.watched():
         return  # a watcher's feed clears its own records (fsclone.engine.watch)
+    from fsclone.changes.fidpaths import ChangelogError  # with the reader: see _feed
+
     try:
         cursor = store.cursor()
         feed = _feed(cfg, spec.src, cursor)

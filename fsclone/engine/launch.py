@@ -14,7 +14,6 @@ from fsclone.engine import changelogs
 from fsclone.engine.changes import REPLAYS, changes_done, changes_seed
 from fsclone.engine.coordinator import Coordinator, Hooks
 from fsclone.engine.layout import source_layout
-from fsclone.engine.listed import identity, listed_seed
 from fsclone.engine.profiles import for_pass
 from fsclone.engine.retry import Seed, retry_seed
 from fsclone.engine.roots import check_delete_guards, check_roots
@@ -78,8 +77,11 @@ def _to_run(cfg: Config, req: PassRequest, state: Path, src: str,
     never changes the request: asked with other options, it is refused."""
     if req.resume_id:
         return resumable(state, req.resume_id), True
-    asked = replace(build_spec(cfg, req.op, src, dst), source_mounts=source_layout(state, src),
-                    files_from=identity(cfg.files_from) if cfg.files_from else "")
+    asked = replace(build_spec(cfg, req.op, src, dst), source_mounts=source_layout(state, src))
+    if cfg.files_from:
+        from fsclone.engine.listed import identity  # a --files-from pass's only
+
+        asked = replace(asked, files_from=identity(cfg.files_from))
     # a pass with a manifest starts anew: an interrupted run's rows are not in the new file
     # so does a --changes pass: it takes the pending set as it starts
     if cfg.restart or cfg.dry_run or cfg.retry_of or cfg.manifest or cfg.changes:
@@ -170,6 +172,8 @@ def _seed(cfg: Config, spec: PassSpec, state: Path, given_src: str) -> Seed | No
     if spec.retry_of:
         return retry_seed(state, spec.retry_of, spec.op, spec.dir_slice)
     if spec.files_from:
+        from fsclone.engine.listed import listed_seed  # a --files-from pass's only
+
         return listed_seed(spec.files_from, spec.src, given_src, spec.dir_slice)
     if spec.changes:
         return changes_seed(state, spec, {**REPLAYS, **changelogs.replays(cfg)})

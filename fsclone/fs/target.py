@@ -20,10 +20,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from fsclone.fs import data, dirs, meta
 from fsclone.fs.inodeflags import FRESH, LOCKS, NONE, Attrs, Pending, Side
-from fsclone.fs.lustre.create import LustreCreate
 from fsclone.fs.side import DirSide, Xattrs
 from fsclone.fs.source import SourceChanged, SourceDir, changed
 from fsclone.fs.steps import (
@@ -41,6 +41,9 @@ from fsclone.fs.steps import (
 from fsclone.fs.unnamed import UnnamedFiles
 from fsclone.fsprofile import UNPROBED, FsProfile
 from fsclone.schema import temp_name
+
+if TYPE_CHECKING:
+    from fsclone.fs.lustre.create import LustreCreate
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_FILE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC

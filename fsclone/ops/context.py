@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from fsclone.chunk import Chunk, ItemError, Result, join
 from fsclone.filters import Filters
 from fsclone.fs import dirs, inodeflags, meta, steps
-from fsclone.fs.lustre.create import LustreCreate
 from fsclone.fs.source import SourceDir
 from fsclone.fs.staging import open_staging
 from fsclone.fs.target import TargetDir
@@ -20,6 +20,9 @@ from fsclone.schema import LINKS_PREFIX
 from fsclone.spec import PassSpec
 from fsclone.stats import counters as C
 from fsclone.text import printable
+
+if TYPE_CHECKING:
+    from fsclone.fs.lustre.create import LustreCreate
 
 
 class Context:
@@ -54,8 +57,11 @@ class Context:
         dst_lustre = self.profile.dst.kind == "lustre"
         #: Lustre → Lustre with ``--layout keep``: new files get their source's layout, and
         #: directories their own default layouts (None: the target's defaults apply)
-        self.layouts = (LustreCreate(dict(spec.pool_map), spec.target_pools)
-                        if src_lustre and dst_lustre and spec.layout == "keep" else None)
+        self.layouts: LustreCreate | None = None
+        if src_lustre and dst_lustre and spec.layout == "keep":
+            from fsclone.fs.lustre.create import LustreCreate  # the layout codec: Lustre only
+
+            self.layouts = LustreCreate(dict(spec.pool_map), spec.target_pools)
         #: whether source files' layouts are read before their data: to carry them, or to
         #: leave HSM-released ones unread (``--released skip``); decided here, once, so a
         #: file elsewhere costs one test of this

@@ -14,11 +14,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from fsclone.chunk import Chunk, Result, new_id
 from fsclone.fs import dirs, meta
 from fsclone.fs.inodeflags import Attrs
-from fsclone.fs.lustre.create import LustreCreate
 from fsclone.fs.source import SourceChanged
 from fsclone.fs.target import TargetDir
 from fsclone.ops.apply import Applier
@@ -30,6 +30,9 @@ from fsclone.ops.moves import Moves
 from fsclone.ops.plan import DESCEND, LARGE, NEW, SAME, Action, Planner, rehearse, show
 from fsclone.ops.ranges import DirBarrier
 from fsclone.stats import counters as C
+
+if TYPE_CHECKING:
+    from fsclone.fs.lustre.create import LustreCreate
 
 
 def run_copy(ctx: Context, chunk: Chunk) -> Result:

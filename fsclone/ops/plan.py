@@ -16,8 +16,6 @@ from typing import Final, Literal
 
 from fsclone.errors import LayoutError
 from fsclone.fs.inodeflags import Attrs
-from fsclone.fs.lustre.layout import is_released
-from fsclone.fs.lustre.read import file_layout
 from fsclone.fs.source import SourceDir
 from fsclone.fs.steps import SOURCE
 from fsclone.fs.target import TargetDir
@@ -189,6 +187,8 @@ class Planner:
                 and (dst.st_nlink == 1 or st.st_nlink > 1)):
             return False  # the common case of a later pass, which reads nothing (a copy still
             # linked to other names is rewritten: see _regular)
+        from fsclone.fs.lustre.read import file_layout  # a Lustre source's only
+
         layout = file_layout(self.src.fd, name, SOURCE)
         if layout is None:
             return False
@@ -235,6 +235,8 @@ class Planner:
 def _released(layout: bytes) -> bool:
     """Whether a layout says HSM released the file; one that cannot be decoded is taken as
     not (its copy then gets the target's default layout, counted as "unreadable")."""
+    from fsclone.fs.lustre.layout import is_released  # a Lustre source's only
+
     try:
         return is_released(layout)
     except LayoutError:

@@ -38,13 +38,13 @@ from fsclone.chunk import Chunk, Result, dumps, loads_chunk, loads_result
 from fsclone.engine.worker import ChunkRunner, work, worker_name
 from fsclone.errors import FscloneError, MessageError, TransportError
 from fsclone.spec import PassSpec
-from fsclone.transport import pmi
 from fsclone.transport.base import Message, Transport
 from fsclone.transport.inflight import InFlight, Pushed
-from fsclone.transport.pool import Service
 
 if TYPE_CHECKING:
     from mpi4py import MPI
+
+    from fsclone.transport.pool import Service
 
 T = TypeVar("T")
 
@@ -207,6 +207,8 @@ class MpiJob:
         from mpi4py import MPI
 
         if not MPI.Is_initialized():
+            from fsclone.transport import pmi  # only a job that starts MPI asks what it offers
+
             pmi.check(env, MPI.Get_library_version())
             MPI.Init_thread(MPI.THREAD_MULTIPLE)
         self.comm = MPI.COMM_WORLD

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from fsclone.config import Config
 from fsclone.engine.worker import worker_name
@@ -14,7 +15,9 @@ from fsclone.transport.base import Transport
 from fsclone.transport.depth import Concurrency, choose_depth
 from fsclone.transport.local import LocalTransport
 from fsclone.transport.mpi import MpiJob, in_mpi_job
-from fsclone.transport.pool import Service
+
+if TYPE_CHECKING:  # the pool of worker processes is an amqp rank's only
+    from fsclone.transport.pool import Service
 
 
 def choose(cfg: Config, env: Mapping[str, str]) -> str:

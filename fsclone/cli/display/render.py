@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
-from fsclone.cli.display.views import PassView, WorkerView
-from fsclone.state.watch import WatchStatus
 from fsclone.stats import counters as C
 from fsclone.text import printable
+
+if TYPE_CHECKING:  # a pass's progress line needs only the helpers: not status's readers
+    from fsclone.cli.display.views import PassView, WorkerView
+    from fsclone.state.watch import WatchStatus
 
 #: the per-worker table: heading, counter or rate key, width
 _COLUMNS = (("scanned", C.SCANNED, 13), ("files", C.COPIED, 11), ("bytes", C.BYTES, 11),
