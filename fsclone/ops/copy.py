@@ -94,8 +94,8 @@ class CopyChunk:
                     plan_deletes(self.ctx, self.out, self.src.fd, tgt.fd, kinds))
                 # a name of the other kind in the source is not a rename: it is removed, then
                 # copied anew (fsclone.ops.delete)
-                self.moves = Moves(self.ctx, self.out, self.src, tgt,
-                                   [n for n in planned_here(self.out) if n not in kinds])
+                gone = [n for n in planned_here(self.out) if n not in kinds]
+                self.moves = Moves(self.ctx, self.out, self.src, tgt, gone) if gone else None
             entries = self._split(entries)
         else:
             entries = [(n, st) for n in chunk.names if (st := self.src.lookup(n))]
