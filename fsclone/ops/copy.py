@@ -235,9 +235,8 @@ class CopyChunk:
         known = self.plan.known
         for (_, name, st, dst), sx, dx in zip(compared, wanted, present, strict=True):
             assert dst is not None  # the data of an entry there is current
-            if (sx == dx and (not carried or (st.st_ctime_ns < dst.st_ctime_ns
-                                              and name not in moved))
-                    and not known and meta.inode_same(st, dst, times)):
+            if (sx == dx and (not carried or self._copied_since(name, st, dst)) and not known
+                    and meta.inode_same(st, dst, times)):
                 same += 1
                 continue
             try:
@@ -271,10 +270,16 @@ class CopyChunk:
         known = self.plan.known.pop(name, None) if self.plan.known else None
         if known is not None:
             return known
-        moved = self.moves is not None and name in self.moves.names
-        if (st.st_ctime_ns < dst.st_ctime_ns and not moved) or not stat.S_ISREG(st.st_mode):
+        if self._copied_since(name, st, dst) or not stat.S_ISREG(st.st_mode):
             return None
         return self.src.attrs(name, st), tgt.attrs(name, dst)
+
+    def _copied_since(self, name: str, st: os.stat_result, dst: os.stat_result) -> bool:
+        """Whether the copy ``dst`` changed after the source inode ``st`` last did (their
+        ctimes), and was not just moved to ``name``: its project ID and flags are then the
+        source's."""
+        return st.st_ctime_ns < dst.st_ctime_ns and (
+            self.moves is None or name not in self.moves.names)
 
     def _split(self, entries: list[tuple[str, os.stat_result]]) -> list[tuple[str, os.stat_result]]:
         """Keep the first slice of a huge directory; the rest go out as slice chunks."""
