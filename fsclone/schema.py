@@ -141,9 +141,18 @@ _NEW = {"new": _flag}  # the directory was made by this pass
 #: nothing walked
 _LISTED = {"listed": _flag}
 
+#: the most slices a dirty directory's chunk hands its listing out in (its ``spread``)
+MAX_SPREAD = 4096
+
+
+def _spread(v: Any) -> bool:
+    return type(v) is int and 2 <= v <= MAX_SPREAD
+
+
 #: a dirty directory of change-driven sync (fsclone.engine.changes): its subdirectories are
-#: not walked
-_SHALLOW = {"shallow": _flag}
+#: not walked, and its listing is handed out in ``spread`` slices; a ``moved`` slice's files
+#: were just moved to its names (fsclone.ops.moves), their metadata compared in full
+_SHALLOW = {"shallow": _flag, "spread": _spread, "moved": _flag}
 
 SCHEMAS: dict[str, OpSchema] = {
     "copy": OpSchema({}, {**_NEW, **_LISTED}, ANY),

@@ -38,6 +38,7 @@ from tests.fstree import (
     tree_diffs,
 )
 from tests.mounts import read_only, tmpfs
+from tests.services import wait_for
 
 
 @pytest.fixture
@@ -376,3 +377,64 @@ def test_a_dirty_directory_where_the_walk_would_not_go_is_left(
             assert proc.returncode == 0, proc.stderr
         assert not (dst / "names/new").exists() and not (dst / "files/mnt/new").exists()
         assert (dst / "files/mnt/other-fs").exists()  # the full sync had no -x
+
+
+
+@contextmanager
+def hot_directory(tmp_path: Path, files: int) -> Iterator[tuple[Path, Path, Path, ChangeStore]]:
+    """SRC with one directory ``hot`` of ``files`` files, synced to DST, the pair watched."""
+    with tmpfs(tmp_path / "fs", "64m") as fs:
+        src, dst, state = fs / "src", fs / "dst", tmp_path / "state"
+        (src / "hot").mkdir(parents=True)
+        for i in range(files):
+            (src / "hot" / f"f{i:04}").write_bytes(b"x" * (i % 50))
+        with watching(state, src, dst) as store:
+            assert sync(src, dst, state).returncode == 0
+            yield src, dst, state, store
+
+
+def test_a_hot_directory_is_spread_over_every_slot(tmp_path: Path) -> None:
+    """One dirty directory, eight chunks in flight: its listing is handed out in slices, so
+    its entries are worked on eight at a time (on a network filesystem, a dozen round trips
+    each), while every renamed file is still moved, not copied anew: the new names stay with
+    the chunk that pairs them with the old ones."""
+    with hot_directory(tmp_path, 1200) as (src, dst, state, store):
+        for i in range(1200):
+            f = src / "hot" / f"f{i:04}"
+            if i % 3 == 0:
+                f.write_bytes(b"rewritten %d\n" % i)
+            elif i % 3 == 1:
+                f.chmod(0o600)
+            else:
+                f.rename(f.with_name(f.name + ".r"))
+        store.record(_dirty(b"hot"), b"c")
+        rc, out = fsclone_json("pass", "sync", "--changes", "--depth", "8", src, dst,
+                               state=state)
+        assert rc == 0, out
+        assert out["counters"][C.CHUNKS] >= 8, out["counters"]
+        assert out["counters"][C.MOVED] == 400 and out["counters"][C.COPIED] == 400, out
+        assert out["counters"].get(C.DELETED, 0) == 0
+        assert_same_tree(src, dst, atime=False)
+        assert_rsync_clean(src, dst)
+
+
+def test_files_moved_by_a_spreading_chunk_are_compared_in_full(tmp_path: Path) -> None:
+    """The moved files' metadata is compared by other chunks, which find the targets just
+    linked (their ctimes now): an xattr a file gained before its rename, over a second before
+    the pass, is still carried."""
+    with hot_directory(tmp_path, 600) as (src, dst, state, store):
+        for i in range(0, 600, 2):
+            f = src / "hot" / f"f{i:04}"
+            os.setxattr(f, "user.tag", b"gained %d" % i)
+            f.rename(f.with_name(f.name + ".r"))
+            (src / "hot" / f"f{i + 1:04}").chmod(0o600)
+        renamed = os.lstat(src / "hot" / "f0598.r").st_ctime_ns
+        wait_for(lambda: time.time_ns() > renamed + 2 * 10**9 or None, 10, "the clock")
+        store.record(_dirty(b"hot"), b"c")
+        rc, out = fsclone_json("pass", "sync", "--changes", "--depth", "8", src, dst,
+                               state=state)
+        assert rc == 0, out
+        assert out["counters"][C.MOVED] == 300, out["counters"]
+        assert os.getxattr(dst / "hot" / "f0598.r", "user.tag") == b"gained 598"
+        assert_same_tree(src, dst, atime=False)
+        assert_rsync_clean(src, dst)

@@ -35,7 +35,7 @@ FILE = {"tmp": TMP, "ino": 7, "size": 100, "mtime_ns": -5, "ctime_ns": 1, "spars
 #: a chunk of every op, as fsclone makes them: (path, names, args)
 VALID: dict[str, tuple[str, list[str] | None, dict[str, Any]]] = {
     "copy": ("a", None, {"new": True}),
-    "sync": ("a", ["x", "y"], {}),
+    "sync": ("a", ["x", "y"], {"shallow": True, "spread": 4, "moved": True}),
     "dirmeta": ("a", None, {"new": False}),
     "range": ("a", ["big"], {**FILE, "start": 0, "end": 50}),
     "finalize": ("a", ["big"], {**FILE, "members_failed": True, "plan": PLAN}),
@@ -94,6 +94,8 @@ BAD: dict[str, list[Any]] = {
     "tmp": ["/etc/shadow", "../outside/x", "a/" + TMP, "x", ".fsclone-tmp.x", "", TMP + "/",
             5, None],
     "plan": ["xyz", "0" * 63, "G" * 64, 0, None],
+    "shallow": [1, "true", None], "moved": [1, "yes", None],
+    "spread": [0, 1, 4097, 10**9, 2.0, True, "4", None],
 }
 
 

@@ -13,6 +13,12 @@ both sides, as a shallow chunk (which plans the deletion, or makes the missing d
 copies it whole). One below an excluded directory, or on another filesystem with
 ``--one-file-system``, is left: a full sync's walk would not go there either.
 
+Where fewer shallow chunks than the pass runs at once (its transport's slots) are dirty, each
+is told to spread (the ``spread`` arg): to hand out its listing in as many slices, so that one
+hot directory's entries are worked on with every slot, not one at a time. On a network or
+parallel filesystem every entry is a dozen round trips; ten dirty directories of a thousand
+files, each one chunk, would keep ten requests in flight of a depth of 64.
+
 The pass takes the pending set when it starts and removes it from the store only once it is
 done (see fsclone.engine.launch); a directory dirtied again meanwhile stays pending.
 """
@@ -31,6 +37,7 @@ from fsclone.errors import UsageError
 from fsclone.filters import Filters
 from fsclone.fs import dirs
 from fsclone.lifecycle import DONE, Summary
+from fsclone.schema import MAX_SPREAD
 from fsclone.spec import PassSpec
 from fsclone.state.changes import ChangeStore
 
@@ -42,14 +49,18 @@ from fsclone.state.changes import ChangeStore
 Replay = Callable[[ChangeStore], None]
 REPLAYS: dict[str, Replay] = {}
 
-#: the one chunk arg of a dirty directory that is not walked (see fsclone.ops.copy)
+#: the chunk arg of a dirty directory that is not walked (see fsclone.ops.copy)
 SHALLOW = "shallow"
+#: the chunk arg of a shallow chunk that hands out its listing in this many slices
+SPREAD = "spread"
 
 
-def changes_seed(state: Path, spec: PassSpec, replays: Mapping[str, Replay] = REPLAYS) -> Seed:
+def changes_seed(state: Path, spec: PassSpec, replays: Mapping[str, Replay] = REPLAYS,
+                 slots: int = 1) -> Seed:
     """The chunks of a ``--changes`` pass on the spec's (resolved) roots, taken from their
     pending store; refused, with one line, when no trustworthy record exists. ``replays``:
-    the feeds that can catch up, as configured for this run (fsclone.engine.changelogs)."""
+    the feeds that can catch up, as configured for this run (fsclone.engine.changelogs);
+    ``slots``: the chunks the pass runs at once."""
     store = ChangeStore.find(state, spec.src, spec.dst)
     if store is None:
         raise UsageError("--changes: no watcher has recorded changes on these roots: run a "
@@ -67,17 +78,22 @@ def changes_seed(state: Path, spec: PassSpec, replays: Mapping[str, Replay] = RE
         taken = store.take(spec.id)
     finally:
         store.close()
-    return Seed(chunks_for(spec, taken), [])
+    return Seed(chunks_for(spec, taken, slots), [])
 
 
-def chunks_for(spec: PassSpec, dirty: list[DirtyDir]) -> list[Chunk]:
+def chunks_for(spec: PassSpec, dirty: list[DirtyDir], slots: int = 1) -> list[Chunk]:
     """One sync chunk per directory left once ``dirty`` is resolved (see the module's doc)
-    and coalesced. A path that is not a safe relative one refuses the pass (MessageError)."""
+    and coalesced, the shallow ones spread over ``slots`` when fewer. A path that is not a
+    safe relative one refuses the pass (MessageError)."""
     with dirs.opened(_root(spec.src)) as sfd, dirs.opened(_root(spec.dst)) as dfd:
         scope = _Scope(spec, sfd, dfd)
         resolved = [r for d in checked(dirty) if (r := scope.resolve(d)) is not None]
-    return [Chunk(op="sync", path=d.relpath(), args={} if d.recursive else {SHALLOW: True})
-            for d in coalesce(resolved)]
+    found = coalesce(resolved)
+    shallow = sum(not d.recursive for d in found)
+    spread = min(-(-slots // shallow), MAX_SPREAD) if shallow else 1
+    args: dict[str, object] = {SHALLOW: True, SPREAD: spread} if spread > 1 else {SHALLOW: True}
+    return [Chunk(op="sync", path=d.relpath(), args={} if d.recursive else dict(args))
+            for d in found]
 
 
 def _root(path: str) -> int:

@@ -114,7 +114,7 @@ def run_pass(cfg: Config, req: PassRequest, hooks: Hooks,
     try:
         lock.acquire(f"a {req.op} pass starting")
         spec, resume = _to_run(cfg, req, state, src, dst)
-        seed = _seed(cfg, spec, state, req.src)
+        seed = _seed(cfg, spec, state, req.src, transport.slots())
         if spec.op in ("delete", "sync") and not spec.dry_run:
             check_delete_guards(src, dst, spec.sentinel, spec.source_mounts)
         if writes and not os.path.isdir(dst):
@@ -163,7 +163,8 @@ def run_changes(cfg: Config, src: str, dst: str, hooks: Hooks,
     return run_pass(replace(cfg, changes=True), PassRequest("sync", src, dst), hooks, transport)
 
 
-def _seed(cfg: Config, spec: PassSpec, state: Path, given_src: str) -> Seed | None:
+def _seed(cfg: Config, spec: PassSpec, state: Path, given_src: str, slots: int,
+          ) -> Seed | None:
     """What the walk starts from when not the root: the items a pass listed as failed, a
     ``--files-from`` list (read, and refused if it leaves SRC, before anything is written), or
     the directories a watcher recorded as changed (``--changes``)."""
@@ -176,7 +177,7 @@ def _seed(cfg: Config, spec: PassSpec, state: Path, given_src: str) -> Seed | No
 
         return listed_seed(spec.files_from, spec.src, given_src, spec.dir_slice)
     if spec.changes:
-        return changes_seed(state, spec, {**REPLAYS, **changelogs.replays(cfg)})
+        return changes_seed(state, spec, {**REPLAYS, **changelogs.replays(cfg)}, slots)
     return None
 
 

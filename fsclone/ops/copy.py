@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from fsclone.chunk import Chunk, Result, new_id
@@ -33,6 +34,10 @@ from fsclone.stats import counters as C
 
 if TYPE_CHECKING:
     from fsclone.fs.lustre.create import LustreCreate
+
+#: the fewest entries a dirty directory's chunk hands out in one slice when it spreads: a
+#: slice costs the coordinator a chunk, and each of its names a lookup the listing spared
+SPREAD_SLICE = 100
 
 
 def run_copy(ctx: Context, chunk: Chunk) -> Result:
@@ -78,6 +83,8 @@ class CopyChunk:
         #: a sync's target files under names planned for deletion, to be renamed to the new
         #: names of the same files (None: not a sync chunk that lists its directory)
         self.moves: Moves | None = None
+        #: the entries of each slice this chunk hands out (None: it hands out none)
+        self.slice: int | None = None
 
     # -- the chunk --------------------------------------------------------------------------
     def run(self, sync: bool) -> None:
@@ -123,6 +130,7 @@ class CopyChunk:
                 self.out.fail(self.out.path(name), exc)
         if self.moves is not None:
             unplan(self.out, self.moves.moved)
+            self._hand_out_moved()
         if tgt is not None:  # else nothing was found current
             self._settle(tgt)
         self._finish()
@@ -215,13 +223,12 @@ class CopyChunk:
         # has the xattrs it was given: only its lstat is compared, and no xattr is read (two
         # round trips a file on a network filesystem); ``--checksum`` compares them all
         compared = self.unsettled
-        moved = self.moves.names if self.moves is not None else frozenset()
         if not self.ctx.spec.checksum:
             compared = []
             for action in self.unsettled:
                 _, name, st, dst = action
                 assert dst is not None  # the data of an entry there is current
-                if meta.untouched(st, dst) and name not in moved \
+                if meta.untouched(st, dst) and not self._just_moved(name) \
                         and meta.inode_same(st, dst, times):
                     same += 1
                 else:
@@ -278,21 +285,52 @@ class CopyChunk:
         """Whether the copy ``dst`` changed after the source inode ``st`` last did (their
         ctimes), and was not just moved to ``name``: its project ID and flags are then the
         source's."""
-        return st.st_ctime_ns < dst.st_ctime_ns and (
-            self.moves is None or name not in self.moves.names)
+        return st.st_ctime_ns < dst.st_ctime_ns and not self._just_moved(name)
+
+    def _just_moved(self, name: str) -> bool:
+        """Whether this chunk's file ``name`` was just moved there (fsclone.ops.moves), as
+        all of a ``moved`` slice's were, by the spreading chunk that handed it out."""
+        if self.moves is not None:
+            return name in self.moves.names
+        return bool(self.out.chunk.args.get("moved"))
+
+    def _hand_out_moved(self) -> None:
+        """A spreading chunk (fsclone.engine.changes) moved the files of all the new names
+        itself; their metadata, a dozen requests a file, is compared by ``moved`` slices."""
+        if self.slice is None or self.applier is None:
+            return
+        assert self.moves is not None
+        moved = self.moves.names
+        names = [name for _, name, _, _ in self.unsettled if name in moved]
+        self.unsettled[:] = [a for a in self.unsettled if a[1] not in moved]
+        self._hand_out(names, self.slice, {**self.out.chunk.args, "moved": True})
 
     def _split(self, entries: list[tuple[str, os.stat_result]]) -> list[tuple[str, os.stat_result]]:
-        """Keep the first slice of a huge directory; the rest go out as slice chunks."""
-        size = self.ctx.spec.dir_slice
+        """Keep the first slice of a huge directory (or a dirty directory's share of its
+        ``spread``: fsclone.engine.changes); the rest go out as slice chunks. Names the target
+        lacks come first where some are planned for deletion: only this chunk pairs them with
+        the old names of renamed files (fsclone.ops.moves), so it keeps them, up to a slice."""
+        chunk = self.out.chunk
+        most = self.ctx.spec.dir_slice
+        size = min(most, max(SPREAD_SLICE, -(-len(entries) // chunk.args.get("spread", 1))))
         if len(entries) <= size:
             return entries
+        self.slice = size
+        keep, existing = size, self.plan.existing
+        if self.moves is not None and existing is not None:
+            new = [e for e in entries if e[0] not in existing]
+            entries = new + [e for e in entries if e[0] in existing]
+            keep = min(most, max(size, len(new)))
+        self._hand_out([n for n, _ in entries[keep:]], size, chunk.args)
+        return entries[:keep]
+
+    def _hand_out(self, names: list[str], size: int, args: Mapping[str, object]) -> None:
+        """Slices of ``size`` of these names, as chunks of this directory behind its barrier."""
         chunk = self.out.chunk
-        for start in range(size, len(entries), size):
-            names = tuple(n for n, _ in entries[start:start + size])
-            self.out.child(chunk.op, chunk.path, names=names, group=self.barrier.id,
-                           args=chunk.args)
+        for start in range(0, len(names), size):
+            self.out.child(chunk.op, chunk.path, names=tuple(names[start:start + size]),
+                           group=self.barrier.id, args=dict(args))
             self.barrier.members += 1
-        return entries[:size]
 
     def _finish(self) -> None:
         """Hand out the range chunks, then apply the directory's metadata now, or defer it

@@ -67,6 +67,13 @@ class Transport(ABC):
         """Chunks waiting in the transport, when it can tell (for progress and Graphite)."""
         return None
 
+    def slots(self) -> int:
+        """Chunks its workers run at once to cover round trips (threads beyond a process a
+        core: fsclone.transport.depth), known before the pass starts: what a few big chunks
+        are split to fill (fsclone.engine.changes). 1: none, or not known (workers on a
+        broker come and go)."""
+        return 1
+
     @abstractmethod
     def stop(self) -> None:
         """Release workers and connections. Safe to call twice."""
