@@ -4,6 +4,7 @@
     PYTHONPATH=. python3 bench/changes_bench.py                   # 1,000,000 entries, 3 rounds
     PYTHONPATH=. python3 bench/changes_bench.py --entries 200000  # smaller, a shared machine
     PYTHONPATH=. python3 bench/changes_bench.py --root /mnt/xfs/b --cold  # on disk, cold
+    PYTHONPATH=. python3 bench/changes_bench.py --delay 200 --entries 4000  # round trips
 
 The tree: ``--entries`` empty files (1% hold a few bytes) in directories of 1,000
 (bench/trees.py ``entries``), and three copies: ``--root`` needs four times its inodes (a
@@ -23,12 +24,20 @@ interpreter start-up) are reported too.
 pass after days of use finds a tree of 10^9 entries on disk, not in RAM, which is what makes a
 walk cost hours. Run it on a disk filesystem (a loop-mounted XFS image on the machine's disk);
 on a tmpfs there is nothing to drop, and every run is the CPU-bound best case of a walk.
+
+``--delay US`` puts the four trees on one faultfs mount (faultfs/) that delays every metadata
+request by US µs, as on a network or parallel filesystem whose every request is a round trip.
+The daemon keeps a descriptor open for each entry it was asked about, so the four trees must
+fit in its limit of open files (``ulimit -n``): a few thousand entries, whose one dirty
+directory is the hot directory of a watcher, not 1% of a big tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -41,6 +50,8 @@ import report
 import trees
 from tools import BENCH_ROOT_NAME, drop_caches, launch, remove, verify
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from faultfs import FaultFS  # from the repository root, beside fsclone
 from fsclone.changes.feed import DirtyDir
 from fsclone.state.changes import ChangeStore
 from fsclone.state.directory import open_state_dir
@@ -118,9 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cold", action="store_true",
                    help="drop the kernel's caches before every timed run (root; --root on a "
                         "disk filesystem, not a tmpfs)")
+    p.add_argument("--delay", type=int, metavar="US",
+                   help="the trees on a faultfs mount delaying every metadata request (root)")
     args = p.parse_args(argv)
     if args.cold and os.geteuid() != 0:
         p.error("--cold drops the kernel's caches: run as root")
+    if args.delay is not None:
+        if os.geteuid() != 0:
+            p.error("--delay mounts faultfs: run as root")
+        files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if 4 * args.entries + 1000 > files:
+            p.error(f"--delay: four trees of {args.entries} entries need more open files "
+                    f"than the faultfs daemon may have ({files}): fewer --entries")
     root = args.root
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="changes-", dir=root))
@@ -128,11 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         race = run(args, work)
     finally:
         remove(work, root)
+    mounted = "" if args.delay is None else f", on faultfs delaying every metadata request " \
+                                             f"{args.delay} us"
     facts = report.machine_facts(REPO)
     lines = [f"# fsclone changes bench, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", "",
              *(f"- {k}: {v}" for k, v in facts.items()),
              f"- entries: {args.entries}, workers: {args.workers}, rounds: {args.repeat}, "
-             f"trees in {root} ({_fstype(root)}), caches "
+             f"trees in {root} ({_fstype(root)}{mounted}), caches "
              f"{'dropped before every timed run' if args.cold else 'warm'}", "",
              "| tool | best s | in-pass best s | all runs s |", "|---|---|---|---|"]
     for tool, runs in race.times.items():
@@ -157,13 +179,26 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, work: Path) -> Race:
     """Set up SRC and the three targets (untimed), then race them round by round. SRC is
     made anew, not copied from a cache: the rounds change it, and a million entries fewer
-    leave room on a tmpfs of a few million inodes."""
-    src = work / "src"
-    log(f"making {src} and three targets ...")
-    trees.entries(src, args.entries)
-    targets = {tool: work / f"dst-{i}" for i, tool in enumerate((CHANGES, FULL, RSYNC))}
-    for dst in targets.values():
-        subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+    leave room on a tmpfs of a few million inodes. With ``--delay`` the trees are made
+    directly, then raced through the mount."""
+    trees_at = work / "backing" if args.delay is not None else work
+    log(f"making {trees_at / 'src'} and three targets ...")
+    trees.entries(trees_at / "src", args.entries)
+    names = {tool: f"dst-{i}" for i, tool in enumerate((CHANGES, FULL, RSYNC))}
+    for name in names.values():
+        subprocess.run(["cp", "-a", str(trees_at / "src"), str(trees_at / name)], check=True)
+    with contextlib.ExitStack() as stack:
+        if args.delay is not None:
+            (work / "mnt").mkdir()
+            fs = stack.enter_context(FaultFS(trees_at, work / "mnt", entry_timeout=3600,
+                                             attr_timeout=0))
+            fs.delay("meta", args.delay)
+            trees_at = work / "mnt"
+        return _race(args, work, trees_at / "src",
+                     {tool: trees_at / name for tool, name in names.items()})
+
+
+def _race(args: argparse.Namespace, work: Path, src: Path, targets: dict[str, Path]) -> Race:
     states = {tool: open_state_dir(work / f"state-{i}") for i, tool in enumerate(targets)}
     fsclone = [sys.executable, "-m", "fsclone", "pass", "sync", "-q", "--workers",
                str(args.workers)]
