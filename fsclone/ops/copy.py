@@ -295,8 +295,9 @@ class CopyChunk:
         return bool(self.out.chunk.args.get("moved"))
 
     def _hand_out_moved(self) -> None:
-        """A spreading chunk (fsclone.engine.changes) moved the files of all the new names
-        itself; their metadata, a dozen requests a file, is compared by ``moved`` slices."""
+        """A chunk that hands out slices (a huge directory, or a dirty one that spreads:
+        fsclone.engine.changes) moved the files of its new names itself; their metadata, a
+        dozen requests a file, is compared by ``moved`` slices, in parallel."""
         if self.slice is None or self.applier is None:
             return
         assert self.moves is not None
