@@ -435,6 +435,7 @@ def test_files_moved_by_a_spreading_chunk_are_compared_in_full(tmp_path: Path) -
                                state=state)
         assert rc == 0, out
         assert out["counters"][C.MOVED] == 300, out["counters"]
+        assert out["counters"][C.SCANNED] == 600  # each name once, wherever compared
         assert os.getxattr(dst / "hot" / "f0598.r", "user.tag") == b"gained 598"
         assert_same_tree(src, dst, atime=False)
         assert_rsync_clean(src, dst)

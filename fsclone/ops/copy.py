@@ -112,7 +112,8 @@ class CopyChunk:
             self.applier.tgt.inherits = self.applier.tgt.has_default_acl()
         if tgt is not None and self.plan.existing is None and chunk.args.get("new"):
             self.plan.existing = set(tgt.names())
-        self.out.count(C.SCANNED, len(entries))
+        if not chunk.args.get("moved"):  # else counted by the chunk that listed them
+            self.out.count(C.SCANNED, len(entries))
         pace = self.ctx.pace
         for name, st in entries:
             if pace is not None:
