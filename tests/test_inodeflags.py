@@ -299,3 +299,57 @@ def test_the_comparator_sees_a_project_id_and_a_flag(tmp_path: Path) -> None:
             assert_same_tree(src, dst)
         assert "flags 0x40 != 0x0" in str(seen.value)
         assert "projid 7 != 3" in str(seen.value)
+
+
+def test_a_mended_inode_has_its_flags_and_project_id_read_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chmod-ed file, and a directory whose mtime moved, are mended in place with the
+    target's project ID and flags read by their compare: on Lustre every GETFLAGS is a
+    metadata server round trip. Each target inode is read once (one FSGETXATTR, one
+    GETFLAGS), and written only where the source differs; a locked one is still unlocked."""
+    from fsclone.config import Config
+    from fsclone.engine.coordinator import Hooks
+    from fsclone.engine.launch import PassRequest, run_pass
+    from fsclone.transport.memory import MemoryBroker, MemoryTransport
+
+    reads: dict[str, int] = {}
+    real = inodeflags.fcntl.ioctl
+
+    def counted(fd: int, request: int, arg: bytes, *more: bool) -> bytes:
+        if request in (inodeflags.FS_IOC_GETFLAGS, inodeflags.FS_IOC_FSGETXATTR):
+            where = os.readlink(f"/proc/self/fd/{fd}")
+            reads[where] = reads.get(where, 0) + 1
+        return real(fd, request, arg, *more)
+
+    def sync(src: Path, dst: Path) -> dict[str, int]:
+        cfg = Config(workers=1, state_dir=str(tmp_path / "state"))
+        _, summary = run_pass(cfg, PassRequest(op="sync", src=str(src), dst=str(dst)),
+                              Hooks(), MemoryTransport(MemoryBroker(1)))
+        assert summary.error_count == 0, summary.errors
+        return summary.counters
+
+    with copied(tmp_path) as (src, dst, _):
+        (src / "many").mkdir()
+        names = [f"f{n}" for n in range(12)]
+        for name in names:
+            (src / "many" / name).write_text(name)
+        chattr("+d", src / "many" / "f0")
+        chattr("+i", src / "locked")
+        sync(src, dst)
+        for name in names:
+            os.chmod(src / "many" / name, 0o600)
+        os.utime(src / "many", (1_000_000_000, 1_000_000_000))
+        chattr("-i", src / "locked")
+        (src / "locked" / "new").write_text("in a directory locked on the target")
+        chattr("+i", src / "locked")
+        monkeypatch.setattr(inodeflags.fcntl, "ioctl", counted)
+        counters = sync(src, dst)
+        monkeypatch.undo()
+        assert counters.get("updated", 0) >= len(names), counters
+        assert_same_tree(src, dst)
+        assert lsattr(dst / "locked") == "i" and lsattr(dst / "many" / "f0") == "d"
+    # the compare reads each target inode once; the mend reads nothing again
+    assert {n: reads[str(dst / "many" / n)] for n in names} == {n: 2 for n in names}, reads
+    assert reads[str(dst / "many")] == 2, reads
+    # an immutable target directory is read again to unlock it: the lock is cleared there
+    assert reads[str(dst / "locked")] >= 3, reads

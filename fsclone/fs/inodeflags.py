@@ -280,6 +280,21 @@ class Side:
             self._set(fd, flags)
 
     @contextmanager
+    def changing(self, fd: int, want: Attrs, known: Attrs = NONE) -> Iterator[Pending]:
+        """For a block that changes an inode's metadata and ends with the Pending it is given
+        (project ID and flags ``want``): immutable and append-only cleared first, as
+        :meth:`unlocked` does. ``known``: the inode's project ID and carried flags as read
+        since its last change (by the compare that found it differs). Without a lock among
+        them, neither is read again: on Lustre every read is a metadata server round trip."""
+        locked = known.flags is None or bool(known.flags & LOCKS)
+        if not locked:
+            yield Pending(fd, want, self, have=known)
+            return
+        with self.unlocked(fd, restore=want.flags is None):
+            # the flags were read, and the locks cleared, again: only the project ID holds
+            yield Pending(fd, want, self, have=known._replace(flags=None))
+
+    @contextmanager
     def unlocked_at(self, name: str, dir_fd: int) -> Iterator[None]:
         """:meth:`unlocked` for an entry of ``dir_fd`` (a regular file or a directory; any
         other kind has no flags to clear, nor does an entry that is not there)."""

@@ -369,21 +369,25 @@ class TargetDir(DirSide):
 
     # -- metadata -------------------------------------------------------------------------
     def mend(self, name: str, st: os.stat_result, want: Xattrs, have: Xattrs,
-             compared: os.stat_result | None, attrs: Attrs | None = None) -> None:
+             compared: os.stat_result | None, attrs: Attrs | None = None,
+             known: Attrs = NONE) -> None:
         """Make the metadata of the entry ``name`` those of ``st`` in place, in fs.meta's
         fixed order, on the inode ``compared`` (its lstat; None: an entry just made here)
         only: see meta.apply_at, which marks its errors. With ``attrs`` (the source's project
         ID and flags, for a regular file), through a descriptor opened for the ioctls: an
-        immutable or append-only target is unlocked, mended, and given ``attrs`` last."""
+        immutable or append-only target is unlocked, mended, and given ``attrs`` last.
+        ``known``: the target's own, as read after ``compared`` was taken; trusted only while
+        the inode's ctime is still that of ``compared`` (Side.changing)."""
         if attrs is None:
             meta.apply_at(name, self.fd, st, want, have, compared)
             return
         assert compared is not None  # only entries compared carry flags
         fd, now = self.open_checked(name, compared)
+        if now.st_ctime_ns != compared.st_ctime_ns:
+            known = NONE
         try:
-            with self.flags.unlocked(fd, restore=attrs.flags is None):
-                meta.apply_all(fd, st, want, have, current=now,
-                               then=Pending(fd, attrs, self.flags))
+            with self.flags.changing(fd, attrs, known) as then:
+                meta.apply_all(fd, st, want, have, current=now, then=then)
         finally:
             os.close(fd)
 

@@ -96,14 +96,17 @@ class Applier:
         self.out.count(C.TYPE_CHANGED)  # left alone: see fsclone.ops.plan
 
     def mend(self, name: str, st: os.stat_result, dst: os.stat_result, want: Xattrs,
-             have: Xattrs, attrs: Attrs | None) -> None:
+             have: Xattrs, attrs: tuple[Attrs, Attrs] | None) -> None:
         """Metadata-only changes, in place: no data is rewritten. ``dst``, the target's lstat,
-        is the inode changed (a user may have swapped the name since); ``attrs``, the
-        source's project ID and flags (None: not compared). A target that refuses the change
-        (immutable, append-only) is mended with the source's flags after all, which unlocks
-        it first."""
+        is the inode changed (a user may have swapped the name since); ``attrs``, both sides'
+        project IDs and flags as compared (None: not compared). A target that refuses the
+        change (immutable, append-only) is mended with the source's flags after all, which
+        unlocks it first."""
         try:
-            self.tgt.mend(name, st, want, have, dst, attrs)
+            if attrs is None:
+                self.tgt.mend(name, st, want, have, dst)
+            else:
+                self.tgt.mend(name, st, want, have, dst, *attrs)
         except PermissionError as exc:
             if attrs is not None or exc.errno != errno.EPERM or not stat.S_ISREG(st.st_mode):
                 raise

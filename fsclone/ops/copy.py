@@ -263,8 +263,7 @@ class CopyChunk:
                 if self.applier is None:
                     self.out.count(C.UPDATED)
                 else:
-                    self.applier.mend(name, st, dst, sx, dx,
-                                      attrs[0] if attrs is not None else None)
+                    self.applier.mend(name, st, dst, sx, dx, attrs)
             except OSError as exc:
                 self.out.fail(self.out.path(name), exc)
         if same:

@@ -36,8 +36,8 @@ def apply_dir_meta(ctx: Context, out: Outcome, relpath: str, sfd: int, dfd: int,
         out.act("attrs", relpath or ".", ",".join(diff.names() + (["flags"] if flagged else [])))
         if ctx.spec.dry_run:
             return
-        with side.unlocked(dfd, restore=want.flags is None):
-            meta.apply_all(dfd, sst, sx, dx, then=inodeflags.Pending(dfd, want, side))
+        with side.changing(dfd, want, have) as then:
+            meta.apply_all(dfd, sst, sx, dx, then=then)
         if count or (count is None and (diff.owner or diff.mode or diff.xattrs or flagged)):
             out.count(C.UPDATED)
     except OSError as exc:
