@@ -114,7 +114,8 @@ def timed(argv: list[str], state: Path, timeout: float) -> tuple[float, float | 
         raise SystemExit(f"run failed (rc={rc}): {' '.join(argv[:6])} ...: {err}")
     if "fsclone" not in argv:
         return seconds, None
-    record = list_passes(state)[-1]
+    # the newest by start: two passes of the same second sort by their ids' random part
+    record = max(list_passes(state), key=lambda r: r.started)
     return seconds, (record.ended or record.started) - record.started
 
 
