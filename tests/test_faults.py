@@ -177,6 +177,23 @@ def test_eio_listing_a_source_directory_deletes_nothing_under_it(tmp_path: Path,
         sc.assert_converges("sync")
 
 
+def test_a_source_entry_that_cannot_be_stat_ed_is_its_own_item_error(tmp_path: Path) -> None:
+    """An lstat failing after the listing costs that entry alone: the rest of its directory
+    is synced, and the deletions planned from the complete listing go ahead, never of the
+    failed entry's copy."""
+    with scene(tmp_path, "src") as sc:
+        (sc.src / "victim/other").write_bytes(b"other")
+        assert sc.run("sync").returncode == 0
+        (sc.src / "victim/other").write_bytes(b"changed")
+        (sc.dst / "victim/extra").write_bytes(b"only in the target")
+        proc = sc.faulted("GETATTR", "EIO", path="victim/small", pass_op="sync")
+        sc.assert_failed(proc, "victim/small", errno.EIO)
+        assert (sc.dst / "victim/other").read_bytes() == b"changed"
+        assert not (sc.dst / "victim/extra").exists()
+        assert (sc.dst / "victim/small").read_bytes() == (sc.src / "victim/small").read_bytes()
+        sc.assert_converges("sync")
+
+
 def test_enospc_part_way_through_a_large_file(tmp_path: Path) -> None:
     """The target fills up inside the big file's third range: nothing partial under a final
     name, one line that names the error, and a pass with room converges."""

@@ -155,18 +155,13 @@ def opened(fd: int) -> Iterator[int]:
         os.close(fd)
 
 
-def list_dir(dir_fd: int) -> list[tuple[str, os.stat_result]]:
-    """Every entry of a directory with its lstat. An entry that vanishes between the listing and
-    its stat is left out (it no longer exists); any other error propagates, because a listing
-    that is not complete must never be taken as one (deletion depends on it)."""
-    out: list[tuple[str, os.stat_result]] = []
+def list_dir(dir_fd: int) -> list[os.DirEntry[str]]:
+    """Every entry of a directory, with its name and type (d_type) but no stat yet: a huge
+    directory's chunk stats only the entries it keeps, and hands the others out by name. An
+    error propagates, because a listing that is not complete must never be taken as one
+    (deletion depends on it)."""
     with os.scandir(dir_fd) as it:
-        for entry in it:
-            try:
-                out.append((entry.name, entry.stat(follow_symlinks=False)))
-            except FileNotFoundError:
-                continue
-    return out
+        return list(it)
 
 
 def list_names(dir_fd: int) -> list[str]:

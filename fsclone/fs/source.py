@@ -33,13 +33,30 @@ class SourceDir(DirSide):
     __slots__ = ()
     SIDE = SOURCE
 
-    def entries(self) -> list[tuple[str, os.stat_result]]:
-        """Every entry with its lstat (a complete listing, or an error: see dirs.list_dir)."""
+    def entries(self) -> list[os.DirEntry[str]]:
+        """Every entry, by name and type (a complete listing, or an error: see
+        dirs.list_dir)."""
         try:
             return dirs.list_dir(self.fd)
         except OSError as exc:
             mark(exc, LIST, SOURCE)
             raise
+
+    @staticmethod
+    def stat_listed(listed: list[os.DirEntry[str]],
+                    ) -> tuple[list[tuple[str, os.stat_result]], list[tuple[str, OSError]]]:
+        """The lstats of listed entries (through the listed directory's fd), those gone since
+        the listing left out; and the entries whose lstat failed, each with its error."""
+        found: list[tuple[str, os.stat_result]] = []
+        failed: list[tuple[str, OSError]] = []
+        for entry in listed:
+            try:
+                found.append((entry.name, entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                failed.append((entry.name, mark(exc, STAT, SOURCE)))
+        return found, failed
 
     def lstat(self, name: str) -> os.stat_result:
         """The entry's lstat; FileNotFoundError when it is gone."""

@@ -93,17 +93,17 @@ class CopyChunk:
             check_mounted(self.ctx, chunk.path, self.src.fd)
             if self.ctx.layouts is not None and self.applier is not None:
                 self._dir_layout(self.ctx.layouts, self.applier.tgt)
-            entries = self.src.entries()
+            listed = self.src.entries()
             if sync and tgt is not None:
                 # the complete target listing the plan needs also spares the lookups below
-                kinds = {n: stat.S_ISDIR(st.st_mode) for n, st in entries}
+                kinds = {e.name: e.is_dir(follow_symlinks=False) for e in listed}
                 self.plan.existing = set(
                     plan_deletes(self.ctx, self.out, self.src.fd, tgt.fd, kinds))
                 # a name of the other kind in the source is not a rename: it is removed, then
                 # copied anew (fsclone.ops.delete)
                 gone = [n for n in planned_here(self.out) if n not in kinds]
                 self.moves = Moves(self.ctx, self.out, self.src, tgt, gone) if gone else None
-            entries = self._split(entries)
+            entries = self._stat(self._split(listed))
         else:
             entries = [(n, st) for n in chunk.names if (st := self.src.lookup(n))]
             if chunk.args.get("listed"):
@@ -306,24 +306,35 @@ class CopyChunk:
         self.unsettled[:] = [a for a in self.unsettled if a[1] not in moved]
         self._hand_out(names, self.slice, {**self.out.chunk.args, "moved": True})
 
-    def _split(self, entries: list[tuple[str, os.stat_result]]) -> list[tuple[str, os.stat_result]]:
+    def _split(self, listed: list[os.DirEntry[str]]) -> list[os.DirEntry[str]]:
         """Keep the first slice of a huge directory (or a dirty directory's share of its
-        ``spread``: fsclone.engine.changes); the rest go out as slice chunks. Names the target
-        lacks come first where some are planned for deletion: only this chunk pairs them with
-        the old names of renamed files (fsclone.ops.moves), so it keeps them, up to a slice."""
+        ``spread``: fsclone.engine.changes); the rest go out as slice chunks, by name, not
+        stat-ed here (each slice stats its own: on a network filesystem, a round trip an entry
+        taken off the path every slice waits on). Names the target lacks come first where
+        some are planned for deletion: only this chunk pairs them with the old names of
+        renamed files (fsclone.ops.moves), so it keeps them, up to a slice."""
         chunk = self.out.chunk
         most = self.ctx.spec.dir_slice
-        size = min(most, max(SPREAD_SLICE, -(-len(entries) // chunk.args.get("spread", 1))))
-        if len(entries) <= size:
-            return entries
+        size = min(most, max(SPREAD_SLICE, -(-len(listed) // chunk.args.get("spread", 1))))
+        if len(listed) <= size:
+            return listed
         self.slice = size
         keep, existing = size, self.plan.existing
         if self.moves is not None and existing is not None:
-            new = [e for e in entries if e[0] not in existing]
-            entries = new + [e for e in entries if e[0] in existing]
+            new = [e for e in listed if e.name not in existing]
+            listed = new + [e for e in listed if e.name in existing]
             keep = min(most, max(size, len(new)))
-        self._hand_out([n for n, _ in entries[keep:]], size, chunk.args)
-        return entries[:keep]
+        self._hand_out([e.name for e in listed[keep:]], size, chunk.args)
+        return listed[:keep]
+
+    def _stat(self, listed: list[os.DirEntry[str]]) -> list[tuple[str, os.stat_result]]:
+        """The lstats of the listed entries this chunk works on. One gone since the listing is
+        left out; one that cannot be read is its own item error (deletions were planned from
+        the complete listing, which holds its name)."""
+        found, failed = self.src.stat_listed(listed)
+        for name, exc in failed:
+            self.out.fail(self.out.path(name), exc)
+        return found
 
     def _hand_out(self, names: list[str], size: int, args: Mapping[str, object]) -> None:
         """Slices of ``size`` of these names, as chunks of this directory behind its barrier."""
