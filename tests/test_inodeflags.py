@@ -18,7 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from fsclone.config import Config
+from fsclone.engine.coordinator import Hooks
+from fsclone.engine.launch import PassRequest, run_pass
 from fsclone.fs import inodeflags
+from fsclone.transport.memory import MemoryBroker, MemoryTransport
 from tests.clirun import fsclone, fsclone_json
 from tests.fstree import assert_same_tree
 from tests.mounts import loop_fs, tmpfs
@@ -307,11 +311,6 @@ def test_a_mended_inode_has_its_flags_and_project_id_read_once(
     target's project ID and flags read by their compare: on Lustre every GETFLAGS is a
     metadata server round trip. Each target inode is read once (one FSGETXATTR, one
     GETFLAGS), and written only where the source differs; a locked one is still unlocked."""
-    from fsclone.config import Config
-    from fsclone.engine.coordinator import Hooks
-    from fsclone.engine.launch import PassRequest, run_pass
-    from fsclone.transport.memory import MemoryBroker, MemoryTransport
-
     reads: dict[str, int] = {}
     real = inodeflags.fcntl.ioctl
 
