@@ -194,6 +194,21 @@ def test_a_source_entry_that_cannot_be_stat_ed_is_its_own_item_error(tmp_path: P
         sc.assert_converges("sync")
 
 
+def test_a_renamed_file_whose_new_name_cannot_be_stat_ed_keeps_its_old_copy(
+        tmp_path: Path) -> None:
+    """The new name of a renamed file fails its lstat, so the file cannot be paired with its
+    copy under the old name (fsclone.ops.moves): that copy, maybe the only readable one (an
+    OST down on a Lustre source), is not deleted this pass."""
+    with scene(tmp_path, "src") as sc:
+        assert sc.run("sync").returncode == 0
+        os.rename(sc.src / "victim/small", sc.src / "victim/renamed")
+        proc = sc.faulted("GETATTR", "EIO", path="victim/renamed", pass_op="sync")
+        sc.assert_failed(proc, "victim/renamed", errno.EIO)
+        assert (sc.dst / "victim/small").read_bytes() == (sc.src / "victim/renamed").read_bytes()
+        sc.assert_converges("sync")
+        assert not (sc.dst / "victim/small").exists()
+
+
 def test_enospc_part_way_through_a_large_file(tmp_path: Path) -> None:
     """The target fills up inside the big file's third range: nothing partial under a final
     name, one line that names the error, and a pass with room converges."""

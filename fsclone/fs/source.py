@@ -43,6 +43,16 @@ class SourceDir(DirSide):
             raise
 
     @staticmethod
+    def kinds(listed: list[os.DirEntry[str]]) -> dict[str, bool]:
+        """Each listed name: whether it is a directory (its d_type; an lstat where the
+        filesystem reports none)."""
+        try:
+            return {entry.name: entry.is_dir(follow_symlinks=False) for entry in listed}
+        except OSError as exc:
+            mark(exc, LIST, SOURCE)
+            raise
+
+    @staticmethod
     def stat_listed(listed: list[os.DirEntry[str]],
                     ) -> tuple[list[tuple[str, os.stat_result]], list[tuple[str, OSError]]]:
         """The lstats of listed entries (through the listed directory's fd), those gone since

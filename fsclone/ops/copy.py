@@ -96,7 +96,7 @@ class CopyChunk:
             listed = self.src.entries()
             if sync and tgt is not None:
                 # the complete target listing the plan needs also spares the lookups below
-                kinds = {e.name: e.is_dir(follow_symlinks=False) for e in listed}
+                kinds = self.src.kinds(listed)
                 self.plan.existing = set(
                     plan_deletes(self.ctx, self.out, self.src.fd, tgt.fd, kinds))
                 # a name of the other kind in the source is not a rename: it is removed, then
@@ -330,10 +330,17 @@ class CopyChunk:
     def _stat(self, listed: list[os.DirEntry[str]]) -> list[tuple[str, os.stat_result]]:
         """The lstats of the listed entries this chunk works on. One gone since the listing is
         left out; one that cannot be read is its own item error (deletions were planned from
-        the complete listing, which holds its name)."""
+        the complete listing, which holds its name). A new name that cannot be read may be
+        the new name of a renamed file, whose copy under its old name is the only one the
+        target has: no file planned for deletion here goes, this pass."""
         found, failed = self.src.stat_listed(listed)
         for name, exc in failed:
             self.out.fail(self.out.path(name), exc)
+        existing = self.plan.existing
+        if self.moves is not None and existing is not None \
+                and any(name not in existing for name, _ in failed):
+            unplan(self.out, self.moves.candidates())
+            self.moves = None
         return found
 
     def _hand_out(self, names: list[str], size: int, args: Mapping[str, object]) -> None:
