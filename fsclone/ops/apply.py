@@ -100,19 +100,17 @@ class Applier:
         """Metadata-only changes, in place: no data is rewritten. ``dst``, the target's lstat,
         is the inode changed (a user may have swapped the name since); ``attrs``, both sides'
         project IDs and flags as compared (None: not compared). A target that refuses the
-        change (immutable or append-only, not compared or locked since its compare) is
-        mended again from a fresh read of its flags, which unlocks it first."""
+        change (immutable, append-only) is mended with the source's flags after all, which
+        unlocks it first."""
         try:
             if attrs is None:
                 self.tgt.mend(name, st, want, have, dst)
             else:
                 self.tgt.mend(name, st, want, have, dst, *attrs)
         except PermissionError as exc:
-            if exc.errno != errno.EPERM or not stat.S_ISREG(st.st_mode):
+            if attrs is not None or exc.errno != errno.EPERM or not stat.S_ISREG(st.st_mode):
                 raise
-            # not compared, or locked since its compare read it: unlocked from a fresh read
-            source = attrs[0] if attrs is not None else self.src.attrs(name, st)
-            self.tgt.mend(name, st, want, have, dst, source)
+            self.tgt.mend(name, st, want, have, dst, self.src.attrs(name, st))
         self.out.count(C.UPDATED)
 
 

@@ -103,11 +103,11 @@ class CopyChunk:
                 # copied anew (fsclone.ops.delete)
                 gone = [n for n in planned_here(self.out) if n not in kinds]
                 self.moves = Moves(self.ctx, self.out, self.src, tgt, gone) if gone else None
-            entries = self._stat(self._split(listed))
+            entries = self._stat(*self._split(listed))
         else:
-            entries = [(n, st) for n in chunk.names if (st := self.src.lookup(n))]
+            entries, unread = self._looked_up(chunk.names)
             if chunk.args.get("listed"):
-                entries = self._listed(chunk.names, entries)
+                entries = self._listed(chunk.names, entries, unread)
         if self.applier is not None:  # before the first change
             self.applier.tgt.inherits = self.applier.tgt.has_default_acl()
         if tgt is not None and self.plan.existing is None and chunk.args.get("new"):
@@ -147,12 +147,30 @@ class CopyChunk:
         except OSError as exc:
             self.out.fail(where, exc)
 
+    def _looked_up(self, names: tuple[str, ...],
+                   ) -> tuple[list[tuple[str, os.stat_result]], set[str]]:
+        """The lstats of a slice's names (or a ``--files-from`` chunk's), those gone left out;
+        and the names that could not be read, each its own item error (a slice plans no
+        deletion)."""
+        found: list[tuple[str, os.stat_result]] = []
+        unread: set[str] = set()
+        for name in names:
+            try:
+                st = self.src.lookup(name)
+            except OSError as exc:
+                self.out.fail(self.out.path(name), exc)
+                unread.add(name)
+                continue
+            if st is not None:
+                found.append((name, st))
+        return found, unread
+
     def _listed(self, names: tuple[str, ...], found: list[tuple[str, os.stat_result]],
-                ) -> list[tuple[str, os.stat_result]]:
+                unread: set[str]) -> list[tuple[str, os.stat_result]]:
         """The entries of a ``--files-from`` chunk that are there to copy: a listed one missing
         from the source is an item error, and so is one that became a directory since the list
-        was read (it is not walked)."""
-        there = {name for name, _ in found}
+        was read (it is not walked). ``unread``: those whose errors are listed already."""
+        there = {name for name, _ in found} | unread
         for name in names:
             if name not in there:
                 self.out.fail(self.out.path(name), FileNotFoundError(
@@ -306,18 +324,20 @@ class CopyChunk:
         self.unsettled[:] = [a for a in self.unsettled if a[1] not in moved]
         self._hand_out(names, self.slice, {**self.out.chunk.args, "moved": True})
 
-    def _split(self, listed: list[os.DirEntry[str]]) -> list[os.DirEntry[str]]:
+    def _split(self, listed: list[os.DirEntry[str]],
+               ) -> tuple[list[os.DirEntry[str]], list[os.DirEntry[str]]]:
         """Keep the first slice of a huge directory (or a dirty directory's share of its
         ``spread``: fsclone.engine.changes); the rest go out as slice chunks, by name, not
         stat-ed here (each slice stats its own: on a network filesystem, a round trip an entry
         taken off the path every slice waits on). Names the target lacks come first where
         some are planned for deletion: only this chunk pairs them with the old names of
-        renamed files (fsclone.ops.moves), so it keeps them, up to a slice."""
+        renamed files (fsclone.ops.moves), so it keeps them, up to a slice. Returns the
+        entries kept, and those handed out."""
         chunk = self.out.chunk
         most = self.ctx.spec.dir_slice
         size = min(most, max(SPREAD_SLICE, -(-len(listed) // chunk.args.get("spread", 1))))
         if len(listed) <= size:
-            return listed
+            return listed, []
         self.slice = size
         keep, existing = size, self.plan.existing
         if self.moves is not None and existing is not None:
@@ -325,22 +345,27 @@ class CopyChunk:
             listed = new + [e for e in listed if e.name in existing]
             keep = min(most, max(size, len(new)))
         self._hand_out([e.name for e in listed[keep:]], size, chunk.args)
-        return listed[:keep]
+        return listed[:keep], listed[keep:]
 
-    def _stat(self, listed: list[os.DirEntry[str]]) -> list[tuple[str, os.stat_result]]:
-        """The lstats of the listed entries this chunk works on. One gone since the listing is
-        left out; one that cannot be read is its own item error (deletions were planned from
-        the complete listing, which holds its name). A new name that cannot be read may be
-        the new name of a renamed file, whose copy under its old name is the only one the
-        target has: no file planned for deletion here goes, this pass."""
-        found, failed = self.src.stat_listed(listed)
+    def _stat(self, kept: list[os.DirEntry[str]], handed: list[os.DirEntry[str]],
+              ) -> list[tuple[str, os.stat_result]]:
+        """The lstats of the listed entries this chunk works on (``kept``). One gone since the
+        listing is left out; one that cannot be read is its own item error (deletions were
+        planned from the complete listing, which holds its name). Where files are planned for
+        deletion, an entry that cannot be read may be a renamed file, whose copy under its
+        old name may be the only one the target has: then none of them goes, this pass. The
+        names new to the target that went out in slices are checked too (few: this chunk
+        keeps them, up to a slice)."""
+        found, failed = self.src.stat_listed(kept)
         for name, exc in failed:
             self.out.fail(self.out.path(name), exc)
-        existing = self.plan.existing
-        if self.moves is not None and existing is not None \
-                and any(name not in existing for name, _ in failed):
-            unplan(self.out, self.moves.candidates())
-            self.moves = None
+        if self.moves is not None:
+            existing = self.plan.existing
+            assert existing is not None  # known wherever moves are looked for
+            _, unread = self.src.stat_listed([e for e in handed if e.name not in existing])
+            if failed or unread:
+                unplan(self.out, self.moves.candidates())
+                self.moves = None
         return found
 
     def _hand_out(self, names: list[str], size: int, args: Mapping[str, object]) -> None:
