@@ -178,54 +178,54 @@ def test_eio_listing_a_source_directory_deletes_nothing_under_it(tmp_path: Path,
 
 
 def test_a_source_entry_that_cannot_be_stat_ed_is_its_own_item_error(tmp_path: Path) -> None:
-    """An lstat failing after the listing costs that entry alone: the rest of its directory
-    is synced, and its copy is kept. A file only the target has waits for the next pass: the
-    unread entry could be a renamed file whose only copy it is (see below)."""
+    """Where nothing is to be deleted, an lstat failing after the listing costs that entry
+    alone: the rest of its directory is synced, and its copy is kept."""
     with scene(tmp_path, "src") as sc:
         (sc.src / "victim/other").write_bytes(b"other")
         assert sc.run("sync").returncode == 0
         (sc.src / "victim/other").write_bytes(b"changed")
-        (sc.dst / "victim/extra").write_bytes(b"only in the target")
         proc = sc.faulted("GETATTR", "EIO", path="victim/small", pass_op="sync")
         sc.assert_failed(proc, "victim/small", errno.EIO)
         assert (sc.dst / "victim/other").read_bytes() == b"changed"
-        assert (sc.dst / "victim/extra").exists()
         assert (sc.dst / "victim/small").read_bytes() == (sc.src / "victim/small").read_bytes()
         sc.assert_converges("sync")
-        assert not (sc.dst / "victim/extra").exists()
 
 
-@pytest.mark.parametrize("case", ["new name", "over a name", "in a slice"])
-def test_a_renamed_file_whose_new_name_cannot_be_stat_ed_keeps_its_old_copy(
+@pytest.mark.parametrize("case", ["new name", "over a name", "in a slice", "target only"])
+def test_an_entry_that_cannot_be_stat_ed_where_files_are_to_go_deletes_nothing(
         tmp_path: Path, case: str) -> None:
-    """The new name of a renamed file fails its lstat, so the file cannot be paired with its
-    copy under the old name (fsclone.ops.moves): that copy, maybe the only readable one (an
-    OST down on a Lustre source), is not deleted this pass. Renamed to a new name, over
-    another file's name, or to a new name the listing chunk hands out to a slice."""
+    """A directory with something to delete has its listing read whole first, as a listing a
+    deletion is planned from must be: an entry whose lstat fails fails the directory, and
+    nothing in it is deleted. That entry may be the new name of a renamed file (to a new
+    name, over another file's, or one the listing hands out to a slice) whose copy under the
+    old name is the only one the target has, maybe the only readable one (an OST down on a
+    Lustre source)."""
     with scene(tmp_path, "src") as sc:
         (sc.src / "victim/two").write_bytes(b"two")
         assert sc.run("sync").returncode == 0
         settings: dict[str, int] = {}
+        failing, kept = "renamed", ["small"]
         if case == "new name":
             os.rename(sc.src / "victim/small", sc.src / "victim/renamed")
-            failing, kept = "renamed", ["small"]
         elif case == "over a name":
             os.rename(sc.src / "victim/small", sc.src / "victim/two")
-            failing, kept = "two", ["small"]
-        else:
+            failing = "two"
+        elif case == "in a slice":
             os.rename(sc.src / "victim/small", sc.src / "victim/n1")
             os.rename(sc.src / "victim/two", sc.src / "victim/n2")
             # a slice of one: the listing chunk keeps the first new name, hands out the other
             failing = [n for n in os.listdir(sc.src / "victim") if n in ("n1", "n2")][1]
             kept, settings = ["small", "two"], {"dir_slice": 1}
+        else:
+            (sc.dst / "victim/extra").write_bytes(b"only in the target")
+            failing, kept = "small", ["extra", "small"]
         sc.fs.fail("GETATTR", "EIO", path=f"victim/{failing}")
         proc = fsclone("pass", "sync", *sc.roots, state=sc.state, **SETTINGS, **settings)
-        sc.assert_failed(proc, f"victim/{failing}", errno.EIO)
+        sc.assert_failed(proc, "victim", errno.EIO)
         for name in kept:
-            assert (sc.dst / "victim" / name).exists(), f"{name}: the old copy was deleted"
+            assert (sc.dst / "victim" / name).exists(), f"{name}: deleted"
         sc.assert_converges("sync")
-        for name in kept:
-            assert not (sc.dst / "victim" / name).exists()
+        assert not (sc.dst / "victim/extra").exists()
 
 
 def test_enospc_part_way_through_a_large_file(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from fsclone.fs.lustre.create import LustreCreate
 
 #: the fewest entries a dirty directory's chunk hands out in one slice when it spreads: a
-#: slice costs the coordinator a chunk, and each of its names a lookup the listing spared
+#: slice costs the coordinator a chunk
 SPREAD_SLICE = 100
 
 
@@ -97,13 +97,13 @@ class CopyChunk:
             if sync and tgt is not None:
                 # the complete target listing the plan needs also spares the lookups below
                 kinds = self.src.kinds(listed)
-                self.plan.existing = set(
-                    plan_deletes(self.ctx, self.out, self.src.fd, tgt.fd, kinds))
+                self.plan.existing = set(plan_deletes(
+                    self.ctx, self.out, self.src.fd, tgt.fd, kinds, lambda: self._read(listed)))
                 # a name of the other kind in the source is not a rename: it is removed, then
                 # copied anew (fsclone.ops.delete)
                 gone = [n for n in planned_here(self.out) if n not in kinds]
                 self.moves = Moves(self.ctx, self.out, self.src, tgt, gone) if gone else None
-            entries = self._stat(*self._split(listed))
+            entries = self._stat(self._split(listed))
         else:
             entries, unread = self._looked_up(chunk.names)
             if chunk.args.get("listed"):
@@ -324,20 +324,18 @@ class CopyChunk:
         self.unsettled[:] = [a for a in self.unsettled if a[1] not in moved]
         self._hand_out(names, self.slice, {**self.out.chunk.args, "moved": True})
 
-    def _split(self, listed: list[os.DirEntry[str]],
-               ) -> tuple[list[os.DirEntry[str]], list[os.DirEntry[str]]]:
+    def _split(self, listed: list[os.DirEntry[str]]) -> list[os.DirEntry[str]]:
         """Keep the first slice of a huge directory (or a dirty directory's share of its
         ``spread``: fsclone.engine.changes); the rest go out as slice chunks, by name, not
         stat-ed here (each slice stats its own: on a network filesystem, a round trip an entry
         taken off the path every slice waits on). Names the target lacks come first where
         some are planned for deletion: only this chunk pairs them with the old names of
-        renamed files (fsclone.ops.moves), so it keeps them, up to a slice. Returns the
-        entries kept, and those handed out."""
+        renamed files (fsclone.ops.moves), so it keeps them, up to a slice."""
         chunk = self.out.chunk
         most = self.ctx.spec.dir_slice
         size = min(most, max(SPREAD_SLICE, -(-len(listed) // chunk.args.get("spread", 1))))
         if len(listed) <= size:
-            return listed, []
+            return listed
         self.slice = size
         keep, existing = size, self.plan.existing
         if self.moves is not None and existing is not None:
@@ -345,27 +343,24 @@ class CopyChunk:
             listed = new + [e for e in listed if e.name in existing]
             keep = min(most, max(size, len(new)))
         self._hand_out([e.name for e in listed[keep:]], size, chunk.args)
-        return listed[:keep], listed[keep:]
+        return listed[:keep]
 
-    def _stat(self, kept: list[os.DirEntry[str]], handed: list[os.DirEntry[str]],
-              ) -> list[tuple[str, os.stat_result]]:
-        """The lstats of the listed entries this chunk works on (``kept``). One gone since the
-        listing is left out; one that cannot be read is its own item error (deletions were
-        planned from the complete listing, which holds its name). Where files are planned for
-        deletion, an entry that cannot be read may be a renamed file, whose copy under its
-        old name may be the only one the target has: then none of them goes, this pass. The
-        names new to the target that went out in slices are checked too (few: this chunk
-        keeps them, up to a slice)."""
-        found, failed = self.src.stat_listed(kept)
+    def _read(self, listed: list[os.DirEntry[str]]) -> None:
+        """Stat every listed entry (each keeps its lstat for later), before anything of this
+        directory is planned for deletion: an entry that cannot be read (a renamed file's new
+        name, whose only copy in the target is under a planned name) fails the directory, and
+        nothing is planned."""
+        _, failed = self.src.stat_listed(listed)
+        if failed:
+            raise failed[0][1]
+
+    def _stat(self, listed: list[os.DirEntry[str]]) -> list[tuple[str, os.stat_result]]:
+        """The lstats of the listed entries this chunk works on. One gone since the listing is
+        left out; one that cannot be read is its own item error, which can only be where
+        nothing is planned for deletion (else :meth:`_read` failed the directory first)."""
+        found, failed = self.src.stat_listed(listed)
         for name, exc in failed:
             self.out.fail(self.out.path(name), exc)
-        if self.moves is not None:
-            existing = self.plan.existing
-            assert existing is not None  # known wherever moves are looked for
-            _, unread = self.src.stat_listed([e for e in handed if e.name not in existing])
-            if failed or unread:
-                unplan(self.out, self.moves.candidates())
-                self.moves = None
         return found
 
     def _hand_out(self, names: list[str], size: int, args: Mapping[str, object]) -> None:

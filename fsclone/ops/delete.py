@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from fsclone.chunk import Chunk, Group, new_id
 from fsclone.fs import dirs, remove
@@ -28,7 +28,8 @@ from fsclone.text import printable
 
 
 def plan_deletes(ctx: Context, out: Outcome, sfd: int, dfd: int,
-                 source: Mapping[str, bool]) -> dict[str, bool]:
+                 source: Mapping[str, bool], confirm: Callable[[], None] | None = None,
+                 ) -> dict[str, bool]:
     """Plan removal of the target entries that the complete source listing ``source`` (name: is
     a directory) lacks or has with the other kind; a planned directory's entries are counted by
     ``count`` chunks. Excluded names, the mount points ``--one-file-system`` skips and staging
@@ -36,11 +37,14 @@ def plan_deletes(ctx: Context, out: Outcome, sfd: int, dfd: int,
     planned; fsclone's own temp files are planned uncounted. Returns the target listing
     (name: is a directory), from d_type: no stat per target entry. Raises NotTheSource, before
     anything is planned, when the source directory is not what the target was copied from
-    (fsclone.ops.mountguard; the caller checked it was mounted)."""
+    (fsclone.ops.mountguard; the caller checked it was mounted). ``confirm``: called once
+    something is to go, before anything is planned; it raises to plan nothing."""
     chunk = out.chunk
     target = dirs.list_kinds(dfd)
     gone = [name for name, is_dir in target.items() if _goes(ctx, out, name, is_dir, source)
             and not mountguard.protected(ctx, sfd, name, source)]
+    if gone and confirm is not None:
+        confirm()
     temps = {name for name in gone if ours(name, target[name])}
     if len(temps) < len(gone):
         mountguard.check_emptied(ctx, out, sfd, dfd, source)

@@ -60,14 +60,6 @@ class Moves:
         #: the new names of the files moved: their metadata is compared in full
         self.names: set[str] = set()
 
-    def candidates(self) -> list[str]:
-        """The planned names that could be the old name of a renamed file: the regular files
-        of one link (each looked up, if not yet)."""
-        if self._near is None:
-            self._index()
-        assert self._near is not None
-        return [name for found in self._near.values() for name, _ in found]
-
     def take(self, name: str, st: os.stat_result) -> os.stat_result | None:
         """For the source's new regular file ``name`` (lstat ``st``): move the target's file
         that holds its bytes under a planned name to ``name`` and return that file's lstat
