@@ -8,7 +8,7 @@ import functools
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from fsclone.fs import steps
@@ -200,7 +200,13 @@ def list_kinds(dir_fd: int) -> dict[str, bool]:
     """Every name in a directory, mapped to whether it is a directory (from d_type, so no stat
     per entry where the filesystem reports types)."""
     with os.scandir(dir_fd) as it:
-        return {entry.name: entry.is_dir(follow_symlinks=False) for entry in it}
+        return kinds_of(it)
+
+
+def kinds_of(entries: Iterable[os.DirEntry[str]]) -> dict[str, bool]:
+    """Each listed entry's name, mapped to whether it is a directory (its d_type; an lstat
+    where the filesystem reports none)."""
+    return {entry.name: entry.is_dir(follow_symlinks=False) for entry in entries}
 
 
 class FilePair:

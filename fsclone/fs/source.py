@@ -44,10 +44,9 @@ class SourceDir(DirSide):
 
     @staticmethod
     def kinds(listed: list[os.DirEntry[str]]) -> dict[str, bool]:
-        """Each listed name: whether it is a directory (its d_type; an lstat where the
-        filesystem reports none)."""
+        """Each listed name: whether it is a directory (dirs.kinds_of)."""
         try:
-            return {entry.name: entry.is_dir(follow_symlinks=False) for entry in listed}
+            return dirs.kinds_of(listed)
         except OSError as exc:
             mark(exc, LIST, SOURCE)
             raise

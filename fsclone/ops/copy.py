@@ -150,8 +150,9 @@ class CopyChunk:
     def _looked_up(self, names: tuple[str, ...],
                    ) -> tuple[list[tuple[str, os.stat_result]], set[str]]:
         """The lstats of a slice's names (or a ``--files-from`` chunk's), those gone left out;
-        and the names that could not be read, each its own item error (a slice plans no
-        deletion)."""
+        and the names that could not be read, each its own item error. Where the listing chunk
+        planned deletions, it read every name first (:meth:`_read`): a name failing here failed
+        since."""
         found: list[tuple[str, os.stat_result]] = []
         unread: set[str] = set()
         for name in names:
